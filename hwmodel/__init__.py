@@ -1,0 +1,1 @@
+"""hwmodel: an ESCALATE-style sparse CNN accelerator as pure, differentiable JAX."""

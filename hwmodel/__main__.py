@@ -1,0 +1,16 @@
+"""``python -m hwmodel``: accelerator cost reports and co-design."""
+
+from jaxsparse.common.cli import run_subcommands
+
+COMMANDS = {
+    "report": "hwmodel.cli.report",
+    "codesign": "hwmodel.cli.codesign",
+}
+
+
+def main(argv=None) -> int:
+    return run_subcommands("python -m hwmodel", "ESCALATE-style accelerator model in JAX.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Command-line sub-commands of `python -m jaxsparse`."""

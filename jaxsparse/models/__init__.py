@@ -1,0 +1,95 @@
+"""CIFAR CNNs in flax NNX (NHWC) and loading of PyTorch-layout pretrained weights.
+
+Example:
+    >>> from flax import nnx
+    >>> from jaxsparse.models import build_model
+    >>> model = build_model("resnet20", rngs=nnx.Rngs(0))
+    >>> type(model).__name__, model.depth
+    ('CifarResNet', 20)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flax import nnx
+
+from jaxsparse.common import check_choice, find_shared_root
+from jaxsparse.models.pytorch_io import (
+    load_pytorch_npz,
+    load_pytorch_state_dict,
+    pytorch_parameter_map,
+    save_pytorch_npz,
+    to_pytorch_state_dict,
+)
+from jaxsparse.models.resnet import RESNET_DEPTHS, BasicBlock, CifarResNet, option_a_shortcut
+from jaxsparse.models.vgg import VGG16, VGG16_CFG, ConvBN
+
+#: Names accepted by :func:`build_model`.
+MODEL_NAMES = tuple(f"resnet{d}" for d in RESNET_DEPTHS) + ("vgg16",)
+#: Models with pretrained CIFAR-10 weights in ``<shared>/models/cifar10-resnet``.
+PRETRAINED_NAMES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
+#: Location of the pretrained weights inside the shared folder.
+PRETRAINED_SUBDIR = Path("models") / "cifar10-resnet"
+
+
+def build_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 10) -> nnx.Module:
+    """A randomly initialised model by name (one of :data:`MODEL_NAMES`).
+
+    Raises:
+      ValueError: ``name`` is not one of :data:`MODEL_NAMES`.
+    """
+    check_choice("model name", name, MODEL_NAMES)
+    if name == "vgg16":
+        return VGG16(num_classes, rngs=rngs)
+    return CifarResNet(int(name.removeprefix("resnet")), num_classes, rngs=rngs)
+
+
+def pretrained_path(name: str, shared_root: str | os.PathLike | None = None) -> Path:
+    """``<shared>/models/cifar10-resnet/<name>.npz`` (the shared folder found by ``find_shared_root``)."""
+    check_choice("pretrained model name", name, PRETRAINED_NAMES)
+    return find_shared_root(shared_root) / PRETRAINED_SUBDIR / f"{name}.npz"
+
+
+def load_pretrained(name: str, path: str | os.PathLike | None = None, *, shared_root: str | os.PathLike | None = None) -> nnx.Module:
+    """Build ``name`` and load its pretrained CIFAR-10 weights; returned in eval mode.
+
+    Args:
+      name: ``"resnet20" | "resnet32" | "resnet44" | "resnet56"``.
+      path: a PyTorch-layout ``.npz``; by default the shared copy (see :func:`pretrained_path`).
+      shared_root: the shared folder, when ``path`` is not given (default: ``find_shared_root()``).
+
+    Example:
+        >>> model = load_pretrained("resnet56")  # doctest: +SKIP
+        >>> model(images).argmax(-1)  # doctest: +SKIP
+    """
+    check_choice("model name", name, MODEL_NAMES)
+    if path is None:
+        path = pretrained_path(name, shared_root)
+    model = build_model(name, rngs=nnx.Rngs(0))
+    load_pytorch_npz(model, path)
+    model.eval()
+    return model
+
+
+__all__ = [
+    "MODEL_NAMES",
+    "PRETRAINED_NAMES",
+    "PRETRAINED_SUBDIR",
+    "RESNET_DEPTHS",
+    "VGG16_CFG",
+    "BasicBlock",
+    "CifarResNet",
+    "ConvBN",
+    "VGG16",
+    "build_model",
+    "load_pretrained",
+    "load_pytorch_npz",
+    "load_pytorch_state_dict",
+    "option_a_shortcut",
+    "pretrained_path",
+    "pytorch_parameter_map",
+    "save_pytorch_npz",
+    "to_pytorch_state_dict",
+]

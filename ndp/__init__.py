@@ -1,0 +1,1 @@
+"""ndp: near-data (computational storage) training of recommendation models in JAX."""

@@ -1,0 +1,42 @@
+"""Test configuration shared by all test modules.
+
+JAX is configured here, before any test imports it: strict dtype promotion, rank
+promotion as an error, and 8 emulated CPU devices so mesh/sharding tests run on a
+laptop exactly as on a pod slice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Deterministic, repeatable property tests: the same examples on every run.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=15,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, max_examples=50)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_root() -> Path:
+    """The shared data/model folder at ``../shared``; a test that needs it fails (never skips) without it."""
+    root = Path(os.environ.get("JAXSPARSE_SHARED", REPO_ROOT.parent / "shared"))
+    if not (root / "data").is_dir() or not (root / "models").is_dir():
+        pytest.fail(f"shared data folder missing: expected data/ and models/ under {str(root)!r}")
+    return root
