@@ -70,7 +70,9 @@ class DLRMConfig:
       bottom_mlp: hidden and output widths of the bottom MLP (the last equals ``embedding_dim``).
       top_mlp: hidden widths of the top MLP and its output width (1 logit / rating).
       interaction: ``"dot"`` (pairwise dot products of the bottom output and pooled
-        embeddings, plus the bottom output) or ``"cat"`` (concatenation).
+        embeddings, plus the bottom output), ``"cat"`` (concatenation of the bottom
+        output and the pooled embeddings) or ``"dot_cat"`` (both: the pairwise dot
+        products next to the concatenation, as in DeepFM-style models).
       pooling: ``"sum"`` or ``"mean"`` over each multi-hot bag.
     """
 
@@ -84,7 +86,7 @@ class DLRMConfig:
 
     def __post_init__(self):
         check_positive("embedding_dim", self.embedding_dim)
-        check_choice("interaction", self.interaction, ("dot", "cat"))
+        check_choice("interaction", self.interaction, ("dot", "cat", "dot_cat"))
         check_choice("pooling", self.pooling, ("sum", "mean"))
         if self.bottom_mlp and self.bottom_mlp[-1] != self.embedding_dim:
             raise ValueError(
@@ -103,10 +105,12 @@ class DLRMConfig:
     def interaction_width(self) -> int:
         """Width of the top MLP's input."""
         features = self.num_tables + (1 if self.bottom_mlp else 0)
+        pairs = features * (features - 1) // 2
         if self.interaction == "dot":
-            bottom = self.embedding_dim if self.bottom_mlp else 0
-            return bottom + features * (features - 1) // 2
-        return features * self.embedding_dim
+            return (self.embedding_dim if self.bottom_mlp else 0) + pairs
+        if self.interaction == "cat":
+            return features * self.embedding_dim
+        return features * self.embedding_dim + pairs
 
 
 def criteo_kaggle_config(*, row_cap: int | None = None, scale: float = 1.0, interaction: str = "dot") -> DLRMConfig:

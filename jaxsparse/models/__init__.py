@@ -16,6 +16,7 @@ from pathlib import Path
 from flax import nnx
 
 from jaxsparse.common import check_choice, find_shared_root
+from jaxsparse.models.evaluation import EvalResult, evaluate_accuracy, make_predict_fn
 from jaxsparse.models.pytorch_io import (
     load_pytorch_npz,
     load_pytorch_state_dict,
@@ -82,11 +83,14 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "ConvBN",
+    "EvalResult",
     "VGG16",
     "build_model",
+    "evaluate_accuracy",
     "load_pretrained",
     "load_pytorch_npz",
     "load_pytorch_state_dict",
+    "make_predict_fn",
     "option_a_shortcut",
     "pretrained_path",
     "pytorch_parameter_map",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def pytorch_parameter_map(model: nnx.Module) -> dict[str, tuple[nnx.Variable, st
         >>> from jaxsparse.models import CifarResNet
         >>> keys = pytorch_parameter_map(CifarResNet(20, rngs=nnx.Rngs(0)))
         >>> "layer2.0.conv1.weight" in keys, len(keys)
-        (True, 110)
+        (True, 97)
     """
     entries: dict[str, tuple[nnx.Variable, str]] = {}
     if isinstance(model, CifarResNet):
@@ -164,9 +165,9 @@ def load_pytorch_npz(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
     if not path.is_file():
         raise FileNotFoundError(f"weights: no such file {str(path)!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"weights: {str(path)!r} is not a readable .npz file ({error})") from error
     return load_pytorch_state_dict(model, state, source=repr(str(path)))
 

@@ -1,0 +1,209 @@
+"""Calibrate the CPU-side cost model on this machine's measured ``ndp`` training steps.
+
+1. Measures streaming memory bandwidth (numpy copy of a 256 MiB array, median of runs).
+2. Times ``ndp.train.make_train_step`` (lookups, DLRM head, row-wise Adagrad sparse
+   update on a donated slab; one CPU device) for several table sizes, batch sizes
+   and Zipf skews, median of repeated steps after compilation.
+3. Fits the model of :mod:`ndp.sysmodel.calibration` on two thirds of the cases and
+   predicts the held-out third; reports the error of every case.
+
+Results are checkpointed after every case (``--out``); a rerun resumes from them
+(``--fresh`` starts over). Ends with one JSON line of headline figures:
+``max_heldout_rel_err`` and the fitted host parameters.
+
+    python benchmarks/ndrec_calibration.py            # ~10 min on 2 busy cores
+    python benchmarks/ndrec_calibration.py --quick    # 6 cases, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jaxsparse.common import atomic_write_json  # noqa: E402
+from ndp.sysmodel.calibration import (  # noqa: E402
+    FEATURE_NAMES,
+    CalibrationCase,
+    case_features,
+    fit_cost_model,
+    host_parameters,
+    llc_hit_rate,
+    predict,
+)
+
+EMBEDDING_DIM = 16
+NUM_TABLES = 8
+BOTTOM_MLP = (64, 16)
+TOP_MLP = (64, 1)
+
+
+def measure_bandwidth(size_bytes: int = 256 * 2**20, repeats: int = 7) -> float:
+    """Streaming copy bandwidth (bytes read + written per second), median of ``repeats``."""
+    src = np.ones(size_bytes // 8, np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * size_bytes / statistics.median(times)
+
+
+def llc_bytes() -> float:
+    """Last-level cache size from sysfs (32 MiB if unknown)."""
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        value = int(text[:-1]) * (1024 if text.endswith("K") else 2**20 if text.endswith("M") else 1)
+        best = max(best, value)
+    return float(best or 32 * 2**20)
+
+
+def time_training_step(rows: int, batch_size: int, exponent: float, repeats: int) -> tuple[float, float, list[float]]:
+    """Median seconds per ``ndp`` training step, MLP FLOPs per example, all samples."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from ndp.configs import DLRMConfig
+    from ndp.data.synthetic import SyntheticConfig, batch_at
+    from ndp.embedding import plan_sharding
+    from ndp.model import DLRMHead
+    from ndp.sysmodel.workload import mlp_costs
+    from ndp.train import Batch, EmbeddingOptimizer, bce_loss, init_train_state, jagged_to_padded, make_train_step
+    from ndp.train import shard_batch, storage_mesh
+
+    cfg = DLRMConfig(13, (rows,) * NUM_TABLES, EMBEDDING_DIM, BOTTOM_MLP, TOP_MLP)
+    mesh = storage_mesh(1)
+    plan = plan_sharding(cfg.table_sizes, EMBEDDING_DIM, 1, "rw")
+    head = DLRMHead(cfg, rngs=nnx.Rngs(0))
+    tx = optax.sgd(0.01)
+    opt = EmbeddingOptimizer("rowwise_adagrad", 0.01)
+    state, graphdef = init_train_state(mesh, plan, head, tx, jax.random.key(0), opt)
+    step = make_train_step(mesh, plan, graphdef, bce_loss, tx, opt)
+    synth = SyntheticConfig(table_sizes=cfg.table_sizes, batch_size=batch_size, zipf_exponent=exponent, seed=1)
+    batches = []
+    for i in range(4):
+        b = batch_at(synth, i)
+        ids, lengths = jagged_to_padded([t.values for t in b.tables], [t.offsets for t in b.tables])
+        batches.append(shard_batch(mesh, Batch(b.dense, ids, lengths, b.labels)))
+    for i in range(3):  # compile and warm up
+        state, loss = step(state, batches[i % 4])
+    jax.block_until_ready(loss)
+    samples = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        state, loss = step(state, batches[i % 4])
+        jax.block_until_ready((state.slab, loss))
+        samples.append(time.perf_counter() - t0)
+    del state
+    return statistics.median(samples), mlp_costs(cfg)[0], samples
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/ndrec_calibration.json"))
+    parser.add_argument("--repeats", type=int, default=9, help="timed steps per case (median taken)")
+    parser.add_argument("--quick", action="store_true", help="6 small cases (smoke test)")
+    parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
+    args = parser.parse_args(argv)
+    if args.repeats < 3:
+        raise SystemExit(f"--repeats: expected >= 3, got {args.repeats}")
+
+    if args.quick:
+        grid = list(itertools.product((10_000, 300_000), (256, 1024), (0.0,))) + [(100_000, 512, 1.05), (30_000, 2048, 1.05)]
+    else:
+        grid = list(itertools.product((10_000, 100_000, 1_000_000, 3_000_000), (256, 1024, 4096), (0.0, 1.05)))
+    out = Path(args.out)
+    previous = {}
+    if out.exists() and not args.fresh:
+        try:
+            previous = {tuple(c["key"]): c for c in json.loads(out.read_text()).get("cases", [])}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            previous = {}
+
+    from tqdm import tqdm
+
+    bandwidth = measure_bandwidth()
+    llc = llc_bytes()
+    load_before = os.getloadavg()
+    cases = []
+    for rows, batch, exponent in tqdm(grid, desc="timing ndp training steps", unit="case"):
+        key = [rows, batch, exponent]
+        if tuple(key) in previous:
+            cases.append(previous[tuple(key)])
+            continue
+        median, flops, samples = time_training_step(rows, batch, exponent, args.repeats)
+        cases.append({"key": key, "rows_per_table": rows, "batch_size": batch, "zipf_exponent": exponent,
+                      "mlp_flops_per_example": flops, "measured_s": median,
+                      "samples_s": [round(s, 6) for s in samples]})  # fmt: skip
+        atomic_write_json(out, {"cases": cases, "partial": True})
+
+    for i, c in enumerate(cases):
+        case = CalibrationCase(c["rows_per_table"], NUM_TABLES, c["batch_size"], c["zipf_exponent"], EMBEDDING_DIM,
+                               c["mlp_flops_per_example"], row_state_bytes=4.0)  # fmt: skip
+        c["features"] = case_features(case, llc_bytes=llc, bandwidth=bandwidth).tolist()
+        c["llc_hit_rate"] = llc_hit_rate(case, llc)
+        c["held_out"] = i % 3 == 2
+    features = np.array([c["features"] for c in cases])
+    measured = np.array([c["measured_s"] for c in cases])
+    held = np.array([c["held_out"] for c in cases])
+    coef = fit_cost_model(features[~held], measured[~held])
+    predicted = predict(features, coef)
+    rel = (predicted - measured) / measured
+    for c, p, e in zip(cases, predicted, rel):
+        c["predicted_s"], c["rel_err"] = float(p), float(e)
+
+    print(f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.2f} GB/s; LLC {llc / 2**20:.0f} MiB")
+    print(f"{'rows/table':>10} {'batch':>6} {'zipf':>5} {'LLC hit':>8} {'measured ms':>12} {'predicted ms':>13} {'err':>7}  set")
+    for c in cases:
+        print(f"{c['rows_per_table']:>10} {c['batch_size']:>6} {c['zipf_exponent']:>5.2f} {c['llc_hit_rate']:>8.3f} "
+              f"{1e3 * c['measured_s']:>12.2f} {1e3 * c['predicted_s']:>13.2f} {100 * c['rel_err']:>6.1f}%  "
+              f"{'held-out' if c['held_out'] else 'fit'}")  # fmt: skip
+    params = host_parameters(coef)
+    headline = {
+        "max_heldout_rel_err": float(np.max(np.abs(rel[held]))),
+        "mean_heldout_rel_err": float(np.mean(np.abs(rel[held]))),
+        "max_fit_rel_err": float(np.max(np.abs(rel[~held]))),
+        "heldout_cases": int(held.sum()),
+        "fit_cases": int((~held).sum()),
+        **params,
+    }
+    result = {
+        "description": "CPU-side step-time model fitted on measured ndp training steps (one CPU device, "
+        f"{NUM_TABLES} tables of dim {EMBEDDING_DIM}, DLRM head bottom {BOTTOM_MLP} top {TOP_MLP}, row-wise Adagrad)",
+        "conditions": {
+            "machine": "2-core shared VM (AMD EPYC, KVM), other jobs running",
+            "cpu_count": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "statistic": f"median of {args.repeats} steps after 3 warm-up steps",
+        },
+        "memory_bandwidth_bytes_per_s": bandwidth,
+        "llc_bytes": llc,
+        "coefficients": dict(zip(FEATURE_NAMES, coef.tolist())),
+        "headline": headline,
+        "cases": cases,
+    }
+    atomic_write_json(out, result)
+    print(json.dumps(headline))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

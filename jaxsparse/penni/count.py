@@ -1,0 +1,149 @@
+"""Stage 7, *Count*: parameters, MACs, densities and bit widths, per layer, as plain data.
+
+:func:`describe_layers` returns one JSON-able record per conv/linear layer, in forward
+order, with these keys (the interface the hardware model consumes):
+
+``name, kind ("conv" | "linear"), h_in, w_in, h_out, w_out, c_in, c_out, kernel_size,
+stride, basis, coef_density, coef_density_per_out_channel, act_density, coef_bits,
+basis_bits, weight_bits, params, macs_dense, macs_decomposed, macs_sparse``
+
+Conventions (with ``P = h_out * w_out``, ``k = kernel_size``, ``d = basis``):
+
+* ``macs_dense = P * c_in * c_out * k^2`` for the layer's current (possibly shrunk) shape;
+* decomposed layers, basis-first order: ``macs_decomposed = P * (c_in * d * k^2 + c_in * d * c_out)``;
+  ``macs_sparse = P * (live_pairs * k^2 + nnz(coefficients))`` where ``live_pairs`` counts the
+  (input channel, basis kernel) maps some non-zero coefficient reads: the paper's
+  counting, only non-zero coefficients cost a multiply-accumulate;
+* layers that are not decomposed: ``basis = 0``, ``coef_density = 1.0``,
+  ``coef_bits = basis_bits = 0``, ``macs_decomposed = macs_dense`` and
+  ``macs_sparse = macs_dense * (fraction of non-zero weights)``;
+* ``params``: stored non-zero parameters, ``d * k^2 + nnz(coefficients)`` for a decomposed
+  layer, ``nnz(weights) + bias`` otherwise (BatchNorm is not counted, as in the paper);
+* ``weight_bits``: bits of a non-decomposed layer's weights (32 unquantized), 0 for decomposed
+  layers, whose storage is ``basis_bits`` per basis value and ``coef_bits`` per coefficient;
+* ``act_density``: the measured fraction of non-zero input activations when images are given, else 1.0.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxsparse.penni.layers import DecomposedConv, iter_layers, set_by_path
+
+#: Keys of every record of :func:`describe_layers`.
+LAYER_KEYS = (
+    "name", "kind", "h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel_size", "stride", "basis",
+    "coef_density", "coef_density_per_out_channel", "act_density", "coef_bits", "basis_bits", "weight_bits",
+    "params", "macs_dense", "macs_decomposed", "macs_sparse",
+)
+
+
+class _Recorder:
+    def __init__(self):
+        self.seen: dict[str, dict] = {}
+
+
+class _Probe(nnx.Module):
+    """Stands in for a layer during one forward pass and records its input/output shapes and input density."""
+
+    def __init__(self, inner, recorder: _Recorder, name: str):
+        self.inner = inner
+        self.recorder = recorder
+        self.name = name
+
+    def __call__(self, x, *args, **kwargs):
+        y = self.inner(x, *args, **kwargs)
+        entry = self.recorder.seen.setdefault(self.name, {"shape_in": x.shape, "shape_out": y.shape, "nonzero": 0.0, "count": 0})
+        entry["nonzero"] += float(jnp.sum(x != 0))
+        entry["count"] += int(np.prod(x.shape))
+        return y
+
+
+def _record(model: nnx.Module, images: jax.Array) -> dict[str, dict]:
+    layers = [(p, layer) for p, layer in iter_layers(model, (DecomposedConv, nnx.Conv, nnx.Linear))]
+    recorder = _Recorder()
+    for path, layer in layers:
+        set_by_path(model, path, _Probe(layer, recorder, path))
+    try:
+        model.eval()
+        model(images)
+    finally:
+        for path, layer in layers:
+            set_by_path(model, path, layer)
+    return {p: recorder.seen[p] for p, _ in layers if p in recorder.seen}
+
+
+def _stride(layer) -> int:
+    strides = getattr(layer, "strides", 1) or 1
+    return int(strides[0]) if isinstance(strides, (tuple, list)) else int(strides)
+
+
+def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input_shape=(1, 32, 32, 3)) -> list[dict]:
+    """Per-layer description of ``model`` (see the module notes for keys and conventions).
+
+    Args:
+      model: any NNX model built from ``DecomposedConv``, ``nnx.Conv`` and ``nnx.Linear`` layers.
+      images: a normalised float batch ``(N, H, W, C)``; when given, ``act_density`` is measured on it.
+      input_shape: shape of the zero batch used to trace shapes when ``images`` is None.
+
+    Returns:
+      List of plain dicts (ints, floats, strings, lists), in forward order.
+
+    Example:
+        >>> from jaxsparse.models import build_model
+        >>> records = describe_layers(build_model("resnet20", rngs=nnx.Rngs(0)))
+        >>> records[0]["name"], records[0]["macs_dense"], records[-1]["kind"]
+        ('conv1', 442368, 'linear')
+    """
+    measured = images is not None
+    x = jnp.asarray(images, jnp.float32) if measured else jnp.zeros(input_shape, jnp.float32)
+    seen = _record(model, x)
+    layers = dict(iter_layers(model, (DecomposedConv, nnx.Conv, nnx.Linear)))
+    records = []
+    for path, info in seen.items():
+        layer = layers[path]
+        shape_in, shape_out = info["shape_in"], info["shape_out"]
+        act = info["nonzero"] / max(info["count"], 1) if measured else 1.0
+        if isinstance(layer, nnx.Linear):
+            kind, h_in, w_in, h_out, w_out, k, stride = "linear", 1, 1, 1, 1, 1, 1
+        else:
+            kind, (h_in, w_in), (h_out, w_out) = "conv", shape_in[1:3], shape_out[1:3]
+            k, stride = int(layer.kernel_size[0]), _stride(layer)
+        c_in, c_out = int(layer.in_features), int(layer.out_features)
+        pixels = int(h_out) * int(w_out)
+        macs_dense = pixels * c_in * c_out * k * k
+        if isinstance(layer, DecomposedConv):
+            coef = np.asarray(layer.coefficients[...]) != 0
+            d = int(layer.num_basis)
+            nnz = int(coef.sum())
+            live_pairs = int(coef.any(axis=1).sum())
+            per_out = coef.sum(axis=(0, 2)) / max(c_in * d, 1)
+            record = dict(
+                basis=d, coef_density=nnz / max(coef.size, 1), coef_density_per_out_channel=[float(v) for v in per_out],
+                coef_bits=layer.coef_bits or 32, basis_bits=layer.basis_bits or 32, weight_bits=0,
+                params=d * k * k + nnz, macs_decomposed=pixels * (c_in * d * k * k + c_in * d * c_out),
+                macs_sparse=pixels * (live_pairs * k * k + nnz),
+            )
+        else:
+            kernel = np.asarray(layer.kernel[...])
+            density = float(np.mean(kernel != 0)) if kernel.size else 1.0
+            bias = int(layer.bias.size) if getattr(layer, "bias", None) is not None and layer.use_bias else 0
+            record = dict(
+                basis=0, coef_density=1.0, coef_density_per_out_channel=[1.0] * c_out, coef_bits=0, basis_bits=0,
+                weight_bits=32, params=int((kernel != 0).sum()) + bias, macs_decomposed=macs_dense,
+                macs_sparse=int(round(macs_dense * density)),
+            )
+        record.update(
+            name=path, kind=kind, h_in=int(h_in), w_in=int(w_in), h_out=int(h_out), w_out=int(w_out), c_in=c_in, c_out=c_out,
+            kernel_size=k, stride=stride, act_density=float(act), macs_dense=int(macs_dense),
+        )
+        records.append({key: record[key] for key in LAYER_KEYS})
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """Totals over :func:`describe_layers` records: ``params``, ``macs_dense``, ``macs_decomposed``, ``macs_sparse``."""
+    return {key: int(sum(r[key] for r in records)) for key in ("params", "macs_dense", "macs_decomposed", "macs_sparse")}

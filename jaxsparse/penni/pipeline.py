@@ -1,0 +1,391 @@
+"""The whole PENNI pipeline with a checkpoint after every stage (and every training epoch).
+
+Stages, in order (:data:`STAGES`)::
+
+    dense -> decompose -> retrain -> prune -> finetune -> shrink -> quantize -> count
+
+* ``dense``: the starting model, evaluated (trained first when it has no pretrained weights);
+* ``decompose``: every 3x3 conv -> ``d`` basis kernels + coefficients;
+* ``retrain``: SGD recipe + L1 on coefficients, basis and coefficients in turn;
+* ``prune``: PENNI's per-layer rule ``|c| < s * std(c)``;
+* ``finetune``: pruned coefficients and dead channels held at zero by optimizer masks,
+  with fake-quantization (quantization-aware) when bit widths are set;
+* ``shrink``: dead channels and basis kernels sliced away (exact);
+* ``quantize``: hybrid low-bit coefficients / higher-bit basis; integer tensors exported;
+* ``count``: the per-layer description, the report and its figure.
+
+Every stage ends with an atomic checkpoint ``<out>/checkpoints/<stage>.npz`` holding the
+model state and the results so far; training stages also checkpoint each epoch. A rerun
+with the same settings continues after the last completed stage (or epoch). ``shrink``,
+``quantize`` and ``count`` are pure functions of the fine-tuned state, so their
+checkpoints hold that state and they are replayed when resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxsparse.common import atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from jaxsparse.data import normalize
+from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
+from jaxsparse.penni.count import describe_layers, summarize
+from jaxsparse.penni.digits import DigitsCNN
+from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
+from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.quantize import quantize
+from jaxsparse.penni.shrink import apply_channel_masks, param_masks_like, shrink
+from jaxsparse.penni.train import TrainConfig, evaluate, fit
+
+STAGES = ("dense", "decompose", "retrain", "prune", "finetune", "shrink", "quantize", "count")
+#: Models :func:`compress` accepts: the package's CIFAR models and the small digits CNN.
+PIPELINE_MODELS = MODEL_NAMES + ("digits-cnn",)
+_STATEFUL = ("dense", "decompose", "retrain", "prune", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """Settings of one compression run (the published CIFAR recipe where it has one).
+
+    Attributes:
+      model: one of :data:`PIPELINE_MODELS`.
+      num_basis: ``d`` basis kernels per 3x3 layer (5 in the paper).
+      centered: PCA (True) instead of SVD (False) directions for the basis.
+      l1: weight of the L1 penalty on the coefficients while retraining.
+      retrain_epochs, finetune_epochs: epochs of the two training stages (100 and 30 in the paper).
+      pretrain_epochs: epochs to train the dense model first (for models without weights; 0: none).
+      alternate_every: epochs per phase of basis/coefficient alternation (0: joint training).
+      prune_std: ``s`` of the pruning rule ``|c| < s * std(c)``.
+      coef_bits, basis_bits: quantization bit widths (0: keep float32).
+      per_channel: per-output-channel coefficient scales.
+      qat: fine-tune with fake-quantization (quantization-aware) instead of quantizing after.
+      batch_size, learning_rate, finetune_learning_rate, weight_decay, momentum: the SGD recipe.
+      augment_pad: random-crop padding (4 for CIFAR, 1 for 8x8 digits, 0: none).
+      seed: data order, augmentation and initialisation.
+    """
+
+    model: str = "resnet20"
+    num_basis: int = 5
+    centered: bool = False
+    l1: float = 1e-4
+    retrain_epochs: int = 100
+    finetune_epochs: int = 30
+    pretrain_epochs: int = 0
+    alternate_every: int = 2
+    prune_std: float = 1.0
+    coef_bits: int = 4
+    basis_bits: int = 8
+    per_channel: bool = False
+    qat: bool = True
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    finetune_learning_rate: float = 0.01
+    pretrain_learning_rate: float = 0.05
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    augment_pad: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        check_choice("model", self.model, PIPELINE_MODELS)
+        check_positive("num_basis", self.num_basis)
+        if self.num_basis > 9:
+            raise ValueError(f"num_basis: expected at most 9 (3x3 kernels), got {self.num_basis}")
+        for name in ("retrain_epochs", "finetune_epochs", "pretrain_epochs", "alternate_every", "l1", "prune_std", "augment_pad"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        for name in ("coef_bits", "basis_bits"):
+            value = getattr(self, name)
+            if value != 0 and not 2 <= value <= 16:
+                raise ValueError(f"{name}: expected 0 (no quantization) or 2..16, got {value!r}")
+        check_positive("batch_size", self.batch_size)
+
+
+class Dataset(NamedTuple):
+    """uint8 NHWC images and int32 labels of both splits, and where they came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    name: str
+
+
+def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Module:
+    """The dense starting model: built from its name, with PyTorch-layout weights when given."""
+    if config.model == "digits-cnn":
+        if weights is not None:
+            raise ValueError("weights: the digits CNN is trained from scratch, expected no weights file")
+        return DigitsCNN(rngs=nnx.Rngs(config.seed))
+    model = build_model(config.model, rngs=nnx.Rngs(config.seed))
+    if weights is not None:
+        load_pytorch_npz(model, weights)
+    model.eval()
+    return model
+
+
+def _train_config(config: CompressConfig, epochs: int, *, l1: float, learning_rate: float, alternate: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate, momentum=config.momentum,
+        weight_decay=config.weight_decay, l1=l1, alternate_every=alternate, augment_pad=config.augment_pad, seed=config.seed,
+    )
+
+
+def _totals(model: nnx.Module, sample: jax.Array) -> dict:
+    return summarize(describe_layers(model, input_shape=(1, *sample.shape[1:])))
+
+
+def _coefficient_masks(model: nnx.Module) -> nnx.State:
+    """Keep-masks for fine-tuning: non-zero coefficients and channels the shrink plan keeps."""
+    plan = apply_channel_masks(model)
+    masks = param_masks_like(model, plan)
+    params = nnx.state(model, nnx.Param)
+    return jax.tree.map(lambda m, p: m & (p != 0), masks, params)
+
+
+def export_quantized(model: nnx.Module, path: str | Path, *, coef_bits: int, basis_bits: int, per_channel: bool) -> dict:
+    """Write integer coefficient/basis tensors and their scales of every decomposed layer to ``.npz`` (atomically)."""
+    import io
+
+    arrays, sizes = {}, {"coefficient_bits_total": 0, "basis_bits_total": 0}
+    for name, layer in iter_layers(model, DecomposedConv):
+        if coef_bits:
+            q = quantize(layer.coefficients[...], coef_bits, 1 if per_channel else None)
+            arrays[f"{name}.coefficients"], arrays[f"{name}.coefficients_scale"] = np.asarray(q.values), np.asarray(q.scale)
+            sizes["coefficient_bits_total"] += int(np.count_nonzero(np.asarray(q.values))) * coef_bits
+        if basis_bits:
+            q = quantize(layer.basis[...], basis_bits)
+            arrays[f"{name}.basis"], arrays[f"{name}.basis_scale"] = np.asarray(q.values), np.asarray(q.scale)
+            sizes["basis_bits_total"] += int(q.values.size) * basis_bits
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return sizes
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [r for r in report["layers"] if r["kind"] == "conv"]
+    dense_channels = {r["name"]: r["c_out"] for r in report["dense_layers"]}
+    stages = report["stages"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    x = np.arange(len(layers))
+    axes[0, 0].bar(x, [r["coef_density"] for r in layers], color="tab:blue")
+    axes[0, 0].set(title="coefficient density per conv layer", ylabel="non-zero fraction", ylim=(0, 1.05))
+    axes[0, 1].bar(x, [dense_channels.get(r["name"], r["c_out"]) for r in layers], color="lightgray", label="dense")
+    axes[0, 1].bar(x, [r["c_out"] for r in layers], color="tab:green", label="kept")
+    axes[0, 1].set(title="output channels per conv layer", ylabel="channels")
+    axes[0, 1].legend()
+    for ax in axes[0]:
+        ax.set_xticks(x[:: max(1, len(x) // 12)])
+        ax.set_xlabel("conv layer (forward order)")
+    names = [s["stage"] for s in stages]
+    axes[1, 0].plot(names, [100 * s["top1"] for s in stages], "o-")
+    axes[1, 0].set(title=f"top-1 on {report['data']['name']} (test subset of {report['data']['test']})", ylabel="%")
+    width = 0.4
+    sx = np.arange(len(stages))
+    axes[1, 1].bar(sx - width / 2, [s["params"] for s in stages], width, label="params (non-zero)")
+    axes[1, 1].bar(sx + width / 2, [s["macs"] for s in stages], width, label="MACs (sparse-effective)")
+    axes[1, 1].set_yscale("log")
+    axes[1, 1].set_xticks(sx, names)
+    axes[1, 1].set(title="model size and compute per stage")
+    axes[1, 1].legend()
+    for ax in axes[1]:
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"PENNI compression of {report['config']['model']}")
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def compress(
+    config: CompressConfig,
+    data: Dataset,
+    out_dir: str | Path,
+    *,
+    weights: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Run (or resume) the whole pipeline; write ``report.json``, ``report.png``, ``quantized.npz`` under ``out_dir``.
+
+    Args:
+      config: the run's settings; a rerun must use the same ones to resume.
+      data: the data set.
+      out_dir: output folder (checkpoints in ``out_dir/checkpoints``).
+      weights: PyTorch-layout ``.npz`` of the dense model (None: random init, trained for
+        ``config.pretrain_epochs``).
+      progress: progress bars.
+      log: where one-line stage messages go.
+
+    Returns:
+      The report (also written to ``out_dir/report.json``).
+
+    Example:
+        >>> report = compress(CompressConfig(model="digits-cnn", retrain_epochs=2), data, "runs/demo")  # doctest: +SKIP
+    """
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data.name,
+                "train": int(len(data.train_images)), "test": int(len(data.test_images))}
+    settings_json = json.loads(json.dumps(settings))
+
+    done, meta = None, {}
+    for stage in reversed(STAGES):
+        if (ckpt_dir / f"{stage}.npz").is_file():
+            done = stage
+            _, meta = load_checkpoint(ckpt_dir / f"{stage}.npz")
+            break
+    if done is not None and meta.get("settings") != settings_json:
+        raise ValueError(
+            f"out: {str(out)!r} holds checkpoints of a run with other settings ({meta.get('settings')}); "
+            "use another output folder or delete it to start over"
+        )
+    results: list[dict] = list(meta.get("results", []))
+    extras: dict = dict(meta.get("extras", {}))
+    resumed = list(meta.get("resumed", []))
+    if done is not None:
+        log(f"resuming after stage '{done}' (checkpoints in {ckpt_dir})")
+        resumed.append(done)
+
+    model = initial_model(config, weights)
+    sample = jnp.asarray(normalize(data.test_images[:1]))
+    if done is not None and STAGES.index(done) >= STAGES.index("decompose"):
+        decompose_model(model, config.num_basis, centered=config.centered)
+    if done is not None:
+        state_stage = done if done in _STATEFUL else "finetune"
+        if config.qat and (config.coef_bits or config.basis_bits) and STAGES.index(done) >= STAGES.index("finetune"):
+            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+        state, _ = load_checkpoint(ckpt_dir / f"{state_stage}.npz", like=nnx.state(model))
+        nnx.update(model, state)
+        if STAGES.index(done) >= STAGES.index("shrink"):
+            shrink(model)
+        if STAGES.index(done) >= STAGES.index("quantize"):
+            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+    model.eval()
+
+    def finish(stage: str, started: float, **extra) -> None:
+        top1 = evaluate(model, data.test_images, data.test_labels)
+        totals = _totals(model, sample)
+        record = {"stage": stage, "top1": top1, "params": totals["params"], "macs": totals["macs_sparse"],
+                  "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2), **extra}
+        results.append(record)
+        log(f"[{stage}] top-1 {100 * top1:.2f}%  params {totals['params']:,}  MACs {totals['macs_sparse']:,}  ({record['seconds']:.0f} s)")
+        save_checkpoint(ckpt_dir / f"{stage}.npz", nnx.state(model) if stage in _STATEFUL else {},
+                        {"settings": settings_json, "results": results, "extras": extras, "resumed": resumed})
+
+    start = STAGES.index(done) + 1 if done is not None else 0
+    bar = tqdm(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
+    for stage in STAGES[start:]:
+        bar.set_postfix_str(stage)
+        started = time.time()
+        if stage == "dense":
+            if weights is None and config.pretrain_epochs > 0:
+                fit(model, data.train_images, data.train_labels,
+                    _train_config(config, config.pretrain_epochs, l1=0.0, learning_rate=config.pretrain_learning_rate, alternate=0),
+                    checkpoint=ckpt_dir / "dense-epoch.npz", description="pretrain", progress=progress)
+            finish(stage, started)
+        elif stage == "decompose":
+            stats = decompose_model(model, config.num_basis, centered=config.centered)
+            extras["decomposition"] = stats
+            finish(stage, started, mean_relative_error=float(np.mean([s["relative_error"] for s in stats.values()])))
+        elif stage == "retrain":
+            fit(model, data.train_images, data.train_labels,
+                _train_config(config, config.retrain_epochs, l1=config.l1, learning_rate=config.learning_rate, alternate=config.alternate_every),
+                checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
+            finish(stage, started)
+        elif stage == "prune":
+            for _, layer in iter_layers(model, DecomposedConv):
+                c = layer.coefficients[...]
+                layer.coefficients[...] = jnp.where(penni_mask(c, config.prune_std), c, jnp.zeros_like(c))
+            finish(stage, started)
+        elif stage == "finetune":
+            masks = _coefficient_masks(model)
+            if config.qat and (config.coef_bits or config.basis_bits):
+                set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+            fit(model, data.train_images, data.train_labels,
+                _train_config(config, config.finetune_epochs, l1=0.0, learning_rate=config.finetune_learning_rate, alternate=0),
+                masks=masks, checkpoint=ckpt_dir / "finetune-epoch.npz", description="finetune", progress=progress)
+            finish(stage, started)
+        elif stage == "shrink":
+            _, plan = shrink(model)
+            extras["channels"] = {s: list(v) for s, v in plan.kept().items()}
+            finish(stage, started, fixed_point_iterations=plan.iterations)
+        elif stage == "quantize":
+            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+            extras["quantized_sizes"] = export_quantized(
+                model, out / "quantized.npz", coef_bits=config.coef_bits, basis_bits=config.basis_bits, per_channel=config.per_channel
+            )
+            finish(stage, started)
+        elif stage == "count":
+            finish(stage, started)
+        bar.update(1)
+    bar.close()
+    dense_model = initial_model(config, weights)
+    dense_layers = describe_layers(dense_model, input_shape=(1, *sample.shape[1:]))
+    probe = jnp.asarray(normalize(data.test_images[:64]))
+    layers = describe_layers(model, probe)
+    dense_totals, final_totals = summarize(dense_layers), summarize(layers)
+    by_stage = {r["stage"]: r for r in results}
+    report = {
+        "config": dataclasses.asdict(config),
+        "weights": settings["weights"],
+        "data": {"name": data.name, "train": settings["train"], "test": settings["test"]},
+        "device": jax.devices()[0].device_kind,
+        "stages": results,
+        "summary": {
+            "top1_dense": by_stage["dense"]["top1"],
+            "top1_compressed": by_stage["count"]["top1"],
+            "params_dense": dense_totals["params"],
+            "params_compressed": final_totals["params"],
+            "param_reduction": 1.0 - final_totals["params"] / dense_totals["params"],
+            "macs_dense": dense_totals["macs_dense"],
+            "macs_compressed": final_totals["macs_sparse"],
+            "mac_reduction": 1.0 - final_totals["macs_sparse"] / dense_totals["macs_dense"],
+        },
+        "extras": extras,
+        "resumed_after": resumed,
+        "layers": layers,
+        "dense_layers": dense_layers,
+    }
+    atomic_write_json(out / "report.json", report)
+    _plot(report, out / "report.png")
+    return report
+
+
+def load_compressed(report_dir: str | Path, weights: str | None = None) -> nnx.Module:
+    """Rebuild the compressed (shrunk, quantization-configured) model of a finished run from its checkpoints."""
+    out = Path(report_dir)
+    ckpt = out / "checkpoints" / "finetune.npz"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"report_dir: expected a finished run with {str(ckpt)!r}, found none")
+    _, meta = load_checkpoint(ckpt)
+    config = CompressConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["settings"]["config"].items()})
+    model = initial_model(config, weights if weights is not None else meta["settings"]["weights"])
+    decompose_model(model, config.num_basis, centered=config.centered)
+    if config.qat and (config.coef_bits or config.basis_bits):
+        set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+    state, _ = load_checkpoint(ckpt, like=nnx.state(model))
+    nnx.update(model, state)
+    shrink(model)
+    set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+    model.eval()
+    return model

@@ -1,0 +1,278 @@
+"""Stage 3, *Retrain* (and the fine-tuning of stage 4): the published SGD recipe through optax.
+
+Recipe (PENNI's public CIFAR code): SGD with Nesterov momentum 0.9, weight decay 1e-4,
+batch 128, learning rate 0.01 divided by 10 at 50% and 75% of the epochs; an L1 penalty
+``lambda * sum |coefficients|`` pushes coefficients to zero; basis kernels and
+coefficients are trained in turn, switching every ``alternate_every`` epochs (joint
+training when 0). BatchNorm and the classifier train in every phase.
+
+:func:`fit` checkpoints after every epoch (atomically) and resumes from that file, so
+an interrupted run repeats at most the epoch it was in. Epoch ``e`` visits the data in
+an order fixed by ``(seed, e)`` and draws its augmentation from ``(seed, e, step)``, so a
+resumed run computes exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxsparse.common import check_choice, check_positive, load_checkpoint, save_checkpoint
+from jaxsparse.data import augment, batches, normalize
+from jaxsparse.penni.prune import masked
+
+#: Parameter groups of :func:`param_groups`.
+GROUPS = ("basis", "coefficients", "shared")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training phase (retraining or fine-tuning).
+
+    Attributes:
+      epochs: passes over the training data.
+      batch_size: examples per step (the last incomplete batch of an epoch is dropped).
+      learning_rate: initial rate; multiplied by ``lr_decay`` at each fraction in ``milestones``.
+      momentum, nesterov, weight_decay: SGD settings.
+      l1: weight of ``sum |coefficients|`` in the loss (0: none).
+      alternate_every: epochs per phase when training basis and coefficients in turn (0: jointly).
+      first_group: ``"coefficients"`` or ``"basis"``, the group trained in the first phase.
+      augment_pad: random-crop padding of the augmentation (0: no augmentation).
+      seed: fixes data order and augmentation.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    l1: float = 0.0
+    alternate_every: int = 2
+    first_group: str = "coefficients"
+    augment_pad: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        check_positive("epochs", self.epochs, allow_zero=True)
+        check_positive("batch_size", self.batch_size)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("l1", self.l1, allow_zero=True)
+        check_positive("alternate_every", self.alternate_every, allow_zero=True)
+        check_choice("first_group", self.first_group, ("coefficients", "basis"))
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    for attr in ("key", "name", "idx"):
+        if hasattr(last, attr):
+            return str(getattr(last, attr))
+    return str(last)
+
+
+def param_groups(params: Any) -> Any:
+    """Label every parameter leaf ``"basis"``, ``"coefficients"`` or ``"shared"`` (everything else)."""
+
+    def label(path, _):
+        names = [_leaf_name(path[: i + 1]) for i in range(len(path))]
+        for group in ("basis", "coefficients"):
+            if group in names:
+                return group
+        return "shared"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def sgd_recipe(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Weight decay + SGD (Nesterov) with the step learning-rate schedule of ``config``."""
+    total = config.epochs * steps_per_epoch
+    boundaries = {int(round(m * total)): config.lr_decay for m in config.milestones if 0 < int(round(m * total)) < total}
+    schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0),
+    )
+
+
+class AlternatingState(NamedTuple):
+    """State of :func:`alternating`: step counter and the inner optimizer's state."""
+
+    count: jax.Array
+    inner_state: Any
+
+
+def alternating(
+    inner: optax.GradientTransformation, groups: Any, period_steps: int, first_group: str = "coefficients"
+) -> optax.GradientTransformation:
+    """Train the ``"basis"`` and ``"coefficients"`` groups in turn, ``period_steps`` steps each.
+
+    ``"shared"`` leaves (BatchNorm, classifier, undecomposed layers) train in every phase.
+    The resting group gets neither gradient nor update (so no weight decay or momentum moves it).
+
+    Args:
+      inner: the optimizer of the trained group.
+      groups: pytree of labels from :func:`param_groups`.
+      period_steps: steps per phase.
+      first_group: group trained in steps ``0 .. period_steps - 1``.
+    """
+    check_positive("period_steps", period_steps)
+    check_choice("first_group", first_group, ("coefficients", "basis"))
+    second_group = "basis" if first_group == "coefficients" else "coefficients"
+
+    def init(params):
+        return AlternatingState(jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        phase = (state.count // period_steps) % 2
+        resting = jnp.where(phase == 0, GROUPS.index(second_group), GROUPS.index(first_group))
+
+        def gate(tree):
+            return jax.tree.map(lambda u, g: jnp.where(resting == GROUPS.index(g), jnp.zeros_like(u), u), tree, groups)
+
+        inner_updates, inner_state = inner.update(gate(updates), state.inner_state, params)
+        return gate(inner_updates), AlternatingState(state.count + 1, inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def coefficient_l1(params: Any) -> jax.Array:
+    """``sum |coefficients|`` over every decomposed layer."""
+    groups = param_groups(params)
+    terms = [jnp.sum(jnp.abs(p)) for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(groups)) if g == "coefficients"]
+    return sum(terms, jnp.zeros((), jnp.float32))
+
+
+def _prepare(images: jax.Array, key: jax.Array, pad: int) -> jax.Array:
+    return normalize(augment(key, images, pad) if pad > 0 else images)
+
+
+def make_optimizer(config: TrainConfig, params: Any, steps_per_epoch: int, masks: Any = None) -> optax.GradientTransformation:
+    """The optimizer of one phase: recipe SGD, alternating groups if configured, masks if given."""
+    tx = sgd_recipe(config, steps_per_epoch)
+    groups = param_groups(params)
+    if config.alternate_every > 0 and {"basis", "coefficients"} <= set(jax.tree.leaves(groups)):
+        tx = alternating(tx, groups, config.alternate_every * steps_per_epoch, config.first_group)
+    if masks is not None:
+        tx = masked(tx, masks)
+    return tx
+
+
+def fit(
+    model: nnx.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    *,
+    masks: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    description: str = "train",
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``model`` in place on uint8 NHWC ``images`` with the recipe of ``config``.
+
+    Args:
+      model: NNX model (its ``Param`` leaves train; ``BatchStat`` leaves follow the data).
+      images, labels: training set, uint8 ``(N, H, W, 3)`` and int ``(N,)``.
+      config: the phase's :class:`TrainConfig`.
+      masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
+      checkpoint: file written after every epoch and resumed from when present.
+      description: progress bar label.
+
+    Returns:
+      Per-epoch history ``[{"epoch", "loss", "train_top1"}]`` (including resumed epochs).
+
+    Example:
+        >>> history = fit(model, x_train, y_train, TrainConfig(epochs=2, l1=1e-4))  # doctest: +SKIP
+    """
+    steps_per_epoch = len(images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+    model.train()
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    tx = make_optimizer(config, params, steps_per_epoch, masks)
+    opt_state = tx.init(params)
+    start_epoch, history = 0, []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        (params, stats, opt_state), meta = load_checkpoint(checkpoint, like=(params, stats, opt_state))
+        start_epoch, history = int(meta["epoch"]), list(meta["history"])
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def step(params, stats, opt_state, x, y, key):
+        x = _prepare(x, key, config.augment_pad)
+
+        def loss_fn(p, stats):
+            logits, new_stats = _forward(graphdef, p, stats, rest, x)
+            labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+            ce = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
+            penalty = config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32)
+            return ce + penalty, (new_stats, jnp.mean(jnp.argmax(logits, -1) == y))
+
+        (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss, acc
+
+    base_key = jax.random.key(config.seed)
+    for epoch in range(start_epoch, config.epochs):
+        losses, accs = [], []
+        bar = tqdm(
+            batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch),
+            total=steps_per_epoch,
+            desc=f"{description} {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+        )
+        for index, (x, y) in enumerate(bar):
+            key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), index)
+            params, stats, opt_state, loss, acc = step(params, stats, opt_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key)
+            losses.append(loss)
+            accs.append(acc)
+            if index % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(jax.device_get(losses))), "train_top1": float(np.mean(jax.device_get(accs)))})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, (params, stats, opt_state), {"epoch": epoch + 1, "history": history})
+    nnx.update(model, params, stats)
+    model.eval()
+    return history
+
+
+def _forward(graphdef, params, stats, rest, x):
+    # Fresh Variable objects at the current trace level, so BatchNorm may update its statistics here.
+    params, stats, rest = jax.tree.map(lambda leaf: leaf, (params, stats, rest))
+    model = nnx.merge(graphdef, params, stats, rest)
+    logits = model(x)
+    return logits, nnx.state(model, nnx.BatchStat)
+
+
+def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Logits of ``model`` (eval mode) for uint8 NHWC ``images``, batched and jitted."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(normalize(x))
+
+    outputs = [np.asarray(forward(state, jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+def evaluate(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 500) -> float:
+    """Top-1 accuracy in ``[0, 1]`` of ``model`` on uint8 NHWC ``images``."""
+    logits = predict(model, images, batch_size=batch_size)
+    return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))

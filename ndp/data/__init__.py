@@ -1,0 +1,1 @@
+"""Data sources for recommendation training: synthetic Criteo-like logs, Criteo TSV, MovieLens-100k."""

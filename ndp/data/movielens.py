@@ -1,0 +1,137 @@
+"""MovieLens-100k from its original files, as categorical features for DLRM-style models.
+
+Features (one embedding table each, in this order): ``user`` (943), ``item``
+(1682), ``age`` bucket (7: <18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+), ``gender``
+(2), ``occupation`` (21, from ``u.occupation``), ``zip`` prefix (11: first digit, or
+"other" for non-US codes) and ``genres`` (19, multi-hot: a bag of up to 6 genres).
+Targets: the rating (1-5, regression, RMSE) or, for the implicit ``click`` task,
+``rating >= 4`` (AUC). Splits are the distribution's ``u1``..``u5`` (5-fold, 80/20)
+and ``ua``/``ub`` (10 test ratings per user).
+
+Example:
+    >>> from jaxsparse.common import find_shared_root
+    >>> data = load_movielens(find_shared_root() / "data" / "ml-100k", split="u1")   # doctest: +SKIP
+    >>> data.train.ids.shape, data.test.ids.shape, data.table_sizes                   # doctest: +SKIP
+    ((80000, 7, 6), (20000, 7, 6), (943, 1682, 7, 2, 21, 11, 19))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxsparse.common import check_choice
+
+FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres")
+SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+TASKS = ("rating", "click")
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+NUM_GENRES = 19
+MAX_GENRES = 6
+
+
+class Examples(NamedTuple):
+    """Examples in fixed-shape form: ``ids (N, T, L)``, ``lengths (N, T)``, ``labels (N,)``."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+
+    def select(self, features: tuple[int, ...]) -> Examples:
+        """Only the given feature columns (e.g. ``(0, 1)``: user and item)."""
+        idx = list(features)
+        length_cap = max(1, int(self.lengths[:, idx].max(initial=1)))
+        return Examples(self.ids[:, idx, :length_cap], self.lengths[:, idx], self.labels)
+
+
+class MovieLensData(NamedTuple):
+    train: Examples
+    test: Examples
+    table_sizes: tuple[int, ...]
+    feature_names: tuple[str, ...]
+    task: str
+    mean_rating: float
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"MovieLens-100k file missing: {str(path)!r} (expected the original ml-100k folder)")
+    return path
+
+
+def _read_ratings(path: Path) -> np.ndarray:
+    ratings = np.loadtxt(_require(path), dtype=np.int64, delimiter="\t")
+    return ratings.reshape(-1, 4)
+
+
+def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "rating") -> MovieLensData:
+    """Load a split of MovieLens-100k.
+
+    Args:
+      root: the ``ml-100k`` folder with ``u.user``, ``u.item``, ``u.occupation`` and the splits.
+      split: ``u1``..``u5``, ``ua`` or ``ub``.
+      task: ``"rating"`` (labels are ratings) or ``"click"`` (labels ``rating >= 4``).
+
+    Returns:
+      A :class:`MovieLensData`; ids are 0-based per table.
+    """
+    check_choice("split", split, SPLITS)
+    check_choice("task", task, TASKS)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MovieLens-100k folder not found: {str(root)!r}")
+    occupations = [
+        line.strip() for line in _require(root / "u.occupation").read_text(encoding="latin-1").splitlines() if line.strip()
+    ]
+    occupation_index = {name: i for i, name in enumerate(occupations)}
+    users = {}
+    for line in _require(root / "u.user").read_text(encoding="latin-1").splitlines():
+        if not line.strip():
+            continue
+        uid, age, gender, occupation, zip_code = line.split("|")
+        zip_bucket = int(zip_code[0]) if zip_code[:1].isdigit() else 10
+        users[int(uid)] = (
+            int(np.searchsorted(AGE_EDGES, int(age), side="right")),
+            0 if gender == "M" else 1,
+            occupation_index[occupation],
+            zip_bucket,
+        )
+    genres = {}
+    for line in _require(root / "u.item").read_text(encoding="latin-1").splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        flags = np.array([int(x) for x in fields[-NUM_GENRES:]])
+        genres[int(fields[0])] = np.flatnonzero(flags)[:MAX_GENRES]
+    num_users, num_items = max(users), max(genres)
+    table_sizes = (num_users, num_items, len(AGE_EDGES) + 1, 2, len(occupations), 11, NUM_GENRES)
+
+    def examples(ratings: np.ndarray) -> Examples:
+        n = ratings.shape[0]
+        ids = np.zeros((n, len(FEATURES), MAX_GENRES), np.int32)
+        lengths = np.ones((n, len(FEATURES)), np.int32)
+        user_features = np.array([users[u] for u in ratings[:, 0]], np.int32).reshape(n, 4)
+        ids[:, 0, 0] = ratings[:, 0] - 1
+        ids[:, 1, 0] = ratings[:, 1] - 1
+        ids[:, 2:6, 0] = user_features
+        for i, item in enumerate(ratings[:, 1]):
+            g = genres[int(item)]
+            ids[i, 6, : g.size] = g
+            lengths[i, 6] = g.size
+        score = ratings[:, 2].astype(np.float32)
+        labels = score if task == "rating" else (score >= 4).astype(np.float32)
+        return Examples(ids, lengths, labels)
+
+    train = _read_ratings(root / f"{split}.base")
+    test = _read_ratings(root / f"{split}.test")
+    return MovieLensData(
+        train=examples(train),
+        test=examples(test),
+        table_sizes=table_sizes,
+        feature_names=FEATURES,
+        task=task,
+        mean_rating=float(train[:, 2].mean()),
+    )

@@ -1,0 +1,462 @@
+"""Embedding tables sharded over a ``storage`` mesh axis, looked up, pooled and updated where they live.
+
+All tables are packed into one *slab* per storage device, like FBGEMM's
+table-batched embeddings: a global ``float32 (S * R, W)`` array sharded by rows
+over the mesh axis ``storage`` (``S`` devices, ``R`` rows per device, width
+``W``). A :class:`ShardingPlan` says where every table's rows and columns sit:
+
+* ``"tw"`` (table-wise): each table whole on one device; tables are placed
+  greedily, largest first, on the device with the fewest rows (memory balance).
+* ``"rw"`` (row-wise): each table split into ``S`` contiguous row blocks, block
+  ``s`` on device ``s``.
+* ``"cw"`` (column-wise): each table split into ``S`` column blocks of width
+  ``D / S``, block ``s`` on device ``s`` (``W = D / S``).
+
+A training step (:func:`lookup` then :func:`apply_sparse_update`) never leaves
+the devices that hold the rows:
+
+1. every storage device sees the batch's ids (all-gathered; they are small),
+   gathers the rows it owns and pools them into a partial ``(B, T, W)`` result;
+2. partial results are reduce-scattered (``tw``/``rw``) or all-to-all'ed
+   (``cw``) so each device ends with its data-parallel slice ``(B / S, T, D)``
+   of the pooled embeddings, the input of the MLPs;
+3. the gradient w.r.t. the pooled embeddings travels back the same way and each
+   device applies a sparse row update (SGD, or row-wise Adagrad as in
+   FBGEMM/DLRM) to its own rows with ``.at[rows].add``.
+
+No dense table gradient is formed and, with the slab donated, no table is copied.
+
+Pooling of a bag ``b`` of table ``t`` with ids ``i_1..i_n``:
+``sum``: :math:`\\sum_k E_t[i_k]`; ``mean``: :math:`\\frac{1}{\\max(n,1)}\\sum_k E_t[i_k]`
+(an empty bag pools to zeros).
+
+Example:
+    >>> import jax, numpy as np
+    >>> mesh = jax.make_mesh((1,), ("storage",))
+    >>> plan = plan_sharding((5, 3), embedding_dim=4, num_shards=1, kind="rw")
+    >>> tables = [np.ones((5, 4), np.float32), 2 * np.ones((3, 4), np.float32)]
+    >>> slab = put_slab(mesh, plan, pack_tables(plan, tables))
+    >>> ids = np.array([[[0, 1], [2, 0]]], np.int32)      # (B=1, T=2, L=2)
+    >>> lengths = np.array([[2, 1]], np.int32)
+    >>> pooled = lookup(mesh, plan, slab, ids, lengths, pooling="sum")
+    >>> np.asarray(pooled)[0, :, 0].tolist()
+    [2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsparse.common import check_choice, check_positive
+
+AXIS = "storage"
+SHARDING_KINDS = ("tw", "rw", "cw")
+POOLINGS = ("sum", "mean")
+OPTIMIZERS = ("sgd", "rowwise_adagrad")
+
+
+class TablePiece(NamedTuple):
+    """Rows ``[row_start, row_end)`` and columns ``[col_start, col_end)`` of ``table``,
+    stored on ``shard`` from slab row ``slab_offset`` on."""
+
+    table: int
+    shard: int
+    row_start: int
+    row_end: int
+    col_start: int
+    col_end: int
+    slab_offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingPlan:
+    """Where every table's rows and columns live on the ``storage`` devices.
+
+    Build one with :func:`plan_sharding`. ``slab_rows`` (``R``) and ``slab_width``
+    (``W``) give each device's slab shape; the global slab is ``(S * R, W)``.
+    """
+
+    table_sizes: tuple[int, ...]
+    embedding_dim: int
+    num_shards: int
+    kind: str
+    pieces: tuple[TablePiece, ...]
+    slab_rows: int
+    slab_width: int
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.table_sizes)
+
+    def _per_shard(self, field: str) -> np.ndarray:
+        out = np.zeros((self.num_shards, self.num_tables), np.int32)
+        for p in self.pieces:
+            out[p.shard, p.table] = getattr(p, field)
+        return out
+
+    def routing(self) -> np.ndarray:
+        """``int32 (S, 3, T)``: per device and table, first row, end row and slab offset it holds
+        (all zero where the device holds none of the table)."""
+        return np.stack(
+            [self._per_shard("row_start"), self._per_shard("row_end"), self._per_shard("slab_offset")], axis=1
+        )
+
+    def rows_per_shard(self) -> list[int]:
+        """Table rows each device holds (without padding)."""
+        rows = [0] * self.num_shards
+        for p in self.pieces:
+            rows[p.shard] += p.row_end - p.row_start
+        return rows
+
+    def bytes_per_shard(self, bytes_per_value: int = 4) -> list[int]:
+        return [r * self.slab_width * bytes_per_value for r in self.rows_per_shard()]
+
+    def imbalance(self) -> float:
+        """Largest device's rows over the mean (1.0 is perfect balance)."""
+        rows = self.rows_per_shard()
+        mean = sum(rows) / len(rows)
+        return float(max(rows) / mean) if mean else 1.0
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "num_shards": self.num_shards,
+            "embedding_dim": self.embedding_dim,
+            "slab_rows": self.slab_rows,
+            "slab_width": self.slab_width,
+            "rows_per_shard": self.rows_per_shard(),
+            "mb_per_shard": [round(b / 2**20, 3) for b in self.bytes_per_shard()],
+            "imbalance": round(self.imbalance(), 4),
+            "tables": [
+                {"table": t, "rows": n, "pieces": [p._asdict() for p in self.pieces if p.table == t]}
+                for t, n in enumerate(self.table_sizes)
+            ],
+        }
+
+    def describe(self) -> str:
+        """A human-readable summary: rows and MB per device, and where each table lives."""
+        lines = [
+            f"{self.kind} sharding of {self.num_tables} tables (dim {self.embedding_dim}) over "
+            f"{self.num_shards} storage device(s); slab {self.slab_rows} x {self.slab_width} per device, "
+            f"imbalance {self.imbalance():.3f}"
+        ]
+        for s, (rows, nbytes) in enumerate(zip(self.rows_per_shard(), self.bytes_per_shard())):
+            tables = sorted({p.table for p in self.pieces if p.shard == s})
+            shown = ",".join(map(str, tables[:12])) + ("..." if len(tables) > 12 else "")
+            lines.append(f"  device {s}: {rows} rows, {nbytes / 2**20:.2f} MB, tables [{shown}]")
+        return "\n".join(lines)
+
+
+def plan_sharding(table_sizes: Sequence[int], embedding_dim: int, num_shards: int, kind: str = "rw") -> ShardingPlan:
+    """Plan how tables are cut and placed over ``num_shards`` storage devices.
+
+    Args:
+      table_sizes: rows of each table.
+      embedding_dim: ``D``, the width of every table.
+      num_shards: ``S``, the size of the ``storage`` mesh axis.
+      kind: ``"tw"`` (table-wise, greedy memory balance), ``"rw"`` (row-wise) or
+        ``"cw"`` (column-wise; needs ``D % S == 0``).
+
+    Returns:
+      A :class:`ShardingPlan`.
+
+    Example:
+        >>> plan = plan_sharding((100, 60, 50, 10), embedding_dim=8, num_shards=2, kind="tw")
+        >>> plan.rows_per_shard()
+        [110, 110]
+    """
+    table_sizes = tuple(int(n) for n in table_sizes)
+    if not table_sizes:
+        raise ValueError("table_sizes: expected at least one table, got ()")
+    for n in table_sizes:
+        check_positive("table size", n)
+    check_positive("embedding_dim", embedding_dim)
+    check_positive("num_shards", num_shards)
+    check_choice("kind", kind, SHARDING_KINDS)
+    d, s_count = int(embedding_dim), int(num_shards)
+    pieces: list[TablePiece] = []
+    fill = [0] * s_count
+    if kind == "tw":
+        for t in sorted(range(len(table_sizes)), key=lambda t: (-table_sizes[t], t)):
+            s = min(range(s_count), key=lambda s: (fill[s], s))
+            pieces.append(TablePiece(t, s, 0, table_sizes[t], 0, d, fill[s]))
+            fill[s] += table_sizes[t]
+        width = d
+    elif kind == "rw":
+        for t, n in enumerate(table_sizes):
+            block = -(-n // s_count)
+            for s in range(s_count):
+                lo, hi = min(n, s * block), min(n, (s + 1) * block)
+                if hi > lo:
+                    pieces.append(TablePiece(t, s, lo, hi, 0, d, fill[s]))
+                    fill[s] += hi - lo
+        width = d
+    else:
+        if d % s_count:
+            raise ValueError(
+                f"embedding_dim: column-wise sharding over {s_count} devices needs a multiple of {s_count}, got {d}"
+            )
+        width = d // s_count
+        for t, n in enumerate(table_sizes):
+            for s in range(s_count):
+                pieces.append(TablePiece(t, s, 0, n, s * width, (s + 1) * width, fill[s]))
+                fill[s] += n
+    pieces.sort(key=lambda p: (p.table, p.shard))
+    return ShardingPlan(table_sizes, d, s_count, kind, tuple(pieces), max(1, max(fill)), width)
+
+
+def pack_tables(plan: ShardingPlan, tables: Sequence[np.ndarray]) -> np.ndarray:
+    """Lay out full tables ``(N_t, D)`` as the global slab ``(S * R, W)`` (host memory).
+
+    Example:
+        >>> plan = plan_sharding((3,), embedding_dim=2, num_shards=2, kind="cw")
+        >>> pack_tables(plan, [np.arange(6, dtype=np.float32).reshape(3, 2)])[:, 0].tolist()
+        [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
+    """
+    if len(tables) != plan.num_tables:
+        raise ValueError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
+    slab = np.zeros((plan.num_shards * plan.slab_rows, plan.slab_width), np.float32)
+    for t, table in enumerate(tables):
+        if tuple(np.shape(table)) != (plan.table_sizes[t], plan.embedding_dim):
+            raise ValueError(
+                f"tables[{t}]: expected shape {(plan.table_sizes[t], plan.embedding_dim)}, got {tuple(np.shape(table))}"
+            )
+    for p in plan.pieces:
+        base = p.shard * plan.slab_rows + p.slab_offset
+        slab[base : base + p.row_end - p.row_start] = np.asarray(tables[p.table])[
+            p.row_start : p.row_end, p.col_start : p.col_end
+        ]
+    return slab
+
+
+def unpack_tables(plan: ShardingPlan, slab) -> list[np.ndarray]:
+    """The inverse of :func:`pack_tables`: full tables ``(N_t, D)`` from a (gathered) slab."""
+    slab = np.asarray(slab)
+    tables = [np.zeros((n, plan.embedding_dim), slab.dtype) for n in plan.table_sizes]
+    for p in plan.pieces:
+        base = p.shard * plan.slab_rows + p.slab_offset
+        tables[p.table][p.row_start : p.row_end, p.col_start : p.col_end] = slab[base : base + p.row_end - p.row_start]
+    return tables
+
+
+def slab_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
+    """Rows of the slab over ``storage``, columns whole."""
+    return jax.NamedSharding(mesh, jax.P(AXIS))
+
+
+def put_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, host_slab: np.ndarray) -> jax.Array:
+    """Place a host slab on the mesh (each process supplies only its own devices' rows)."""
+    _check_mesh(mesh, plan)
+    host_slab = np.asarray(host_slab, np.float32)
+    return jax.make_array_from_callback(host_slab.shape, slab_sharding(mesh), lambda index: host_slab[index])
+
+
+def init_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, key: jax.Array) -> jax.Array:
+    """A slab with DLRM's initialisation, row ``r`` of table ``t`` uniform in ``±1/sqrt(N_t)``.
+
+    Built directly on the devices (no host copy), so it scales to tables larger
+    than host memory allows twice.
+    """
+    _check_mesh(mesh, plan)
+    bound = np.zeros((plan.num_shards * plan.slab_rows, 1), np.float32)
+    for p in plan.pieces:
+        base = p.shard * plan.slab_rows + p.slab_offset
+        bound[base : base + p.row_end - p.row_start] = 1.0 / np.sqrt(plan.table_sizes[p.table])
+    shape = (plan.num_shards * plan.slab_rows, plan.slab_width)
+    sharding = slab_sharding(mesh)
+    bound_dev = jax.make_array_from_callback(bound.shape, sharding, lambda index: bound[index])
+
+    @functools.partial(jax.jit, out_shardings=sharding)
+    def make(key, bound):
+        return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * bound
+
+    return make(key, bound_dev)
+
+
+def init_rowwise_state(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> jax.Array:
+    """Row-wise Adagrad accumulators: one ``float32`` per slab row, zero, sharded like the slab."""
+    _check_mesh(mesh, plan)
+    shape = (plan.num_shards * plan.slab_rows,)
+    return jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=slab_sharding(mesh))()
+
+
+def _check_mesh(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> None:
+    if AXIS not in mesh.shape:
+        raise ValueError(f"mesh: expected an axis named {AXIS!r}, got axes {tuple(mesh.shape)}")
+    if mesh.shape[AXIS] != plan.num_shards:
+        raise ValueError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {mesh.shape[AXIS]}")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-device pieces (run inside shard_map)
+
+
+def _local_hits(routing, ids, lengths, pooling):
+    """Which lookups this device owns, their local slab rows, and their pooling weights.
+
+    ``routing``: ``(S, 3, T)`` (replicated); ``ids``: ``(B, T, L)``; ``lengths``: ``(B, T)``.
+    """
+    mine = routing[jax.lax.axis_index(AXIS)]
+    start, end, offset = mine[0], mine[1], mine[2]
+    length_cap = ids.shape[2]
+    position = jnp.arange(length_cap, dtype=jnp.int32).reshape(1, 1, length_cap)
+    valid = position < lengths[:, :, None]
+    hit = valid & (ids >= start[None, :, None]) & (ids < end[None, :, None])
+    local = jnp.where(hit, ids - start[None, :, None] + offset[None, :, None], 0)
+    if pooling == "mean":
+        per_bag = 1.0 / jnp.maximum(lengths, 1).astype(jnp.float32)
+        weight = jnp.where(hit, per_bag[:, :, None], 0.0)
+    else:
+        weight = jnp.where(hit, 1.0, 0.0).astype(jnp.float32)
+    return hit, local, weight
+
+
+def _gather_batch(x):
+    return jax.lax.all_gather(x, AXIS, axis=0, tiled=True)
+
+
+def _lookup_local(kind, pooling, slab, routing, ids, lengths):
+    ids, lengths = _gather_batch(ids), _gather_batch(lengths)
+    _, local, weight = _local_hits(routing, ids, lengths, pooling)
+    rows = slab[local]  # (B, T, L, W)
+    partial = jnp.sum(rows * weight[:, :, :, None], axis=2)  # (B, T, W)
+    if kind == "cw":
+        return jax.lax.all_to_all(partial, AXIS, split_axis=0, concat_axis=2, tiled=True)
+    return jax.lax.psum_scatter(partial, AXIS, scatter_dimension=0, tiled=True)
+
+
+def _update_local(kind, pooling, optimizer, dim, eps, slab, state, routing, ids, lengths, grad, lr):
+    ids, lengths = _gather_batch(ids), _gather_batch(lengths)
+    if kind == "cw":
+        grad = jax.lax.all_to_all(grad, AXIS, split_axis=2, concat_axis=0, tiled=True)  # (B, T, W)
+    else:
+        grad = _gather_batch(grad)  # (B, T, D)
+    hit, local, weight = _local_hits(routing, ids, lengths, pooling)
+    width = slab.shape[1]
+    row_grads = (weight[:, :, :, None] * grad[:, :, None, :]).reshape(-1, width)
+    rows = jnp.where(hit, local, slab.shape[0]).reshape(-1)  # lookups owned elsewhere: out of range, dropped
+    if optimizer == "sgd":
+        return slab.at[rows].add(-lr * row_grads, mode="drop"), state
+    # Row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD): duplicates are summed first, then
+    # acc_r += mean_j g_rj^2 and E_r -= lr * g_r / (sqrt(acc_r) + eps).
+    size = rows.shape[0]
+    unique, inverse = jnp.unique(rows, size=size, fill_value=slab.shape[0], return_inverse=True)
+    summed = jax.ops.segment_sum(row_grads, inverse.reshape(-1), num_segments=size)
+    square = jnp.sum(summed * summed, axis=1)
+    if kind == "cw":
+        square = jax.lax.psum(square, AXIS)  # a row's columns are spread over the devices
+    state = state.at[unique].add(square / dim, mode="drop")
+    denom = jnp.sqrt(state.at[unique].get(mode="fill", fill_value=0.0)) + eps
+    return slab.at[unique].add(-lr * summed / denom[:, None], mode="drop"), state
+
+
+def lookup(mesh, plan: ShardingPlan, slab: jax.Array, ids, lengths, *, pooling: str = "sum") -> jax.Array:
+    """Pooled embeddings ``float32 (B, T, D)``, batch-sharded over ``storage``.
+
+    Args:
+      mesh: a mesh with a ``storage`` axis of ``plan.num_shards`` devices.
+      plan: the table layout.
+      slab: the global slab ``(S * R, W)``.
+      ids: ``int32 (B, T, L)`` row ids per example, table and bag position (``B`` a
+        multiple of ``S``); entries at positions ``>= lengths`` are ignored.
+      lengths: ``int32 (B, T)`` bag lengths (``0`` for an empty bag).
+      pooling: ``"sum"`` or ``"mean"``.
+    """
+    check_choice("pooling", pooling, POOLINGS)
+    _check_mesh(mesh, plan)
+    return _lookup_fn(mesh, plan, pooling)(slab, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32))
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_fn(mesh, plan: ShardingPlan, pooling: str):
+    # jit (cached per layout) so that inputs on any sharding are moved to the batch sharding.
+    routing = plan.routing()
+    fn = jax.shard_map(
+        functools.partial(_lookup_local, plan.kind, pooling),
+        mesh=mesh,
+        in_specs=(jax.P(AXIS), jax.P(), jax.P(AXIS), jax.P(AXIS)),
+        out_specs=jax.P(AXIS),
+    )
+    return jax.jit(
+        lambda slab, ids, lengths: fn(
+            slab, jnp.asarray(routing), _on_batch(mesh, ids), _on_batch(mesh, lengths)
+        )
+    )
+
+
+def _on_batch(mesh, x):
+    """``x`` sharded by its leading (batch) dimension over ``storage``."""
+    return jax.reshard(x, jax.NamedSharding(mesh, jax.P(AXIS)))
+
+
+def apply_sparse_update(
+    mesh,
+    plan: ShardingPlan,
+    slab: jax.Array,
+    state: jax.Array | None,
+    ids,
+    lengths,
+    pooled_grad: jax.Array,
+    lr,
+    *,
+    pooling: str = "sum",
+    optimizer: str = "sgd",
+    eps: float = 1e-8,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Update the rows a batch looked up, on the devices that hold them.
+
+    Args:
+      slab, state: the slab and (for ``rowwise_adagrad``) its ``(S * R,)`` accumulators.
+      ids, lengths: the batch's lookups, as for :func:`lookup`.
+      pooled_grad: ``float32 (B, T, D)``, the loss gradient w.r.t. the pooled embeddings.
+      lr: learning rate (scalar).
+      optimizer: ``"sgd"`` or ``"rowwise_adagrad"``.
+
+    Returns:
+      ``(new_slab, new_state)``; jit with the slab donated to update it in place.
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("pooling", pooling, POOLINGS)
+    _check_mesh(mesh, plan)
+    if optimizer == "rowwise_adagrad" and state is None:
+        raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
+    fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))
+    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    return fn(slab, state, ids, lengths, pooled_grad, jnp.asarray(lr, jnp.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _update_fn(mesh, plan: ShardingPlan, pooling: str, optimizer: str, eps: float):
+    routing = plan.routing()
+    body = functools.partial(_update_local, plan.kind, pooling, optimizer, float(plan.embedding_dim), eps)
+    if optimizer == "sgd":
+        fn = jax.shard_map(
+            lambda slab, routing, ids, lengths, grad, lr: body(slab, None, routing, ids, lengths, grad, lr)[0],
+            mesh=mesh,
+            in_specs=(jax.P(AXIS), jax.P(), jax.P(AXIS), jax.P(AXIS), jax.P(AXIS), jax.P()),
+            out_specs=jax.P(AXIS),
+        )
+        return jax.jit(
+            lambda slab, state, ids, lengths, grad, lr: (
+                fn(slab, jnp.asarray(routing), _on_batch(mesh, ids), _on_batch(mesh, lengths), _on_batch(mesh, grad), lr),
+                state,
+            )
+        )
+    fn = jax.shard_map(
+        body,
+        mesh=mesh,
+        in_specs=(jax.P(AXIS), jax.P(AXIS), jax.P(), jax.P(AXIS), jax.P(AXIS), jax.P(AXIS), jax.P()),
+        out_specs=(jax.P(AXIS), jax.P(AXIS)),
+    )
+    return jax.jit(
+        lambda slab, state, ids, lengths, grad, lr: fn(
+            slab, state, jnp.asarray(routing), _on_batch(mesh, ids), _on_batch(mesh, lengths), _on_batch(mesh, grad), lr
+        )
+    )

@@ -1,0 +1,51 @@
+"""The three forms of a decomposed conv agree; a decomposed model equals its dense origin at d = k*k."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from jaxsparse.penni.layers import FORMS, DecomposedConv, decompose_model, set_form
+
+
+@given(
+    cin=st.integers(1, 5),
+    cout=st.integers(1, 5),
+    k=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    d_frac=st.floats(0.0, 1.0),
+    density=st.sampled_from([0.0, 0.3, 1.0]),
+    size=st.integers(5, 9),
+    seed=st.integers(0, 1000),
+)
+def test_restructured_forms_equal_training_form(cin, cout, k, stride, d_frac, density, size, seed):
+    d = 1 + int(d_frac * (k * k - 1))
+    keys = jax.random.split(jax.random.key(seed), 4)
+    basis = jax.random.normal(keys[0], (d, k, k))
+    coefficients = jax.random.normal(keys[1], (cin, cout, d)) * jax.random.bernoulli(keys[2], density, (cin, cout, d))
+    x = jax.nn.relu(jax.random.normal(keys[3], (2, size, size, cin)))
+    pad = k // 2
+    layer = DecomposedConv(basis, coefficients, strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+    reference = layer(x, "train")
+    scale = max(float(jnp.max(jnp.abs(reference))), 1e-6)
+    for form in FORMS[1:]:
+        out = layer(x, form)
+        assert out.shape == reference.shape
+        assert float(jnp.max(jnp.abs(out - reference))) <= 1e-4 * scale + (0.0 if density > 0 else 1e-7)
+
+
+def test_decomposed_resnet_matches_dense_at_full_basis():
+    from jaxsparse.models import build_model
+
+    model = build_model("resnet20", rngs=nnx.Rngs(0))
+    model.eval()
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    dense = model(x)
+    stats = decompose_model(model, 9)
+    assert isinstance(model.layer2[0].conv1, DecomposedConv) and len(stats) == 19
+    assert model.layer2[0].conv1.strides == (2, 2)
+    for form in FORMS:
+        set_form(model, form)
+        np.testing.assert_allclose(model(x), dense, atol=1e-4 * float(jnp.max(jnp.abs(dense))))
