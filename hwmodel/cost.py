@@ -136,7 +136,7 @@ def valid_tap_fraction(layer: Workload):
     """Fraction of the ``h_out*w_out*k*k`` window taps of a padded conv that land inside the input.
 
     Padding zeros are not activations, so the im2col density is ``act_density`` times this.
-    Geometry only (no gradient is needed through it).
+    Geometry only (no gradient is needed through it); exact for ``padding <= kernel // 2``.
     """
     k, s, pad = layer.kernel, layer.stride, layer.padding
 

@@ -242,7 +242,10 @@ def make_train_step(
         )
         # Orders the in-place row update after the lookup for any loss; see the module docstring.
         pooled_grad = pooled_grad + 0.0 * pooled
-        updates, opt_state = tx.update(param_grads, state.opt_state, state.params)
+        # Some optax transformations (Adam's bias correction: float ** int32 step count) need
+        # standard promotion; the project's own code runs under strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = tx.update(param_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         slab, slab_state = apply_sparse_update(
             mesh, plan, state.slab,

@@ -24,7 +24,7 @@ def test_restructured_forms_equal_training_form(cin, cout, k, stride, d_frac, de
     d = 1 + int(d_frac * (k * k - 1))
     keys = jax.random.split(jax.random.key(seed), 4)
     basis = jax.random.normal(keys[0], (d, k, k))
-    coefficients = jax.random.normal(keys[1], (cin, cout, d)) * jax.random.bernoulli(keys[2], density, (cin, cout, d))
+    coefficients = jax.random.normal(keys[1], (cin, cout, d)) * jax.random.bernoulli(keys[2], density, (cin, cout, d)).astype(jnp.float32)
     x = jax.nn.relu(jax.random.normal(keys[3], (2, size, size, cin)))
     pad = k // 2
     layer = DecomposedConv(basis, coefficients, strides=(stride, stride), padding=((pad, pad), (pad, pad)))

@@ -18,7 +18,7 @@ from jaxsparse.penni.quantize import dequantize, fake_quant, on_grid, quantize
 )
 def test_quantized_values_lie_on_the_grid(bits, shape, per_channel, zeros, seed):
     k1, k2 = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(k1, shape) * jax.random.bernoulli(k2, 1.0 - zeros, shape)
+    x = jax.random.normal(k1, shape) * jax.random.bernoulli(k2, 1.0 - zeros, shape).astype(jnp.float32)
     axis = 1 if per_channel else None
     q = quantize(x, bits, axis)
     qmax = 2 ** (bits - 1) - 1

@@ -71,7 +71,8 @@ def test_timeline_respects_dependencies(system, lookahead, raw):
     sched = schedule(tasks, durations, num_batches=options.num_batches)
     assert dependency_violations(tasks, sched) == []
     finish, start = np.asarray(sched.finish), np.asarray(sched.start)
-    assert np.allclose(finish - start, np.array([durations[t.name] for t in tasks])[None, :])
+    # float32 times: absolute rounding grows with the time stamps (tens of seconds here)
+    assert np.allclose(finish - start, np.array([durations[t.name] for t in tasks])[None, :], atol=1e-4)
 
 
 def test_schedule_hand_computed_pipeline():

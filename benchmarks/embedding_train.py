@@ -1,0 +1,297 @@
+"""Embedding training step: ndp (JAX) vs PyTorch ``nn.EmbeddingBag(sparse=True)`` vs FBGEMM's CPU TBE.
+
+Workload (same in all three, same run, same machine): 26 tables with the Criteo
+Kaggle sizes capped at ``--row-cap`` (1M: 5.57M rows), dim 16, batch 2048,
+one-hot lookups with Zipf-skewed indices from :mod:`ndp.data.synthetic` (the same
+index batches are fed to every framework), sum pooling, loss
+``0.5 * sum(pooled^2) / B``, and a sparse optimizer update of the looked-up rows:
+
+* ``ndp``: :func:`ndp.train.make_train_step` on a ``storage`` mesh (``--devices``),
+  SGD and row-wise Adagrad, tables donated and updated in place;
+* PyTorch: 26 ``nn.EmbeddingBag(mode="sum", sparse=True)`` + ``torch.optim.SGD``;
+* FBGEMM: ``SplitTableBatchedEmbeddingBagsCodegen`` on CPU with the optimizer fused
+  into the backward pass (``EXACT_SGD``, ``EXACT_ROWWISE_ADAGRAD``).
+
+Also measured: ndp's step time with every table 10x smaller (``--small-scale``) to
+show step time does not grow with table rows (``slowdown_at_10x_rows`` = time at
+the full size / time at one tenth), and the peak RSS of the ndp process next to the
+size of the tables and the compiled step's temporary buffers.
+
+PyTorch and FBGEMM are optional (``pip install torch==2.13.0 fbgemm-gpu-cpu==1.8.0``,
+the CPU builds). When they are not importable here, ``--torch-python`` names an
+interpreter that has them; it runs this file in ``--worker`` mode on the same index
+batches. Timing is the median over ``--rounds`` of ``--steps`` steps after warm-up,
+around ``block_until_ready`` (JAX) or synchronous CPU execution (PyTorch).
+
+Usage::
+
+    python benchmarks/embedding_train.py --torch-python /path/to/venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedding_train.json"
+LEARNING_RATE = 0.01
+EPS = 1e-8
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed_rounds(run_steps, steps: int, rounds: int) -> list[float]:
+    """Seconds per step of each round."""
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run_steps(steps)
+        out.append((time.perf_counter() - start) / steps)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch / FBGEMM worker (imports neither jax nor ndp)
+
+
+def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warmup: int) -> None:
+    import torch
+
+    with np.load(indices_path) as data:
+        sizes = [int(x) for x in data["sizes"]]
+        batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]  # (B, T) int
+    dim = int(np.load(indices_path)["dim"])
+    batch_size, tables = batches[0].shape
+    results: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+
+    # PyTorch EmbeddingBag, one per table, sparse gradients, SGD.
+    bags = [torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for n in sizes]
+    params = [p for b in bags for p in b.parameters()]
+    sgd = torch.optim.SGD(params, lr=LEARNING_RATE)
+    offsets = torch.arange(batch_size, dtype=torch.int64)
+    torch_inputs = [[torch.from_numpy(np.ascontiguousarray(b[:, t]).astype(np.int64)) for t in range(tables)]
+                    for b in batches]  # fmt: skip
+    step_counter = [0]
+
+    def embedding_bag_steps(n):
+        for _ in range(n):
+            ids = torch_inputs[step_counter[0] % len(torch_inputs)]
+            step_counter[0] += 1
+            pooled = torch.cat([bag(ids[t], offsets) for t, bag in enumerate(bags)], dim=1)
+            loss = 0.5 * (pooled * pooled).sum() / batch_size
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+
+    embedding_bag_steps(warmup)
+    results["torch_embeddingbag_sgd_s"] = timed_rounds(embedding_bag_steps, steps, rounds)
+    del bags, params, sgd
+
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except Exception as error:  # noqa: BLE001 - report why FBGEMM is missing, keep the rest
+        results["fbgemm_error"] = repr(error)
+    else:
+        # Table-major concatenation of the lookups, offsets over (table, example) bags.
+        tbe_inputs = []
+        for b in batches:
+            values = torch.from_numpy(np.ascontiguousarray(b.T).reshape(-1).astype(np.int64))
+            tbe_inputs.append((values, torch.arange(tables * batch_size + 1, dtype=torch.int64)))
+        for name, optimizer in (("sgd", EmbOptimType.EXACT_SGD), ("rowwise_adagrad", EmbOptimType.EXACT_ROWWISE_ADAGRAD)):
+            tbe = SplitTableBatchedEmbeddingBagsCodegen(
+                [(n, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for n in sizes],
+                optimizer=optimizer, learning_rate=LEARNING_RATE, eps=EPS,
+            )  # fmt: skip
+
+            def tbe_steps(n, tbe=tbe):
+                for _ in range(n):
+                    values, offs = tbe_inputs[step_counter[0] % len(tbe_inputs)]
+                    step_counter[0] += 1
+                    pooled = tbe(values, offs)
+                    loss = 0.5 * (pooled * pooled).sum() / batch_size
+                    loss.backward()
+
+            tbe_steps(warmup)
+            results[f"fbgemm_{name}_s"] = timed_rounds(tbe_steps, steps, rounds)
+            del tbe
+    results["peak_rss_mb"] = peak_rss_mb()
+    Path(out_path).write_text(json.dumps(results))
+
+
+# ------------------------------------------------------------------------------------------------
+# JAX (ndp)
+
+
+def jax_measure(sizes, dim, batches, optimizer, devices, steps, rounds, warmup) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from ndp.embedding import plan_sharding
+    from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, shard_batch, storage_mesh
+
+    class SquaredNormHead(nnx.Module):
+        def __init__(self):
+            self.scale = nnx.Param(jnp.ones((), jnp.float32))
+
+        def __call__(self, dense, pooled):
+            return 0.5 * self.scale[...] * jnp.sum(pooled * pooled, axis=(1, 2))
+
+    mesh = storage_mesh(devices)
+    plan = plan_sharding(sizes, dim, devices, "rw" if devices > 1 else "tw")
+    embedding_optimizer = EmbeddingOptimizer(optimizer, LEARNING_RATE, EPS)
+    tx = optax.set_to_zero()
+    state, graphdef = init_train_state(mesh, plan, SquaredNormHead(), tx, jax.random.key(0), embedding_optimizer)
+    step = make_train_step(mesh, plan, graphdef, lambda p, y: jnp.mean(p), tx, embedding_optimizer)
+    batch_size, tables = batches[0].shape
+    device_batches = [
+        shard_batch(mesh, Batch(np.zeros((batch_size, 0), np.float32), b.astype(np.int32)[:, :, None],
+                                np.ones((batch_size, tables), np.int32), np.zeros(batch_size, np.float32)))
+        for b in batches
+    ]  # fmt: skip
+    compiled = step.lower(state, device_batches[0]).compile()
+    temp_bytes = compiled.memory_analysis().temp_size_in_bytes
+    holder = {"state": state, "i": 0}
+
+    def run(n):
+        s = holder["state"]
+        for _ in range(n):
+            s, _ = step(s, device_batches[holder["i"] % len(device_batches)])
+            holder["i"] += 1
+        jax.block_until_ready(s.slab)
+        holder["state"] = s
+
+    run(warmup)
+    per_step = timed_rounds(run, steps, rounds)
+    table_bytes = sum(sizes) * dim * 4
+    del holder, state
+    return {"step_s": per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
+            "rows": int(sum(sizes)), "plan_imbalance": plan.imbalance()}  # fmt: skip
+
+
+def make_batches(sizes, batch_size, count, seed, zipf):
+    from ndp.data.synthetic import SyntheticConfig, batch_at
+
+    cfg = SyntheticConfig(tuple(sizes), batch_size=batch_size, zipf_exponent=zipf, seed=seed)
+    return [np.stack([t.values for t in batch_at(cfg, i).tables], axis=1) for i in range(count)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row-cap", type=int, default=1_000_000)
+    parser.add_argument("--small-scale", type=float, default=0.1, help="table scale of the 'small' ndp run")
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--zipf", type=float, default=0.9)
+    parser.add_argument("--devices", type=int, default=1, help="storage devices of the ndp run (CPU: emulated)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--index-batches", type=int, default=8, help="distinct index batches, cycled")
+    parser.add_argument("--torch-python", default=None, help="python with torch + fbgemm-gpu-cpu (default: this one)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--indices", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup)
+        return 0
+
+    if args.devices > 1:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    from ndp.configs import criteo_kaggle_table_sizes
+
+    sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap)
+    small_sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap, scale=args.small_scale)
+    batches = make_batches(sizes, args.batch_size, args.index_batches, 0, args.zipf)
+    small_batches = make_batches(small_sizes, args.batch_size, args.index_batches, 0, args.zipf)
+
+    # PyTorch/FBGEMM first, in their own process, so their memory does not count against ndp's RSS.
+    with tempfile.TemporaryDirectory() as tmp:
+        indices = Path(tmp) / "indices.npz"
+        np.savez(indices, sizes=np.asarray(sizes), dim=args.dim, count=len(batches),
+                 **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
+        worker_out = Path(tmp) / "torch.json"
+        python = args.torch_python or sys.executable
+        cmd = [python, str(Path(__file__).resolve()), "--worker", "--indices", str(indices), "--worker-out",
+               str(worker_out), "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]  # fmt: skip
+        env = dict(os.environ)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0 or not worker_out.is_file():
+            print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"PyTorch/FBGEMM worker failed (python {python!r}); install torch==2.13.0 and "
+                             "fbgemm-gpu-cpu==1.8.0 or pass --torch-python")  # fmt: skip
+        peers = json.loads(worker_out.read_text())
+
+    ours = {
+        opt: jax_measure(sizes, args.dim, batches, opt, args.devices, args.steps, args.rounds, args.warmup)
+        for opt in ("sgd", "rowwise_adagrad")
+    }
+    small = jax_measure(small_sizes, args.dim, small_batches, "sgd", args.devices, args.steps, args.rounds, args.warmup)
+    rss = peak_rss_mb()
+
+    def median(xs):
+        return statistics.median(xs)
+
+    ours_sgd, ours_ada = median(ours["sgd"]["step_s"]), median(ours["rowwise_adagrad"]["step_s"])
+    headline = {
+        "speedup_vs_fbgemm_sgd": median(peers["fbgemm_sgd_s"]) / ours_sgd if "fbgemm_sgd_s" in peers else None,
+        "speedup_vs_fbgemm_rowwise_adagrad": (
+            median(peers["fbgemm_rowwise_adagrad_s"]) / ours_ada if "fbgemm_rowwise_adagrad_s" in peers else None
+        ),
+        "speedup_vs_torch_embeddingbag": median(peers["torch_embeddingbag_sgd_s"]) / ours_sgd,
+        "slowdown_at_10x_rows": ours_sgd / median(small["step_s"]),
+        "peak_rss_mb": rss,
+    }
+    report = {
+        "workload": {"tables": len(sizes), "rows": int(sum(sizes)), "small_rows": int(sum(small_sizes)),
+                     "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
+                     "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "ndp": {"sgd": ours["sgd"], "rowwise_adagrad": ours["rowwise_adagrad"], "sgd_small_tables": small,
+                "peak_rss_mb": rss},  # fmt: skip
+        "peers": peers,
+        "median_step_ms": {
+            "ndp_sgd": 1e3 * ours_sgd, "ndp_rowwise_adagrad": 1e3 * ours_ada,
+            "ndp_sgd_small_tables": 1e3 * median(small["step_s"]),
+            **{k[:-2]: 1e3 * median(v) for k, v in peers.items() if k.endswith("_s")},
+        },  # fmt: skip
+        "headline": headline,
+    }
+    for name, ms in report["median_step_ms"].items():
+        print(f"{name:32s} {ms:9.2f} ms/step")
+    print(f"ndp tables {ours['sgd']['table_mb']:.0f} MB, step temporaries {ours['sgd']['temp_bytes'] / 2**20:.1f} MB, "
+          f"peak RSS {rss:.0f} MB")  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    print(json.dumps(headline))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

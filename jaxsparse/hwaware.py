@@ -1,0 +1,396 @@
+"""Hardware-aware compression: per-layer pruning thresholds learnt against a hardware cost.
+
+PENNI prunes every decomposed layer with one rule, ``|c| < s * std(c)``, and one ``s`` for
+all layers. Here each layer ``l`` gets its own threshold ``s_l`` (``s_l = softplus(r_l)``,
+``r_l`` learnt), and training minimises
+
+.. math::
+
+    \\mathcal{L} = \\mathrm{CE}(\\text{model with gated coefficients})
+        + \\lambda \\, \\frac{\\mathrm{cost}(\\rho(\\theta, s))}{\\mathrm{cost}(\\rho_0)}
+
+where ``cost`` is *any* differentiable ``cost_fn(coef_density: float32[L]) -> scalar`` over
+the layers of :func:`~jaxsparse.penni.count.describe_layers` (for instance the modelled
+latency of an accelerator, see ``hwmodel.codesign.costfn``; nothing here knows about
+hardware), normalised by its value at the starting densities ``rho_0`` so that ``lambda``
+is scale-free.
+
+Differentiable relaxation. With ``z = (|c| - s * std(c)) / (T * std(c))`` a coefficient is
+kept with probability ``p = sigmoid(z)``; the layer's *expected density* (Sparseloop-style
+expected counting) is ``rho_l = mean(p)``, which gives the cost a gradient in ``s_l`` and
+in the coefficients. The forward pass multiplies each coefficient by a gate: the hard
+PENNI mask ``1[z >= 0]`` with the sigmoid's gradient (straight-through, ``gate="ste"``),
+or the soft ``p`` itself (``gate="sigmoid"``). Layers that dominate the cost get larger
+thresholds, so sparsity is allocated by hardware cost rather than uniformly; at the end
+:func:`prune_with_thresholds` applies exactly PENNI's rule with the learnt ``s_l``, and the
+model is fine-tuned with the pruned entries held at zero (:func:`keep_masks`).
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> c = jnp.asarray([0.05, -0.3, 1.2, -2.0])
+    >>> gated_coefficients(c, jnp.float32(1.0), 0.1, "ste").tolist() == [0.0, 0.0, 1.2000000476837158, -2.0]
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxsparse.common import check_choice, check_positive, load_checkpoint, save_checkpoint
+from jaxsparse.data import augment, batches, normalize
+from jaxsparse.penni.count import describe_layers
+from jaxsparse.penni.layers import DecomposedConv, iter_layers
+from jaxsparse.penni.prune import penni_mask
+
+#: Gates of the forward pass: straight-through hard mask, or the soft mask.
+GATES = ("ste", "sigmoid")
+
+
+@dataclasses.dataclass(frozen=True)
+class HwAwareConfig:
+    """Settings of :func:`hwaware_fit`.
+
+    Attributes:
+      cost_weight: ``lambda``, weight of the normalised cost (0: plain training).
+      steps: optimisation steps.
+      batch_size: examples per step.
+      learning_rate, momentum, weight_decay: SGD on the model's parameters.
+      threshold_learning_rate: Adam on the raw thresholds ``r_l``.
+      initial_threshold: starting ``s_l`` for every layer (PENNI's ``s``).
+      temperature: gate width ``T`` in units of ``std(c)``.
+      gate: ``"ste"`` or ``"sigmoid"`` (see the module docstring).
+      train_weights: also train the model's parameters (False: thresholds only).
+      augment_pad: random-crop padding (0: no augmentation).
+      seed: data order and augmentation.
+      checkpoint_every: steps between checkpoints (when a checkpoint file is given).
+    """
+
+    cost_weight: float = 1.0
+    steps: int = 200
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    threshold_learning_rate: float = 0.05
+    initial_threshold: float = 1.0
+    temperature: float = 0.1
+    gate: str = "ste"
+    train_weights: bool = True
+    augment_pad: int = 4
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        check_positive("cost_weight", self.cost_weight, allow_zero=True)
+        check_positive("steps", self.steps, allow_zero=True)
+        check_positive("batch_size", self.batch_size)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("threshold_learning_rate", self.threshold_learning_rate)
+        check_positive("initial_threshold", self.initial_threshold)
+        check_positive("temperature", self.temperature)
+        check_positive("checkpoint_every", self.checkpoint_every)
+        check_choice("gate", self.gate, GATES)
+
+
+# ----------------------------------------------------------------------------- relaxation
+
+
+def threshold_from_raw(raw: jax.Array) -> jax.Array:
+    """``s = softplus(r)``: thresholds stay non-negative."""
+    return jax.nn.softplus(raw)
+
+
+def raw_from_threshold(s: float) -> float:
+    """Inverse of :func:`threshold_from_raw`."""
+    check_positive("threshold", s)
+    return float(np.log(np.expm1(s)))
+
+
+def keep_probability(coefficients: jax.Array, threshold: jax.Array, temperature: float) -> jax.Array:
+    """``sigmoid((|c| - s * std(c)) / (T * std(c)))``; the scale ``std(c)`` is not differentiated."""
+    scale = jax.lax.stop_gradient(jnp.std(coefficients)) + 1e-12
+    return jax.nn.sigmoid((jnp.abs(coefficients) - threshold * scale) / (temperature * scale))
+
+
+def expected_density(coefficients: jax.Array, threshold: jax.Array, temperature: float) -> jax.Array:
+    """Expected fraction of coefficients kept: ``mean(keep_probability)``."""
+    return jnp.mean(keep_probability(coefficients, threshold, temperature))
+
+
+def gated_coefficients(coefficients: jax.Array, threshold: jax.Array, temperature: float, gate: str = "ste") -> jax.Array:
+    """Coefficients times their gate: the hard mask ``|c| >= s * std(c)`` (straight-through) or the soft one."""
+    p = keep_probability(coefficients, threshold, temperature)
+    if gate == "sigmoid":
+        return coefficients * p
+    if gate == "ste":
+        hard = (jnp.abs(coefficients) >= threshold * jnp.std(coefficients)).astype(coefficients.dtype)
+        return coefficients * (hard + p - jax.lax.stop_gradient(p))
+    raise ValueError(f"gate: expected one of {list(GATES)}, got {gate!r}")
+
+
+# ----------------------------------------------------------------------------- model plumbing
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _coefficient_layer(path) -> str | None:
+    """Dotted layer path of a ``coefficients`` leaf (``"layer1.0.conv1"``), else None."""
+    names = [_key_name(p) for p in path]
+    if names and names[-1] == "value":
+        names = names[:-1]
+    if not names or names[-1] != "coefficients":
+        return None
+    return ".".join(names[:-1])
+
+
+def decomposed_paths(model: nnx.Module) -> list[str]:
+    """Paths of the model's :class:`~jaxsparse.penni.layers.DecomposedConv` layers, in graph order."""
+    return [path for path, _ in iter_layers(model, DecomposedConv)]
+
+
+def initial_raw_thresholds(model: nnx.Module, threshold: float) -> dict[str, jax.Array]:
+    """One raw threshold per decomposed layer, all giving ``s = threshold``."""
+    paths = decomposed_paths(model)
+    if not paths:
+        raise ValueError("model: expected at least one DecomposedConv layer (decompose the model first)")
+    value = raw_from_threshold(threshold)
+    return {p: jnp.asarray(value, jnp.float32) for p in paths}
+
+
+def gate_params(params: Any, raw: dict[str, jax.Array], temperature: float, gate: str) -> Any:
+    """``params`` (an ``nnx.Param`` state) with every layer's coefficients gated by its threshold."""
+
+    def one(path, leaf):
+        layer = _coefficient_layer(path)
+        if layer is None or layer not in raw:
+            return leaf
+        return gated_coefficients(leaf, threshold_from_raw(raw[layer]), temperature, gate)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def coefficient_leaves(params: Any) -> dict[str, jax.Array]:
+    """``layer path -> coefficients`` of an ``nnx.Param`` state."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        layer = _coefficient_layer(path)
+        if layer is not None:
+            out[layer] = leaf
+    return out
+
+
+class DensityLayout(NamedTuple):
+    """Which entry of the description each decomposed layer fills; the constant densities of the rest."""
+
+    names: tuple[str, ...]
+    decomposed_index: tuple[int, ...]   # position in ``names`` of each path in ``paths``
+    paths: tuple[str, ...]
+    constant: np.ndarray                # float32[L]: densities of the other layers (0 where learnt)
+
+
+def density_layout(records: list[dict], paths: list[str]) -> DensityLayout:
+    """Match decomposed layer paths to the records of :func:`describe_layers` (by name)."""
+    names = tuple(r["name"] for r in records)
+    missing = [p for p in paths if p not in names]
+    if missing:
+        raise ValueError(f"records: expected an entry for every decomposed layer, missing {missing}")
+    index = tuple(names.index(p) for p in paths)
+    constant = np.asarray([0.0 if i in index else float(r["coef_density"]) for i, r in enumerate(records)], np.float32)
+    return DensityLayout(names, index, tuple(paths), constant)
+
+
+def layer_densities(params: Any, raw: dict[str, jax.Array], layout: DensityLayout, temperature: float) -> jax.Array:
+    """Expected coefficient density of every described layer (``float32[L]``), differentiable."""
+    coefs = coefficient_leaves(params)
+    learnt = jnp.stack([expected_density(coefs[p], threshold_from_raw(raw[p]), temperature) for p in layout.paths])
+    index = jnp.asarray(layout.decomposed_index, jnp.int32)
+    return jnp.asarray(layout.constant).at[index].set(learnt)
+
+
+def hardware_aware_loss(
+    cost_fn: Callable[[jax.Array], jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float
+) -> Callable:
+    """``(params, raw, logits_fn) -> (loss, (ce, normalised_cost, densities))`` for one batch.
+
+    ``logits_fn(gated_params)`` runs the model; the loss is ``ce + lambda * cost / reference``.
+    """
+
+    def loss(params, raw, logits_fn, labels):
+        logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate))
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        ce = jnp.mean(optax.softmax_cross_entropy(logits, onehot))
+        densities = layer_densities(params, raw, layout, config.temperature)
+        cost = cost_fn(densities) / reference
+        return ce + config.cost_weight * cost, (ce, cost, densities, extra, logits)
+
+    return loss
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class HwAwareResult(NamedTuple):
+    """Learnt thresholds ``s_l`` (``path -> float``), their expected densities, and the history."""
+
+    thresholds: dict[str, float]
+    densities: dict[str, float]
+    history: list[dict]
+
+
+def _forward(graphdef, params, stats, rest, x):
+    params, stats, rest = jax.tree.map(lambda leaf: leaf, (params, stats, rest))
+    model = nnx.merge(graphdef, params, stats, rest)
+    return model(x), nnx.state(model, nnx.BatchStat)
+
+
+def hwaware_fit(
+    model: nnx.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    cost_fn: Callable[[jax.Array], jax.Array],
+    config: HwAwareConfig,
+    *,
+    records: list[dict] | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    description: str = "hw-aware",
+) -> HwAwareResult:
+    """Learn per-layer thresholds (and train the model) against ``task loss + lambda * cost``.
+
+    The model is updated in place with its trained (ungated) parameters; apply the result
+    with :func:`prune_with_thresholds`.
+
+    Args:
+      model: an NNX model with :class:`~jaxsparse.penni.layers.DecomposedConv` layers.
+      images, labels: uint8 NHWC training images and int labels.
+      cost_fn: ``coef_density[L] -> scalar``, differentiable, over the layers of ``records``.
+      config: :class:`HwAwareConfig`.
+      records: the description ``cost_fn`` is defined over (default: ``describe_layers(model)``).
+      checkpoint: file written every ``config.checkpoint_every`` steps and resumed from.
+      progress: show a progress bar.
+
+    Returns:
+      :class:`HwAwareResult`.
+
+    Example:
+        >>> result = hwaware_fit(model, x, y, cost_fn, HwAwareConfig(cost_weight=2.0, steps=100))  # doctest: +SKIP
+        >>> prune_with_thresholds(model, result.thresholds)  # doctest: +SKIP
+    """
+    if len(images) < config.batch_size:
+        raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+    records = describe_layers(model, input_shape=(1, *images.shape[1:])) if records is None else records
+    raw = initial_raw_thresholds(model, config.initial_threshold)
+    layout = density_layout(records, list(raw))
+    model.train()
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    reference = float(cost_fn(layer_densities(params, raw, layout, config.temperature)))
+    if not np.isfinite(reference) or reference <= 0:
+        raise ValueError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
+    weight_tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(config.learning_rate, momentum=config.momentum or None))
+    threshold_tx = optax.adam(config.threshold_learning_rate)
+    weight_state, threshold_state = weight_tx.init(params), threshold_tx.init(raw)
+    loss_fn = hardware_aware_loss(cost_fn, layout, config, reference)
+    start, history = 0, []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        (params, stats, raw, weight_state, threshold_state), meta = load_checkpoint(
+            checkpoint, like=(params, stats, raw, weight_state, threshold_state))
+        start, history = int(meta["step"]), list(meta["history"])
+
+    @partial(jax.jit, donate_argnums=(0, 1, 3, 4))
+    def step(params, stats, raw, weight_state, threshold_state, x, y, key):
+        x = normalize(augment(key, x, config.augment_pad) if config.augment_pad > 0 else x)
+
+        def objective(p, r):
+            return loss_fn(p, r, lambda gated: _forward(graphdef, gated, stats, rest, x), y)
+
+        (loss, (ce, cost, densities, new_stats, logits)), (g_params, g_raw) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, raw)
+        if config.train_weights:
+            updates, weight_state = weight_tx.update(g_params, weight_state, params)
+            params = optax.apply_updates(params, updates)
+        r_updates, threshold_state = threshold_tx.update(g_raw, threshold_state, raw)
+        raw = optax.apply_updates(raw, r_updates)
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        return params, new_stats, raw, weight_state, threshold_state, {"loss": loss, "ce": ce, "cost": cost, "train_top1": accuracy}
+
+    base_key = jax.random.key(config.seed)
+    steps_per_epoch = len(images) // config.batch_size
+    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, file=sys.stderr, leave=False)
+    index = start
+    epoch = start // steps_per_epoch
+    skip = start % steps_per_epoch
+    while index < config.steps:
+        for b, (x, y) in enumerate(batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch)):
+            if b < skip:
+                continue
+            if index >= config.steps:
+                break
+            key = jax.random.fold_in(base_key, index)
+            params, stats, raw, weight_state, threshold_state, metrics = step(
+                params, stats, raw, weight_state, threshold_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key)
+            index += 1
+            bar.update(1)
+            if index % 10 == 0 or index == config.steps:
+                row = {"step": index, **{k: float(v) for k, v in metrics.items()}}
+                history.append(row)
+                bar.set_postfix(ce=f"{row['ce']:.3f}", cost=f"{row['cost']:.3f}")
+            if checkpoint is not None and (index % config.checkpoint_every == 0 or index == config.steps):
+                save_checkpoint(checkpoint, (params, stats, raw, weight_state, threshold_state), {"step": index, "history": history})
+        epoch, skip = epoch + 1, 0
+    bar.close()
+    nnx.update(model, params, stats)
+    model.eval()
+    densities = np.asarray(layer_densities(params, raw, layout, config.temperature))
+    return HwAwareResult(
+        thresholds={p: float(threshold_from_raw(r)) for p, r in raw.items()},
+        densities={layout.names[i]: float(densities[i]) for i in range(len(layout.names))},
+        history=history,
+    )
+
+
+# ----------------------------------------------------------------------------- applying thresholds
+
+
+def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | float) -> dict[str, float]:
+    """Apply PENNI's rule ``|c| < s_l * std(c)`` in place, per layer (one ``s`` for all if a number).
+
+    Returns:
+      ``layer path -> kept fraction`` of coefficients.
+    """
+    kept = {}
+    for path, layer in iter_layers(model, DecomposedConv):
+        s = thresholds if isinstance(thresholds, (int, float)) else thresholds.get(path)
+        if s is None:
+            raise ValueError(f"thresholds: expected an entry for layer {path!r}, got keys {sorted(thresholds)}")
+        c = layer.coefficients[...]
+        mask = penni_mask(c, float(s))
+        layer.coefficients[...] = jnp.where(mask, c, jnp.zeros_like(c))
+        kept[path] = float(jnp.mean(mask))
+    return kept
+
+
+def keep_masks(model: nnx.Module) -> Any:
+    """Keep-masks like ``nnx.state(model, nnx.Param)``: non-zero coefficients, everything else kept.
+
+    Pass them to :func:`jaxsparse.penni.train.fit` (``masks=``) to fine-tune with pruned
+    coefficients held at exactly zero.
+    """
+    params = nnx.state(model, nnx.Param)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: (p != 0) if _coefficient_layer(path) is not None else jnp.ones(p.shape, jnp.bool_), params)

@@ -1,0 +1,114 @@
+"""``python -m ndp train`` end to end on tiny runs: metrics line, files, resume; data loaders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ndp.__main__ import main
+from ndp.data.criteo import CriteoTSVSource, parse_line, read_batches
+from ndp.data.movielens import load_movielens
+from ndp.trainer import auc, rmse
+
+
+def test_movielens_loader_reads_the_u1_split(shared_root):
+    data = load_movielens(shared_root / "data" / "ml-100k", split="u1")
+    assert data.train.ids.shape == (80_000, 7, 6) and data.test.ids.shape == (20_000, 7, 6)
+    assert data.table_sizes == (943, 1682, 7, 2, 21, 11, 19)
+    for t, n in enumerate(data.table_sizes):
+        assert data.train.ids[:, t].max() < n and data.train.ids[:, t].min() >= 0
+    raw = np.loadtxt(shared_root / "data" / "ml-100k" / "u1.test", dtype=np.int64)
+    assert np.array_equal(data.test.ids[:, 0, 0], raw[:, 0] - 1)
+    assert np.array_equal(data.test.labels, raw[:, 2].astype(np.float32))
+    assert data.mean_rating == pytest.approx(np.loadtxt(shared_root / "data" / "ml-100k" / "u1.base")[:, 2].mean())
+    assert set(np.unique(data.train.lengths[:, 6])) <= set(range(1, 7))
+    click = load_movielens(shared_root / "data" / "ml-100k", split="u2", task="click")
+    assert set(np.unique(click.train.labels)) == {0.0, 1.0}
+    with pytest.raises(ValueError, match="split"):
+        load_movielens(shared_root / "data" / "ml-100k", split="u9")
+
+
+def write_criteo(path, rows):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(rows):
+        dense = [str(int(x)) if x >= 0 else "" for x in rng.integers(-1, 50, size=13)]
+        cats = [f"{int(x):08x}" if x % 7 else "" for x in rng.integers(0, 2**32, size=26)]
+        lines.append("\t".join([str(i % 2), *dense, *cats]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_criteo_tsv_parsing(tmp_path):
+    path = tmp_path / "day.tsv"
+    write_criteo(path, 10)
+    line = path.read_text().splitlines()[3]
+    label, dense, ids = parse_line(line, (100,) * 26)
+    fields = line.split("\t")
+    assert label == float(fields[0])
+    assert dense[0] == pytest.approx(np.log1p(int(fields[1])) if fields[1] else 0.0)
+    assert ids[0] == (1 + int(fields[14], 16) % 99 if fields[14] else 0)
+    batches = list(read_batches(path, (100,) * 26, batch_size=4))
+    assert len(batches) == 2 and batches[0].ids.shape == (4, 26, 1)
+    assert all(b.ids.max() < 100 for b in batches)
+    with pytest.raises(ValueError, match="line 1: expected 40"):
+        parse_line("1\t2\t3", (100,) * 26, 1)
+    source = CriteoTSVSource(path, (100,) * 26, eval_lines=2)
+    assert source.train_lines == 8
+    first = source.train_batch(0, 4)
+    assert np.array_equal(source.train_batch(0, 4).labels, first.labels)  # out-of-order request re-reads
+
+
+def test_metrics_against_textbook_values():
+    assert rmse(np.array([3.0, 6.0]), np.array([4.0, 5.0])) == pytest.approx(np.sqrt(0.5))  # 6 is clipped to 5
+    scores, labels = np.array([0.2, 0.2, 0.9, 0.1]), np.array([1, 0, 1, 0])
+    # pairs (pos, neg): (0.2,0.2)=0.5, (0.2,0.1)=1, (0.9,0.2)=1, (0.9,0.1)=1 -> 3.5 / 4
+    assert auc(scores, labels) == pytest.approx(0.875)
+
+
+def test_train_synthetic_writes_outputs_and_resumes(tmp_path, capsys):
+    args = ["train", "--data", "synthetic", "--tables", "50,30,20", "--batch-size", "64", "--steps", "4",
+            "--eval-every", "2", "--devices", "8", "--sharding", "cw", "--embedding-dim", "8",
+            "--bag-length", "0:3", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("test AUC: ")
+    metrics = json.loads((tmp_path / "dlrm" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [2, 4]
+    assert (tmp_path / "dlrm" / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "dlrm" / "checkpoint.npz").is_file()
+    # Running again with more steps resumes at step 4 and keeps the earlier history.
+    assert main([*args[:8], "6", *args[9:]]) == 0
+    out = capsys.readouterr().out
+    assert "resumed dlrm" in out and "at step 4" in out
+    metrics = json.loads((tmp_path / "dlrm" / "metrics.json").read_text())
+    assert [h["step"] for h in metrics["history"]] == [2, 4, 6]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
+    common = ["train", "--data", "synthetic", "--tables", "40,12", "--batch-size", "16", "--eval-every", "3",
+              "--devices", "2", "--embedding-dim", "4", "--no-progress"]  # fmt: skip
+    assert main([*common, "--steps", "6", "--out", str(tmp_path / "straight")]) == 0
+    assert main([*common, "--steps", "3", "--out", str(tmp_path / "split")]) == 0
+    assert main([*common, "--steps", "6", "--out", str(tmp_path / "split")]) == 0
+    capsys.readouterr()
+    a = np.load(tmp_path / "straight" / "dlrm" / "checkpoint.npz")
+    b = np.load(tmp_path / "split" / "dlrm" / "checkpoint.npz")
+    for key in a.files:
+        if key != "__metadata__":
+            np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+
+
+def test_train_criteo_tsv_and_bad_arguments(tmp_path, capsys):
+    path = tmp_path / "day.tsv"
+    write_criteo(path, 48)
+    assert main(["train", "--data", "criteo-tsv", str(path), "--hash-rows", "64", "--batch-size", "16",
+                 "--steps", "2", "--eval-lines", "16", "--devices", "2", "--embedding-dim", "4",
+                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test AUC: ")
+    assert main(["train", "--data", "criteo-tsv", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--tables", "10", "--batch-size", "12", "--devices", "8",
+                 "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 1  # fmt: skip
+    assert "batch_size: expected a multiple of the 8 devices, got 12" in capsys.readouterr().err

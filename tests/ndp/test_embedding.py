@@ -1,0 +1,95 @@
+"""Sharding plans, slab packing and the sharded lookup, against plain numpy."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ndp.embedding import lookup, pack_tables, plan_sharding, put_slab, unpack_tables
+from ndp.train import jagged_to_padded, storage_mesh
+
+
+@given(
+    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8),
+    shards=st.sampled_from([1, 2, 4, 8]),
+    kind=st.sampled_from(["tw", "rw", "cw"]),
+)
+def test_plans_cover_every_row_and_column_once(sizes, shards, kind):
+    plan = plan_sharding(sizes, 8, shards, kind)
+    for t, n in enumerate(sizes):
+        covered = np.zeros((n, 8), np.int32)
+        for p in plan.pieces:
+            if p.table == t:
+                covered[p.row_start : p.row_end, p.col_start : p.col_end] += 1
+        assert (covered == 1).all()
+    # No two pieces overlap in a device's slab.
+    for s in range(shards):
+        used = np.zeros(plan.slab_rows, np.int32)
+        for p in plan.pieces:
+            if p.shard == s:
+                used[p.slab_offset : p.slab_offset + p.row_end - p.row_start] += 1
+        assert used.max(initial=0) <= 1
+    rng = np.random.default_rng(0)
+    tables = [rng.normal(size=(n, 8)).astype(np.float32) for n in sizes]
+    for a, b in zip(tables, unpack_tables(plan, pack_tables(plan, tables))):
+        np.testing.assert_array_equal(a, b)
+    if kind == "tw":
+        # Greedy balance: the fullest device exceeds the ideal by at most the largest table.
+        assert max(plan.rows_per_shard()) <= sum(sizes) / shards + max(sizes)
+    if kind == "rw":
+        assert max(plan.rows_per_shard()) - min(plan.rows_per_shard()) <= max(sizes)
+
+
+@settings(max_examples=6)
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=3),
+    kind=st.sampled_from(["tw", "rw", "cw"]),
+    pooling=st.sampled_from(["sum", "mean"]),
+    seed=st.integers(0, 1000),
+)
+def test_lookup_matches_numpy_bags(sizes, kind, pooling, seed):
+    rng = np.random.default_rng(seed)
+    tables = [rng.normal(size=(n, 8)).astype(np.float32) for n in sizes]
+    lengths = rng.integers(0, 4, size=(16, len(sizes)))
+    values = [rng.integers(0, n, size=int(lengths[:, t].sum())) for t, n in enumerate(sizes)]
+    offsets = [np.concatenate([[0], np.cumsum(lengths[:, t])]) for t in range(len(sizes))]
+    ids, padded_lengths = jagged_to_padded(values, offsets)
+    mesh = storage_mesh(8)
+    plan = plan_sharding(sizes, 8, 8, kind)
+    pooled = np.asarray(lookup(mesh, plan, put_slab(mesh, plan, pack_tables(plan, tables)), ids, padded_lengths,
+                               pooling=pooling))  # fmt: skip
+    for t in range(len(sizes)):
+        for b in range(16):
+            rows = tables[t][values[t][offsets[t][b] : offsets[t][b + 1]]]
+            want = rows.sum(axis=0) if rows.size else np.zeros(8, np.float32)
+            if pooling == "mean" and rows.shape[0]:
+                want = want / rows.shape[0]
+            np.testing.assert_allclose(pooled[b, t], want, atol=1e-5)
+
+
+def test_tw_plan_is_greedy_and_describes_itself():
+    plan = plan_sharding((100, 60, 50, 10), embedding_dim=4, num_shards=2, kind="tw")
+    assert plan.rows_per_shard() == [110, 110]
+    assert plan.imbalance() == pytest.approx(1.0)
+    text = plan.describe()
+    assert "device 0: 110 rows" in text and "tw sharding of 4 tables" in text
+    assert plan.to_dict()["rows_per_shard"] == [110, 110]
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="embedding_dim: column-wise sharding over 3 devices needs a multiple of 3, got 8"):
+        plan_sharding((10,), 8, 3, "cw")
+    with pytest.raises(ValueError, match=r"kind: expected one of \['tw', 'rw', 'cw'\], got 'xx'"):
+        plan_sharding((10,), 8, 2, "xx")
+    with pytest.raises(ValueError, match="max_length"):
+        jagged_to_padded([np.arange(3)], [np.array([0, 3])], max_length=2)
+    plan = plan_sharding((10,), 8, 2, "rw")
+    with pytest.raises(ValueError, match="mesh: expected 'storage' of size 2"):
+        put_slab(storage_mesh(4), plan, np.zeros((plan.slab_rows * 2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"tables\[0\]: expected shape \(10, 8\)"):
+        pack_tables(plan, [np.zeros((9, 8), np.float32)])
+    with pytest.raises(ValueError, match="num_devices"):
+        storage_mesh(len(jax.devices()) + 1)
