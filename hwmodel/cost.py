@@ -40,11 +40,11 @@ ASSUMPTIONS = {
     "escalate.sparse_stage": "A work unit is one output value of the sparse 1x1 stage (pixel, output channel[, basis]); its reduction of length R is scanned in ceil(R/N) chunks, one chunk per cycle per PE; matched pairs queue for the M multipliers, so a PE needs max(chunks, matches / M) cycles. Units are dispatched dynamically to idle PEs (no row barrier).",
     "escalate.dead_channels": "Output channels whose coefficients are all zero are skipped (empty rows of the compressed format).",
     "escalate.coefficient_first": "Sparse coefficients x sparse post-ReLU activations at input resolution (Cout*d maps), then the depthwise basis conv per output channel (dense, B MACs/cycle).",
-    "escalate.basis_first": "Depthwise basis conv of every input channel first (dense), then sparse coefficients x the intermediate, whose density is estimated as 1 - (1 - act_density)^(k*k*f) (a window is zero only if all its f*k*k in-bounds inputs are; f = fraction of taps not in the padding).",
+    "escalate.basis_first": "Depthwise basis conv of every input channel first (dense), then sparse coefficients x the intermediate, whose density is the workload's measured window density when given, else estimated as 1 - (1 - act_density)^(k*k*f) (a window is zero only if all its f*k*k in-bounds inputs are; f = fraction of taps not in the padding; this assumes independent zeros and overestimates for real, clustered feature maps).",
     "escalate.precision": "Coefficients at coef_bits, basis at basis_bits, activations at act_bits, the stage-to-stage intermediate at acc_bits; multiplier energy scales with the product of operand widths.",
     "escalate.undecomposed": "Layers with basis = 0 (1x1 convs, the classifier) run on the sparse engine alone as an im2col reduction of length Cin*k*k (padding taps count as zero activations).",
     "escalate.latency": "One cycle from matcher to multipliers is added to every layer; DRAM rooflines per stage as in 'pipeline'.",
-    "pipeline": "Two row-streamed stages: latency = max(n1*t1 + t2, head*t1 + n2*t2), where head is the number of producer rows the first consumer row needs and t = max(compute, DRAM traffic / bandwidth) per row.",
+    "pipeline": "Two row-streamed stages: latency = max(n1*t1 + tail*t2, head*t1 + n2*t2), where head is the number of producer rows the first consumer row needs, tail the number of consumer rows that need the last producer row and t = max(compute, DRAM traffic / bandwidth) per row.",
     "memory": "Weights (compressed with a 1-bit-per-position bitmap for ESCALATE and SparTen, run-length indices for SCNN, dense for the systolic array) stay on chip if they fit in half the global buffer; otherwise they are tiled and the input is re-read once per tile. Output activations are written compressed at the layer's input density.",
     "systolic": "SCALE-Sim v3 closed form: GEMM M = Hout*Wout, K = k*k*Cin, N = Cout; OS maps (Sr, Sc, T) = (M, N, K) with R + C + T - 2 cycles per fold; WS (K, N, M) and IS (K, M, N) with 2R + C + T - 2; folds = ceil(Sr/R) * ceil(Sc/C); minus one cycle (SCALE-Sim reports the index of the last output cycle). SRAM reads counted per fold as SCALE-Sim does.",
     "sparse_baselines": "SCNN-like and SparTen-like designs run the same compressed model with each kernel reconstructed (W = C . B), so a kernel is either all zero or dense: weight density = live_fraction * (1 - (1 - coef_density_live)^d).",
@@ -121,9 +121,13 @@ def _weight_tiles(weight_bits_total, hw: Hardware, relaxed: bool):
     return relax.maximum(relax.ceil(weight_bits_total / half_glb_bits, relaxed=relaxed), jnp.float32(1.0), relaxed=relaxed)
 
 
-def _pipeline(n1, t1, n2, t2, head, relaxed: bool):
-    """Latency of a producer stage (n1 rows of t1 cycles) streaming into a consumer (n2 rows of t2)."""
-    return relax.maximum(n1 * t1 + t2, head * t1 + n2 * t2, relaxed=relaxed)
+def _pipeline(n1, t1, n2, t2, head, tail, relaxed: bool):
+    """Latency of a producer stage (n1 rows of t1 cycles) streaming into a consumer (n2 rows of t2).
+
+    ``head``: producer rows the first consumer row needs; ``tail``: consumer rows that need
+    the last producer row (they can only run after the producer has finished).
+    """
+    return relax.maximum(n1 * t1 + tail * t2, head * t1 + n2 * t2, relaxed=relaxed)
 
 
 def _outside_taps(excess, stride):
@@ -199,8 +203,10 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         t_sparse = relax.maximum(sparse.row_cycles, mem_sparse / (n_sparse * bw), relaxed=relaxed)
         t_dense = relax.maximum(dense_row, mem_dense / (n_dense * bw), relaxed=relaxed)
         head = jnp.minimum(k - layer.padding, layer.h_in)
-        cycles = _pipeline(n_sparse, t_sparse, n_dense, t_dense, head, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
-        compute = _pipeline(n_sparse, sparse.row_cycles, n_dense, dense_row, head, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        # output row r needs input rows up to r*s + k - 1 - pad; those reaching the last input row wait for it
+        tail = jnp.clip(layer.h_out - jnp.ceil((layer.h_in - k + layer.padding) / layer.stride), 1.0, layer.h_out)
+        cycles = _pipeline(n_sparse, t_sparse, n_dense, t_dense, head, tail, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        compute = _pipeline(n_sparse, sparse.row_cycles, n_dense, dense_row, head, tail, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
         sparse_mult = _mult_pj(en, layer.coef_bits, act_bits)
         dense_mult = _mult_pj(en, layer.basis_bits, acc)
         operand_bits = layer.coef_bits + act_bits
@@ -211,14 +217,15 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         dense_row_macs = layer.w_out * layer.c_in * d * k * k
         n_dense = layer.h_out
         dense_row = relax.ceil(dense_row_macs / e.basis_macs, relaxed=relaxed)
-        p_intermediate = 1.0 - (1.0 - pa) ** (k * k * valid_tap_fraction(layer))
+        independent = 1.0 - (1.0 - pa) ** (k * k * valid_tap_fraction(layer))
+        p_intermediate = jnp.where(layer.window_density >= 0.0, layer.window_density, independent)
         sparse = _sparse_stage(layer.w_out * c_live, layer.c_in * d, pc * p_intermediate, hw, relaxed)
         n_sparse = layer.h_out
         mem_dense, mem_sparse = basis_total + tiles * ifmap, coef_total + ofmap
         t_dense = relax.maximum(dense_row, mem_dense / (n_dense * bw), relaxed=relaxed)
         t_sparse = relax.maximum(sparse.row_cycles, mem_sparse / (n_sparse * bw), relaxed=relaxed)
-        cycles = _pipeline(n_dense, t_dense, n_sparse, t_sparse, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
-        compute = _pipeline(n_dense, dense_row, n_sparse, sparse.row_cycles, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        cycles = _pipeline(n_dense, t_dense, n_sparse, t_sparse, 1.0, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        compute = _pipeline(n_dense, dense_row, n_sparse, sparse.row_cycles, 1.0, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
         sparse_mult = _mult_pj(en, layer.coef_bits, acc)
         dense_mult = _mult_pj(en, layer.basis_bits, act_bits)
         operand_bits = layer.coef_bits + acc

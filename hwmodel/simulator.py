@@ -184,12 +184,13 @@ def simulate_decomposed(coef: np.ndarray, basis: np.ndarray, acts: np.ndarray, *
     coef_bm = coef[live] != 0                                   # [live, Cin, d]
     if order == "coefficient_first":
         # units of input row y: (x, o, j), reduction over Cin
-        unit_coef = np.transpose(coef_bm, (0, 2, 1)).reshape(-1, c_in)          # [(o, j), Cin]
+        unit_coef = np.transpose(coef_bm, (0, 2, 1)).reshape(len(live) * d, c_in)  # [(o, j), Cin]
         rows = []
         for y in range(h_in):
             act_bm = (acts[:, y, :] != 0).T                                    # [x, Cin]
-            both_c = np.repeat(unit_coef[None], w_in, 0).reshape(-1, c_in)
-            both_a = np.repeat(act_bm[:, None, :], unit_coef.shape[0], 1).reshape(-1, c_in)
+            n_units = w_in * unit_coef.shape[0]
+            both_c = np.repeat(unit_coef[None], w_in, 0).reshape(n_units, c_in)
+            both_a = np.repeat(act_bm[:, None, :], unit_coef.shape[0], 1).reshape(n_units, c_in)
             rows.append(_chunk_matches(both_c, both_a, hw.lanes))
         row_done, chunks, matches, stalls = _run_sparse_engine(rows, np.zeros(h_in, np.int64), hw)
         row_macs = w_out * len(live) * d * k * k
@@ -211,8 +212,9 @@ def simulate_decomposed(coef: np.ndarray, basis: np.ndarray, acts: np.ndarray, *
         rows = []
         for y in range(h_out):
             act_bm = (inter[:, :, y, :] != 0).reshape(c_in * d, w_out).T        # [x, (c, j)]
-            both_c = np.repeat(unit_coef[None], w_out, 0).reshape(-1, c_in * d)
-            both_a = np.repeat(act_bm[:, None, :], len(live), 1).reshape(-1, c_in * d)
+            n_units = w_out * len(live)
+            both_c = np.repeat(unit_coef[None], w_out, 0).reshape(n_units, c_in * d)
+            both_a = np.repeat(act_bm[:, None, :], len(live), 1).reshape(n_units, c_in * d)
             rows.append(_chunk_matches(both_c, both_a, hw.lanes))
         row_done, chunks, matches, stalls = _run_sparse_engine(rows, dense_done, hw)
         cycles = int(row_done.max())
@@ -228,16 +230,18 @@ def simulate_plain(weights: np.ndarray, acts: np.ndarray, *, stride: int, paddin
     _, h_in, w_in = acts.shape
     h_out, w_out = _out_size(h_in, k, stride, padding), _out_size(w_in, k, stride, padding)
     live = np.flatnonzero(np.any(weights != 0, axis=(1, 2, 3)))
-    w_bm = (weights[live] != 0).reshape(len(live), -1)
+    w_bm = (weights[live] != 0).reshape(len(live), c_in * k * k)
     padded = _padded(acts, padding) != 0
     rows = []
     for y in range(h_out):
         patches = np.stack([padded[:, y * stride: y * stride + k, x * stride: x * stride + k].reshape(-1) for x in range(w_out)])
-        both_c = np.repeat(w_bm[None], w_out, 0).reshape(-1, w_bm.shape[1])
-        both_a = np.repeat(patches[:, None, :], len(live), 1).reshape(-1, w_bm.shape[1])
+        n_units = w_out * len(live)
+        both_c = np.repeat(w_bm[None], w_out, 0).reshape(n_units, w_bm.shape[1])
+        both_a = np.repeat(patches[:, None, :], len(live), 1).reshape(n_units, w_bm.shape[1])
         rows.append(_chunk_matches(both_c, both_a, hw.lanes))
     row_done, chunks, matches, stalls = _run_sparse_engine(rows, np.zeros(h_out, np.int64), hw)
-    return SimResult(int(row_done.max()), int(row_done.max()), chunks, matches, 0, stalls)
+    cycles = int(row_done.max()) if len(row_done) else 0
+    return SimResult(cycles, cycles, chunks, matches, 0, stalls)
 
 
 def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: int, padding: int, basis: np.ndarray | None = None, coef_bits: int = 4, basis_bits: int = 8, weight_bits: int = 8, name: str = "layer") -> dict:
@@ -251,11 +255,17 @@ def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: 
         d = 0
         per_channel = (coef_or_weights != 0).reshape(c_out, -1).mean(1)
     _, h_in, w_in = acts.shape
+    h_out, w_out = _out_size(h_in, k, stride, padding), _out_size(w_in, k, stride, padding)
+    nonzero = _padded(acts, padding) != 0
+    window_any = np.zeros((acts.shape[0], h_out, w_out), bool)
+    for kh in range(k):
+        for kw in range(k):
+            window_any |= nonzero[:, kh: kh + stride * (h_out - 1) + 1: stride, kw: kw + stride * (w_out - 1) + 1: stride]
     return {
         "name": name, "kind": "conv", "h_in": h_in, "w_in": w_in,
-        "h_out": _out_size(h_in, k, stride, padding), "w_out": _out_size(w_in, k, stride, padding),
+        "h_out": h_out, "w_out": w_out,
         "c_in": c_in, "c_out": c_out, "kernel_size": k, "stride": stride, "padding": padding, "basis": d,
         "coef_density": float(per_channel.mean()), "coef_density_per_out_channel": per_channel.tolist(),
-        "act_density": float((acts != 0).mean()), "coef_bits": coef_bits, "basis_bits": basis_bits if d else 0,
+        "act_density": float((acts != 0).mean()), "act_window_density": float(window_any.mean()), "coef_bits": coef_bits, "basis_bits": basis_bits if d else 0,
         "weight_bits": weight_bits,
     }

@@ -55,6 +55,7 @@ class Workload(NamedTuple):
     coef_bits: jax.Array
     basis_bits: jax.Array
     weight_bits: jax.Array
+    window_density: jax.Array
 
 
 REQUIRED_KEYS = ("name", "kind", "h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel_size", "stride", "basis", "coef_density", "act_density", "coef_bits", "basis_bits", "weight_bits")
@@ -101,7 +102,17 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
         "basis": float(basis), "coef_density": float(layer["coef_density"]), "live_out_fraction": live,
         "act_density": float(layer["act_density"]), "coef_bits": float(layer["coef_bits"]),
         "basis_bits": float(layer["basis_bits"]) if basis > 0 else 0.0, "weight_bits": float(layer["weight_bits"]),
+        "window_density": _optional_density(where, layer, "act_window_density"),
     }
+
+
+def _optional_density(where: str, layer: dict[str, Any], key: str) -> float:
+    value = layer.get(key)
+    if value is None:
+        return -1.0
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
+    return float(value)
 
 
 def workload_from_layers(layers: list[dict[str, Any]]) -> Workload:
@@ -109,7 +120,7 @@ def workload_from_layers(layers: list[dict[str, Any]]) -> Workload:
 
     Args:
       layers: dicts with the keys of :data:`REQUIRED_KEYS` (``coef_density_per_out_channel``,
-        ``padding`` and the MAC/parameter counts are optional).
+        ``padding``, ``act_window_density`` and the MAC/parameter counts are optional).
 
     Returns:
       A :class:`Workload` whose fields have shape ``[len(layers)]``.

@@ -136,7 +136,8 @@ def gated_coefficients(coefficients: jax.Array, threshold: jax.Array, temperatur
         return coefficients * p
     if gate == "ste":
         hard = (jnp.abs(coefficients) >= threshold * jnp.std(coefficients)).astype(coefficients.dtype)
-        return coefficients * (hard + p - jax.lax.stop_gradient(p))
+        # p - stop_gradient(p) is exactly 0 forward, so the forward value is exactly c * hard.
+        return coefficients * hard + coefficients * (p - jax.lax.stop_gradient(p))
     raise ValueError(f"gate: expected one of {list(GATES)}, got {gate!r}")
 
 
@@ -324,7 +325,10 @@ def hwaware_fit(
         if config.train_weights:
             updates, weight_state = weight_tx.update(g_params, weight_state, params)
             params = optax.apply_updates(params, updates)
-        r_updates, threshold_state = threshold_tx.update(g_raw, threshold_state, raw)
+        # optax's Adam bias correction raises a python float to an int32 count, which strict
+        # dtype promotion rejects; standard promotion for this call only.
+        with jax.numpy_dtype_promotion("standard"):
+            r_updates, threshold_state = threshold_tx.update(g_raw, threshold_state, raw)
         raw = optax.apply_updates(raw, r_updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return params, new_stats, raw, weight_state, threshold_state, {"loss": loss, "ce": ce, "cost": cost, "train_top1": accuracy}

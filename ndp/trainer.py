@@ -32,7 +32,7 @@ from jaxsparse.common import atomic_write_json, check_choice, check_positive, lo
 from ndp.configs import DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData
 from ndp.data.synthetic import SyntheticConfig, batch_at
-from ndp.embedding import OPTIMIZERS, POOLINGS, SHARDING_KINDS, plan_sharding, put_slab
+from ndp.embedding import OPTIMIZERS, POOLINGS, SHARDING_KINDS, pack_tables, plan_sharding, put_slab
 from ndp.model import DLRMHead, MFHead
 from ndp.train import (
     Batch,
@@ -134,13 +134,11 @@ class ArraySource:
     def train_batch(self, step: int, batch_size: int) -> Batch:
         n = self.train.labels.shape[0]
         first = step * batch_size
-        epoch = first // n
         positions = np.arange(first, first + batch_size)
         index = np.empty(batch_size, np.int64)
         for e in np.unique(positions // n):  # a batch may straddle two epochs
             chosen = positions // n == e
             index[chosen] = np.random.default_rng([self.seed, int(e)]).permutation(n)[positions[chosen] % n]
-        del epoch
         return self._batch(self.train, index)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Batch, int]]:
@@ -316,8 +314,6 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
         tables = [rng.normal(0.0, 0.1, size=(n, options.embedding_dim)).astype(np.float32) for n in plan.table_sizes]
         for t in tables:
             t[:, -1] = 0.0
-        from ndp.embedding import pack_tables
-
         state = state._replace(slab=put_slab(mesh, plan, pack_tables(plan, tables)))
     loss_fn = mse_loss if source.task == "rating" else bce_loss
     step_fn = make_train_step(mesh, plan, graphdef, loss_fn, tx, embedding_optimizer, pooling=options.pooling,
@@ -345,6 +341,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
         meta = {"step": step, "history": history, "plan": plan.kind, "table_sizes": list(plan.table_sizes)}
         save_checkpoint(checkpoint, _host_tree(mesh, state), meta)
 
+    serialize = devices > 1 and jax.default_backend() == "cpu"
     losses: list[jax.Array] = []
     started = time.perf_counter()
     bar = tqdm(range(start, options.steps), initial=start, total=options.steps, desc=f"train {name}",
@@ -352,9 +349,17 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     for step in bar:
         batch = shard_batch(mesh, source.train_batch(step, options.batch_size))
         state, loss = step_fn(state, batch)
+        if serialize:
+            # XLA:CPU runs emulated devices on one thread pool; letting the next step start on some
+            # devices while others still wait in this step's collectives can starve the pool
+            # (an abort after a 40 s rendezvous timeout on an oversubscribed 2-core machine).
+            jax.block_until_ready(loss)
         losses.append(loss)
         done = step + 1
         if done % options.eval_every == 0 or done == options.steps:
+            # Finish the queued steps before other programs run: XLA:CPU collectives of two
+            # programs in flight at once can starve each other on few cores.
+            jax.block_until_ready(state)
             train_loss = float(np.mean([float(x) for x in losses])) if losses else float("nan")
             losses = []
             metrics = evaluate(predict, state, source, mesh, options.batch_size)
@@ -362,6 +367,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()})
             save(done)
         elif options.checkpoint_every and done % options.checkpoint_every == 0:
+            jax.block_until_ready(state)
             save(done)
     elapsed = time.perf_counter() - started
     final = history[-1] if history else {}

@@ -31,7 +31,7 @@ Example:
     >>> from hwmodel.hardware import load_hardware
     >>> hw, _ = load_hardware(None)
     >>> round(float(escalate_area_mm2(hw)), 3)
-    2.582
+    2.919
 """
 
 from __future__ import annotations

@@ -260,19 +260,32 @@ def relaxed_objective(problem: Problem):
     return objective
 
 
-def _repair(problem: Problem, ev: _Evaluator, indices: np.ndarray) -> np.ndarray:
-    """Step parameters down (the one that saves most area first) until the design fits."""
-    indices = indices.copy()
-    while not ev.fits(indices[None])[0]:
+def round_to_legal(problem: Problem, t, *, area_fn=None) -> np.ndarray:
+    """Legal designs within the budget near relaxed positions ``t`` (``float[D]``): ``int32[K, D]``.
+
+    Every floor/ceil corner of ``t`` whose area fits; if none fits, the nearest legal point
+    with parameters stepped down (the one that saves most area first) until it fits.
+    """
+    area_fn = area_fn or _area_fn(problem)
+
+    def fits(rows):
+        return np.asarray(area_fn(jnp.asarray(rows, jnp.int32))) <= problem.budget_mm2
+
+    corners = corner_indices(problem.space, t)
+    inside = corners[fits(corners)]
+    if len(inside):
+        return inside
+    indices = nearest_indices(problem.space, t)
+    while not fits(indices[None])[0]:
         options = []
         for j in range(len(indices)):
             if indices[j] > 0:
                 lower = indices.copy()
                 lower[j] -= 1
                 options.append(lower)
-        areas = np.asarray(ev.area(jnp.asarray(np.stack(options), jnp.int32)))
+        areas = np.asarray(area_fn(jnp.asarray(np.stack(options), jnp.int32)))
         indices = options[int(np.argmin(areas))]
-    return indices
+    return indices[None]
 
 
 def _polish(problem: Problem, ev: _Evaluator, rounds: int) -> None:
@@ -324,7 +337,10 @@ def gradient_search(problem: Problem, config: GradientConfig | None = None, *, s
         def step(carry, penalty):
             theta, state = carry
             loss, g = grad(theta, penalty)
-            updates, state = tx.update(g, state, theta)
+            # optax's Adam bias correction raises a python float to an int32 count, which strict
+            # dtype promotion rejects; standard promotion for this call only.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, state = tx.update(g, state, theta)
             return (optax.apply_updates(theta, updates), state), loss
 
         (theta, _), losses = jax.lax.scan(step, (theta, tx.init(theta)), penalties)
@@ -333,12 +349,7 @@ def gradient_search(problem: Problem, config: GradientConfig | None = None, *, s
     theta, _ = run(theta0)
     final_t = np.asarray(jax.vmap(lambda th: positions(space, th))(theta))
     ev = _Evaluator(problem)
-    candidates = []
-    for t in final_t:
-        corners = corner_indices(space, t)
-        fits = corners[ev.fits(corners)]
-        candidates.append(fits if len(fits) else _repair(problem, ev, nearest_indices(space, t))[None])
-    ev(np.concatenate(candidates))
+    ev(np.concatenate([round_to_legal(problem, t, area_fn=ev.area) for t in final_t]))
     _polish(problem, ev, config.polish_rounds)
     result = _result("gradient", problem, ev)
     return result._replace(evaluations=result.evaluations + config.starts * config.steps)

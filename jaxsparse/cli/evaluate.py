@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"top-1:      {100 * result.accuracy:.2f}% ({result.correct}/{result.total})")
     print(
         f"throughput: {result.images_per_second:.1f} images/s "
-        f"(batch {result.batch_size} on {result.num_devices} {device.platform} device(s), after warm-up compilation)"
+        f"(batch {result.batch_size} on {result.num_devices} {device.platform} device(s), after warm-up compilation; "
+        f"{result.total / max(result.cpu_seconds, 1e-9):.1f} images per CPU-second)"
     )
     if args.out is not None:
         atomic_write_json(

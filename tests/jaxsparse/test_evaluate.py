@@ -59,7 +59,8 @@ def test_evaluate_matches_the_reference_predictions(mini_shared, golden, tmp_pat
     assert result["total"] == 80 and result["batch_size"] == 32 and result["num_devices"] == 8
     assert result["accuracy"] == pytest.approx(expected, abs=1e-12)
     assert f"{100 * expected:.2f}%" in printed and "images/s" in printed
-    assert result["images_per_second"] > 0
+    assert result["images_per_second"] > 0 and result["cpu_seconds"] > 0
+    assert "images per CPU-second" in printed
 
 
 def test_defaults_come_from_the_shared_folder_env_var(mini_shared, golden, monkeypatch, capsys):

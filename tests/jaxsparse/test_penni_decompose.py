@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from jaxsparse.penni.decompose import decompose_kernel, decompose_kernels, kernel_samples, reconstruct_kernel
 
-shapes = st.tuples(st.sampled_from([1, 3, 5]), st.integers(1, 6), st.integers(1, 6))
+# A small pool of (k, Cin, Cout) keeps compilations few; values vary freely.
+shapes = st.sampled_from([(1, 2, 3), (3, 1, 4), (3, 3, 2), (3, 5, 6), (5, 2, 2)])
 
 
 def _kernel(seed, k, cin, cout):

@@ -7,20 +7,23 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxsparse.penni.layers import FORMS, DecomposedConv, decompose_model, set_form
+from jaxsparse.penni.layers import FORMS, DecomposedConv, apply_decomposed, decompose_model, set_form
+
+# One compilation per shape and form (eager calls would compile op by op).
+_apply = jax.jit(apply_decomposed, static_argnums=(3, 4, 5))
 
 
 @given(
-    cin=st.integers(1, 5),
-    cout=st.integers(1, 5),
+    channels=st.sampled_from([(1, 3), (4, 2), (3, 5)]),
     k=st.sampled_from([1, 3, 5]),
     stride=st.sampled_from([1, 2]),
-    d_frac=st.floats(0.0, 1.0),
+    d_frac=st.sampled_from([0.0, 0.5, 1.0]),
     density=st.sampled_from([0.0, 0.3, 1.0]),
-    size=st.integers(5, 9),
+    size=st.sampled_from([5, 8]),
     seed=st.integers(0, 1000),
 )
-def test_restructured_forms_equal_training_form(cin, cout, k, stride, d_frac, density, size, seed):
+def test_restructured_forms_equal_training_form(channels, k, stride, d_frac, density, size, seed):
+    cin, cout = channels
     d = 1 + int(d_frac * (k * k - 1))
     keys = jax.random.split(jax.random.key(seed), 4)
     basis = jax.random.normal(keys[0], (d, k, k))
@@ -29,9 +32,10 @@ def test_restructured_forms_equal_training_form(cin, cout, k, stride, d_frac, de
     pad = k // 2
     layer = DecomposedConv(basis, coefficients, strides=(stride, stride), padding=((pad, pad), (pad, pad)))
     reference = layer(x, "train")
+    np.testing.assert_allclose(_apply(x, basis, coefficients, layer.strides, layer.padding, "train"), reference, rtol=1e-5, atol=1e-5)
     scale = max(float(jnp.max(jnp.abs(reference))), 1e-6)
     for form in FORMS[1:]:
-        out = layer(x, form)
+        out = _apply(x, basis, coefficients, layer.strides, layer.padding, form)
         assert out.shape == reference.shape
         assert float(jnp.max(jnp.abs(out - reference))) <= 1e-4 * scale + (0.0 if density > 0 else 1e-7)
 
@@ -41,7 +45,7 @@ def test_decomposed_resnet_matches_dense_at_full_basis():
 
     model = build_model("resnet20", rngs=nnx.Rngs(0))
     model.eval()
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))  # any size works; 8x8 keeps the test fast
     dense = model(x)
     stats = decompose_model(model, 9)
     assert isinstance(model.layer2[0].conv1, DecomposedConv) and len(stats) == 19

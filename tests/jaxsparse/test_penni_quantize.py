@@ -11,7 +11,7 @@ from jaxsparse.penni.quantize import dequantize, fake_quant, on_grid, quantize
 
 @given(
     bits=st.integers(2, 8),
-    shape=st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 3)),
+    shape=st.sampled_from([(1, 1, 1), (3, 4, 2), (2, 5, 3)]),
     per_channel=st.booleans(),
     zeros=st.floats(0.0, 1.0),
     seed=st.integers(0, 1000),

@@ -37,7 +37,8 @@ def train_case(num_devices: int | None, kind: str, optimizer: str, steps: int = 
         ids = np.stack([rng.integers(0, n, size=(BATCH, 2)) for n in TABLE_SIZES], axis=1).astype(np.int32)
         batch = Batch(rng.normal(size=(BATCH, 3)).astype(np.float32), ids, lengths,
                       (rng.random(BATCH) < 0.5).astype(np.float32))  # fmt: skip
-        state, _ = step(state, shard_batch(mesh, batch))
+        state, loss = step(state, shard_batch(mesh, batch))
+        jax.block_until_ready(loss)
     out_tables = unpack_tables(plan, to_host(mesh, state.slab))
     params = [to_host(mesh, leaf) for leaf in jax.tree.leaves(state.params)]
     return out_tables, params

@@ -112,3 +112,17 @@ def test_train_criteo_tsv_and_bad_arguments(tmp_path, capsys):
     assert main(["train", "--data", "synthetic", "--tables", "10", "--batch-size", "12", "--devices", "8",
                  "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 1  # fmt: skip
     assert "batch_size: expected a multiple of the 8 devices, got 12" in capsys.readouterr().err
+
+
+def test_train_movielens_prints_baseline_and_rmse(shared_root, tmp_path, capsys):
+    """A short run of the real command; the full run (10 epochs) reaches RMSE <= 0.94 (see README)."""
+    code = main(["train", "--data", "ml-100k", "--shared", str(shared_root), "--steps", "20", "--batch-size", "512",
+                 "--devices", "2", "--out", str(tmp_path), "--no-progress"])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3].startswith("biased matrix factorisation (baseline): test RMSE: ")
+    assert lines[-2].startswith("DLRM: test RMSE: ")
+    value = float(lines[-1].removeprefix("test RMSE: "))
+    assert 0.5 < value < 1.6  # 20 steps: far from converged, but a rating-scale error
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"mf", "dlrm"}

@@ -76,7 +76,8 @@ def sharded_training(tables, head, batches, optimizer, pooling, num_shards, kind
     )
     step = make_train_step(mesh, plan, graphdef, bce_loss, tx, embedding_optimizer, pooling=pooling)
     for batch in batches:
-        state, _ = step(state, shard_batch(mesh, batch))
+        state, loss = step(state, shard_batch(mesh, batch))
+        jax.block_until_ready(loss)  # one program in flight at a time on the emulated devices
     return unpack_tables(plan, to_host(mesh, state.slab)), state.params
 
 
