@@ -71,9 +71,9 @@ UseRamulatorTrace: False
 EXTRA_LAYERS = [
     ("vgg16.conv1_2", 32, 64, 64, 3, 1, 1),
     ("vgg16.conv5_1", 2, 512, 512, 3, 1, 1),
-    ("resnet50.conv1", 224, 3, 64, 7, 2, 3),
-    ("resnet50.1x1_expand", 56, 64, 256, 1, 1, 0),
-    ("alexnet.conv2", 27, 64, 192, 5, 1, 2),
+    ("conv1_7x7_s2", 32, 3, 64, 7, 2, 3),
+    ("1x1_expand", 14, 64, 256, 1, 1, 0),
+    ("5x5_conv", 13, 64, 96, 5, 1, 2),
     ("odd.5x5_s2", 23, 37, 45, 5, 2, 2),
 ]
 
@@ -99,7 +99,10 @@ def _run_scalesim(python: str, layers, rows: int, cols: int, dataflow: str) -> t
         topo = ["Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"]
         layout = ["Layer name, a, b, c, d, e, f, g, h, i,"]
         for name, h_in, c_in, c_out, k, stride, padding in layers:
-            padded = h_in + 2 * padding  # SCALE-Sim has no padding: give the padded input
+            # SCALE-Sim has no padding and computes ceil((H - k + s) / s) outputs: give it the
+            # padded rows the convolution actually reads, (h_out - 1) * s + k
+            h_out = (h_in + 2 * padding - k) // stride + 1
+            padded = (h_out - 1) * stride + k
             topo.append(f"{name}, {padded}, {padded}, {k}, {k}, {c_in}, {c_out}, {stride},")
             layout.append(f"{name}, 1, 1, 1, 1, 1, 1, 1, 1, 1,")
         (tmp / "topology.csv").write_text("\n".join(topo) + "\n")

@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     from ndp.sysmodel.params import as_arrays, replace_params
     from ndp.sysmodel.scenarios import build_workload, mlperf_terabyte_config
     from ndp.sysmodel.systems import SYSTEM_TITLES, SYSTEMS, simulate
+    from ndp.sysmodel.workload import workload_from_zipf
 
     system = load_system_file(args.config)
     hw = system.hardware
@@ -119,6 +120,27 @@ def main(argv=None) -> int:
     print("grid: zipf {0.6, 0.9, 1.1} x batch {1024..8192} x pooling {1 (one-hot Criteo), 8 (MLPerf multi-hot mean)}"
           f" x CSDs {{2, 4, 8}}; best vs CPU-GPU at {({k: best[k] for k in ('zipf_exponent', 'batch_size', 'pooling_factor', 'csd_count')})}")
 
+    # Scaling with GPUs, CSDs and embedding width (iteration time of each system, global batch fixed).
+    def periods(hw_list, workload):
+        stacked_hw = stack_params(hw_list)
+        return {s: np.asarray(jax.vmap(lambda h, s=s: simulate(s, h, workload, options).period)(stacked_hw)).tolist()
+                for s in ("ndrec", "cpu_gpu", "gpu_cache")}  # fmt: skip
+
+    scaling = {
+        "gpu_count": {"values": [1, 2, 4, 8], **periods([replace_params(hw, gpu_count=g) for g in (1, 2, 4, 8)], wl)},
+        "csd_count": {"values": [1, 2, 4, 8, 16], **periods([replace_params(hw, csd_count=c) for c in (1, 2, 4, 8, 16)], wl)},
+        "embedding_dim": {"values": [16, 32, 64, 128]},
+    }
+    for dim in (16, 32, 64, 128):
+        shape = dataclasses.replace(model, embedding_dim=dim, bottom_mlp=(512, 256, dim))
+        w = workload_from_zipf(shape, batch_size=settings.batch_size, zipf_exponent=settings.zipf_exponent)
+        for s, v in periods([hw], w).items():
+            scaling["embedding_dim"].setdefault(s, []).extend(v)
+    print("\nscaling (speedup of NDRec-style vs CPU-GPU / vs GPU caching):")
+    for what, table in scaling.items():
+        cells = [f"{v}: {c / n:.2f}x / {g / n:.2f}x" for v, n, c, g in zip(table["values"], table["ndrec"], table["cpu_gpu"], table["gpu_cache"])]
+        print(f"   {what:<14} " + ", ".join(cells))
+
     # Sensitivity: every parameter /2 and x2, all configurations in one vmap per metric.
     from ndp.sysmodel.scenarios import sensitivity
 
@@ -150,6 +172,7 @@ def main(argv=None) -> int:
         "paper_reported": PAPER,
         "grid": grid,
         "up_to": up_to,
+        "scaling_period_s": scaling,
         "sensitivity_factor": factor,
         "sensitivity": {m: dict(list(v.items())[:10]) for m, v in sens.items()},
         "headline": headline,

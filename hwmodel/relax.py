@@ -11,9 +11,11 @@ densities of exactly 0 and 1):
   often exact multiples, where any smooth curve through the staircase is biased by up to a
   whole tile (up to 2x for a product of two counts); the straight-through form keeps the
   forward values exact and still tells the optimiser that a larger ``x`` costs more.
-* ``max(a, b)`` -> ``softplus``-based smooth maximum with a temperature proportional to
-  the operands' magnitude (``tau = 0.05 * (|a| + |b|) / 2``), so it is scale-free:
-  ``smax(a, b) = b + tau * softplus((a - b) / tau)``; at most ``tau * log 2`` above the max.
+* ``max(a, b)`` -> a smooth maximum with a width proportional to the operands' magnitude
+  (``tau = 0.05 * (|a| + |b|) / 2 + 1e-6``), so it is scale-free:
+  ``smax(a, b) = (a + b + sqrt((a - b)^2 + tau^2)) / 2`` -- the hyperbolic form of the
+  ``softplus`` smooth maximum, at most ``tau / 2`` above the max, with one ``sqrt``
+  (never of 0) instead of an ``exp`` and a ``log``, which keeps the gradient cheap.
 * ``min(a, b) = -smax(-a, -b)``.
 
 Gradients of the exact forms are finite too (``jnp.ceil`` has slope 0, ``jnp.maximum`` a
@@ -44,11 +46,11 @@ def ceil(x: jax.Array, *, relaxed: bool) -> jax.Array:
 
 
 def maximum(a: jax.Array, b: jax.Array, *, relaxed: bool) -> jax.Array:
-    """``max(a, b)`` or a scale-free softplus smooth maximum (see module docstring)."""
+    """``max(a, b)`` or a scale-free smooth maximum (see module docstring)."""
     if not relaxed:
         return jnp.maximum(a, b)
     tau = SMOOTH_MAX_TEMPERATURE * 0.5 * (jnp.abs(a) + jnp.abs(b)) + 1e-6
-    return b + tau * jax.nn.softplus((a - b) / tau)
+    return 0.5 * (a + b + jnp.sqrt(jnp.square(a - b) + jnp.square(tau)))
 
 
 def minimum(a: jax.Array, b: jax.Array, *, relaxed: bool) -> jax.Array:

@@ -6,5 +6,6 @@
   random and exhaustive grid baselines, all counting cost evaluations;
 * :mod:`hwmodel.codesign.costfn` -- differentiable cost of per-layer densities, the
   ``cost_fn`` that hardware-aware compression (:mod:`jaxsparse.hwaware`) trains against;
-* :mod:`hwmodel.codesign.joint` -- alternating compression and hardware search.
+* :mod:`hwmodel.codesign.experiment` -- the CIFAR experiment: hardware-aware vs uniform
+  PENNI thresholds, and the joint loop (hardware search and compression in turn).
 """

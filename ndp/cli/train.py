@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         defaults = dict(batch_size=batch, steps=steps, eval_every=args.eval_every or max(1, steps // 10))
         # Settings chosen on the u1 split (10 epochs of batch 256); flags override them.
         mf_settings = {"embedding_dim": 33, "embedding_l2": 0.1, "embedding_lr": 0.1, "pooling": "sum"}
-        dlrm_settings = {"embedding_dim": 16, "embedding_l2": 0.1, "embedding_lr": 0.03, "dense_lr": 3e-4,
+        dlrm_settings = {"embedding_dim": 8, "embedding_l2": 0.1, "embedding_lr": 0.03, "dense_lr": 3e-4,
                          "pooling": "mean", "interaction": "dot_cat", "top_mlp": (128, 64, 1)}  # fmt: skip
         if baseline:
             sources.append(("mf", movielens_source(data, "mf", seed=args.seed), mf_settings, False))

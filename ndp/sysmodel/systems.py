@@ -121,22 +121,16 @@ class SimulationResult(NamedTuple):
         return sum(self.energy.values())
 
 
-def _mlp_tasks(hw: HardwareParams, wl: Workload, emb_task: str) -> tuple[list[Task], dict]:
+def _mlp_durations(hw: HardwareParams, wl: Workload) -> dict:
+    """GPU work: bottom MLP forward (no embedding dependency), the rest of forward + backward, gradient sync."""
     fwd_flops = wl.batch_size * wl.mlp_flops_per_example
     rate = hw.gpu_count * hw.gpu_flops * hw.gpu_flop_efficiency
-    weights = wl.mlp_weight_bytes
-    sync = 2.0 * (hw.gpu_count - 1.0) / hw.gpu_count * weights / hw.nvlink_bandwidth
-    tasks = [
-        Task("bottom_mlp_fwd", "gpu"),
-        Task("mlp_fwd_bwd", "gpu", deps=((emb_task, 0), ("bottom_mlp_fwd", 0))),
-        Task("allreduce", "gpu", deps=(("mlp_fwd_bwd", 0),)),
-    ]
-    durations = {
+    sync = 2.0 * (hw.gpu_count - 1.0) / hw.gpu_count * wl.mlp_weight_bytes / hw.nvlink_bandwidth
+    return {
         "bottom_mlp_fwd": wl.bottom_flop_fraction * fwd_flops / rate,
         "mlp_fwd_bwd": (3.0 - wl.bottom_flop_fraction) * fwd_flops / rate + hw.gpu_iteration_overhead,
         "allreduce": sync,
     }
-    return tasks, durations
 
 
 def _host_time(hw: HardwareParams, lookups, bytes_touched):
@@ -174,7 +168,7 @@ def _host_side(hw, wl, pcie_bytes_each_way):
 def system_tasks(system: str, options: SystemOptions = SystemOptions()) -> list[Task]:
     """The task list of ``system`` (static structure of its iteration)."""
     check_choice("system", system, SYSTEMS)
-    mlp = lambda emb: _mlp_tasks_static(emb)  # noqa: E731
+    mlp = _mlp_tasks
     if system == "cpu_gpu":
         return [
             Task("cpu_gather_pool", "host", deps=(("cpu_update", 1),)),
@@ -224,7 +218,7 @@ def system_tasks(system: str, options: SystemOptions = SystemOptions()) -> list[
     ]
 
 
-def _mlp_tasks_static(emb_task: str) -> list[Task]:
+def _mlp_tasks(emb_task: str) -> list[Task]:
     return [
         Task("bottom_mlp_fwd", "gpu"),
         Task("mlp_fwd_bwd", "gpu", deps=((emb_task, 0), ("bottom_mlp_fwd", 0))),
@@ -234,7 +228,7 @@ def _mlp_tasks_static(emb_task: str) -> list[Task]:
 
 def _durations_and_energy_terms(system: str, hw: HardwareParams, wl: Workload, options: SystemOptions):
     """Task durations, plus the byte counts and busy times that energy needs."""
-    _, d = _mlp_tasks(hw, wl, "embeddings")
+    d = _mlp_durations(hw, wl)
     lookups = wl.lookups_per_iteration
     unique = wl.unique_fraction * lookups
     pooled = wl.batch_size * wl.num_tables * wl.row_bytes

@@ -221,9 +221,3 @@ def movielens_trace(path) -> tuple[np.ndarray, tuple[int, int]]:
     num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
     keys = np.stack([users, items + num_users], axis=1).reshape(-1)
     return keys, (num_users, num_items)
-
-
-def sweep_cache_fraction(wl: Workload, fractions) -> jax.Array:
-    """Helper for plots: LRU and static hit rates at arbitrary capacity fractions ``(2, K)``."""
-    x = jnp.asarray(fractions, jnp.float32)
-    return jnp.stack([jnp.interp(x, wl.curve_fraction, wl.hit_lru), jnp.interp(x, wl.curve_fraction, wl.hit_static)])

@@ -201,7 +201,9 @@ def test_vgg16_structure_and_pytorch_round_trip(tmp_path):
     for key, value in to_pytorch_state_dict(model).items():
         np.testing.assert_array_equal(to_pytorch_state_dict(other)[key], value)
     other.eval()
-    assert other(jnp.zeros((1, 32, 32, 3), jnp.float32)).shape == (1, 10)
+    # Shape inference only (no compilation): five 2x2 pools take 32x32 to the 512-d classifier input.
+    logits = jax.eval_shape(other, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    assert logits.shape == (1, 10)
 
 
 def test_vgg16_has_no_pretrained_weights():

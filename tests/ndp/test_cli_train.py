@@ -67,34 +67,28 @@ def test_metrics_against_textbook_values():
     assert auc(scores, labels) == pytest.approx(0.875)
 
 
-def test_train_synthetic_writes_outputs_and_resumes(tmp_path, capsys):
-    args = ["train", "--data", "synthetic", "--tables", "50,30,20", "--batch-size", "64", "--steps", "4",
-            "--eval-every", "2", "--devices", "8", "--sharding", "cw", "--embedding-dim", "8",
-            "--bag-length", "0:3", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
-    assert main(args) == 0
+def test_train_synthetic_writes_outputs_resumes_and_matches_an_uninterrupted_run(tmp_path, capsys):
+    def args(steps, out):
+        return ["train", "--data", "synthetic", "--tables", "50,30,20", "--batch-size", "16", "--steps", str(steps),
+                "--eval-every", "2", "--devices", "8", "--sharding", "cw", "--embedding-dim", "8",
+                "--bag-length", "0:3", "--out", str(out), "--no-progress"]  # fmt: skip
+
+    assert main(args(2, tmp_path / "split")) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("test AUC: ")
-    metrics = json.loads((tmp_path / "dlrm" / "metrics.json").read_text())
-    assert [h["step"] for h in metrics["history"]] == [2, 4]
-    assert (tmp_path / "dlrm" / "learning_curve.png").stat().st_size > 1000
-    assert (tmp_path / "dlrm" / "checkpoint.npz").is_file()
-    # Running again with more steps resumes at step 4 and keeps the earlier history.
-    assert main([*args[:8], "6", *args[9:]]) == 0
-    out = capsys.readouterr().out
-    assert "resumed dlrm" in out and "at step 4" in out
-    metrics = json.loads((tmp_path / "dlrm" / "metrics.json").read_text())
-    assert [h["step"] for h in metrics["history"]] == [2, 4, 6]
-
-
-def test_resumed_run_equals_uninterrupted_run(tmp_path, capsys):
-    common = ["train", "--data", "synthetic", "--tables", "40,12", "--batch-size", "16", "--eval-every", "3",
-              "--devices", "2", "--embedding-dim", "4", "--no-progress"]  # fmt: skip
-    assert main([*common, "--steps", "6", "--out", str(tmp_path / "straight")]) == 0
-    assert main([*common, "--steps", "3", "--out", str(tmp_path / "split")]) == 0
-    assert main([*common, "--steps", "6", "--out", str(tmp_path / "split")]) == 0
+    run = tmp_path / "split" / "dlrm"
+    assert [h["step"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [2]
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    # Running again with more steps resumes at step 2 and keeps the earlier history.
+    assert main(args(4, tmp_path / "split")) == 0
+    assert "resumed dlrm from" in capsys.readouterr().out
+    assert [h["step"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [2, 4]
+    # ... and ends where an uninterrupted run ends.
+    assert main(args(4, tmp_path / "straight")) == 0
     capsys.readouterr()
     a = np.load(tmp_path / "straight" / "dlrm" / "checkpoint.npz")
-    b = np.load(tmp_path / "split" / "dlrm" / "checkpoint.npz")
+    b = np.load(run / "checkpoint.npz")
+    assert a.files == b.files
     for key in a.files:
         if key != "__metadata__":
             np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)

@@ -1,0 +1,488 @@
+"""The CIFAR co-design experiment: hardware-aware compression vs the uniform PENNI rule, and the joint loop.
+
+Starting point (shared by every method): a pretrained CIFAR ResNet, decomposed into ``d``
+basis kernels per 3x3 conv (PENNI). Then, with the same number of SGD steps each:
+
+* **uniform** (PENNI's rule, the baseline): prune ``|c| < s * std(c)`` with one ``s`` for
+  every layer, swept over ``s``; fine-tune ``hwaware_steps + finetune_steps`` steps with
+  pruned coefficients held at zero;
+* **hardware-aware**: learn per-layer thresholds ``s_l`` with
+  ``task loss + lambda * latency(densities) / latency_0`` on the given design
+  (:func:`jaxsparse.hwaware.hwaware_fit`, ``hwaware_steps`` steps), prune with them,
+  fine-tune ``finetune_steps`` steps; swept over ``lambda``;
+* **joint** (alternating): search the hardware for the hardware-aware model's workload
+  (:func:`~hwmodel.codesign.search.gradient_search`, iso-area), compress again against
+  the new design; compared with compression alone (default design) and hardware alone
+  (the uniform ``s = 1`` model on hardware searched for it).
+
+Every finished model is costed exactly (no relaxation) from its own description (dead
+output channels included) on the ESCALATE-style design with deployed bit widths
+(:data:`~hwmodel.codesign.costfn.DEPLOY_BITS`), and evaluated on a fixed test subset.
+
+Each finished point is stored at once in ``<out>/results.json`` (atomically); training
+runs checkpoint every ``checkpoint_every`` steps in ``<out>/checkpoints``; a rerun with the
+same settings skips finished points and resumes the interrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from hwmodel.codesign.area import escalate_area_mm2
+from hwmodel.codesign.costfn import deployment_layers, layer_latency_share, make_cost_fn
+from hwmodel.codesign.search import GradientConfig, gradient_search, make_problem, network_metric
+from hwmodel.codesign.space import legal_hardware
+from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
+from hwmodel.workload import workload_from_layers
+from jaxsparse import hwaware
+from jaxsparse.common import atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
+from jaxsparse.data import load_split
+from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
+from jaxsparse.penni.count import describe_layers
+from jaxsparse.penni.layers import decompose_model
+from jaxsparse.penni.train import TrainConfig, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class CodesignConfig:
+    """Settings of :func:`run_codesign` (defaults: the full run; :func:`quick_config` a reduced one).
+
+    Attributes:
+      model: pretrained CIFAR ResNet name.
+      num_basis: ``d`` basis kernels per 3x3 conv.
+      uniform_thresholds: PENNI ``s`` values of the baseline sweep.
+      cost_weights: ``lambda`` values of the hardware-aware sweep.
+      hwaware_steps: threshold-learning steps (the baseline gets them as extra fine-tuning).
+      finetune_steps: fine-tuning steps after pruning.
+      batch_size, learning_rate: SGD settings of both phases.
+      train_subset: training images used (0: all 50,000).
+      test_subset: test images for top-1 (0: all 10,000).
+      joint_rounds: hardware-search / re-compression rounds of the joint loop (0: none).
+      joint_cost_weight: ``lambda`` of the joint loop (None: the middle of ``cost_weights``).
+      metric: cost the hardware-aware loss and the search minimise (``latency``, ``energy``, ``edp``).
+      seed: data order and augmentation.
+    """
+
+    model: str = "resnet20"
+    num_basis: int = 5
+    uniform_thresholds: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.7, 2.0)
+    cost_weights: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0)
+    hwaware_steps: int = 1500
+    finetune_steps: int = 1500
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    threshold_learning_rate: float = 0.05
+    train_subset: int = 0
+    test_subset: int = 0
+    joint_rounds: int = 1
+    joint_cost_weight: float | None = None
+    metric: str = "latency"
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.model not in PRETRAINED_NAMES:
+            raise ValueError(f"model: expected one of {list(PRETRAINED_NAMES)} (pretrained weights needed), got {self.model!r}")
+        for name in ("num_basis", "batch_size", "learning_rate", "threshold_learning_rate", "checkpoint_every"):
+            check_positive(name, getattr(self, name))
+        for name in ("hwaware_steps", "finetune_steps", "train_subset", "test_subset", "joint_rounds"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if not self.uniform_thresholds or not self.cost_weights:
+            raise ValueError("uniform_thresholds / cost_weights: expected at least one value each")
+        if self.metric not in ("latency", "energy", "edp"):
+            raise ValueError(f"metric: expected one of ['latency', 'energy', 'edp'], got {self.metric!r}")
+
+
+def quick_config(**overrides) -> CodesignConfig:
+    """A reduced run (minutes on a few CPU cores) that still compares both methods."""
+    base = dict(uniform_thresholds=(0.6, 1.0, 1.4, 1.8), cost_weights=(0.5, 2.0), hwaware_steps=60, finetune_steps=40,
+                batch_size=64, train_subset=8192, test_subset=2000, joint_rounds=1, checkpoint_every=20)
+    base.update(overrides)
+    return CodesignConfig(**base)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class Data:
+    """uint8 training/test images (subsets as configured) and a probe batch for activation densities."""
+
+    def __init__(self, config: CodesignConfig, shared_root=None, progress: bool = True):
+        root = find_shared_root(shared_root) / "data" / "cifar10-jpeg"
+        train_x, train_y, _ = load_split(root, "train", progress=progress)
+        test_x, test_y, _ = load_split(root, "test", progress=progress)
+        rng = np.random.default_rng(config.seed)
+        if config.train_subset and config.train_subset < len(train_x):
+            pick = np.sort(rng.choice(len(train_x), config.train_subset, replace=False))
+            train_x, train_y = train_x[pick], train_y[pick]
+        if config.test_subset and config.test_subset < len(test_x):
+            pick = np.sort(np.random.default_rng(config.seed + 1).choice(len(test_x), config.test_subset, replace=False))
+            test_x, test_y = test_x[pick], test_y[pick]
+        self.train_x, self.train_y = train_x, np.asarray(train_y, np.int32)
+        self.test_x, self.test_y = test_x, np.asarray(test_y, np.int32)
+        self.probe = np.asarray(test_x[:64])
+
+
+def start_model(config: CodesignConfig, shared_root=None) -> nnx.Module:
+    """The pretrained model with every 3x3 conv decomposed (deterministic)."""
+    model = load_pretrained(config.model, shared_root=shared_root)
+    decompose_model(model, config.num_basis)
+    return model
+
+
+def describe(model: nnx.Module, data: Data) -> list[dict]:
+    from jaxsparse.data import normalize
+
+    return describe_layers(model, jnp.asarray(normalize(data.probe)))
+
+
+def exact_cost(layers: list[dict], hw: Hardware, options: Options) -> dict[str, float]:
+    """Exact latency (ms), energy (uJ) and EDP of a described model on one design."""
+    workload = workload_from_layers(deployment_layers(layers))
+    latency = float(network_metric(workload, hw, options, "latency"))
+    energy = float(network_metric(workload, hw, options, "energy"))
+    return {"latency_ms": latency * 1e3, "energy_uj": energy * 1e6, "edp": latency * energy}
+
+
+def _finetune(model, data: Data, config: CodesignConfig, steps: int, checkpoint: Path | None, progress: bool) -> None:
+    """Fine-tune ``steps`` SGD steps (as whole passes over a slice of the training set) with pruned entries at zero."""
+    if steps <= 0:
+        return
+    n = min(steps * config.batch_size, len(data.train_x))
+    epochs = -(-steps * config.batch_size // n)
+    fit(model, data.train_x[:n], data.train_y[:n],
+        TrainConfig(epochs=epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, milestones=(0.75,),
+                    alternate_every=0, augment_pad=4, seed=config.seed),
+        masks=hwaware.keep_masks(model), checkpoint=checkpoint, description="fine-tune", progress=progress)
+
+
+def _point(model, data: Data, hw: Hardware, options: Options, **extra) -> dict[str, Any]:
+    layers = describe(model, data)
+    top1 = float(evaluate_accuracy(model, data.test_x, data.test_y).accuracy)
+    share = np.asarray(layer_latency_share(layers, hw, options))
+    return {**extra, "top1": top1, **exact_cost(layers, hw, options),
+            "layers": [{"name": r["name"], "basis": r["basis"], "coef_density": r["coef_density"], "latency_share": float(s)}
+                       for r, s in zip(layers, share)],
+            "description": layers}
+
+
+def uniform_point(config: CodesignConfig, data: Data, s: float, hw: Hardware, options: Options, ckpt: Path, progress: bool, shared_root=None) -> dict:
+    model = start_model(config, shared_root)
+    hwaware.prune_with_thresholds(model, float(s))
+    _finetune(model, data, config, config.hwaware_steps + config.finetune_steps, ckpt / f"uniform-{s:g}.npz", progress)
+    return _point(model, data, hw, options, method="uniform", threshold=float(s))
+
+
+def hwaware_point(config: CodesignConfig, data: Data, lam: float, hw: Hardware, options: Options, ckpt: Path, progress: bool,
+                  tag: str, shared_root=None) -> dict:
+    model = start_model(config, shared_root)
+    records = describe(model, data)
+    cost_fn = make_cost_fn(records, hw, options, metric=config.metric)
+    result = hwaware.hwaware_fit(
+        model, data.train_x, data.train_y, cost_fn,
+        hwaware.HwAwareConfig(cost_weight=float(lam), steps=config.hwaware_steps, batch_size=config.batch_size,
+                              learning_rate=config.learning_rate, threshold_learning_rate=config.threshold_learning_rate,
+                              seed=config.seed, checkpoint_every=config.checkpoint_every),
+        records=records, checkpoint=ckpt / f"{tag}-thresholds.npz", progress=progress, description=f"hw-aware {tag}")
+    hwaware.prune_with_thresholds(model, result.thresholds)
+    _finetune(model, data, config, config.finetune_steps, ckpt / f"{tag}-finetune.npz", progress)
+    return _point(model, data, hw, options, method="hwaware", cost_weight=float(lam), thresholds=result.thresholds,
+                  hwaware_history=result.history[-1:] if result.history else [])
+
+
+def search_hardware(layers: list[dict], hw: Hardware, options: Options, metric: str, seed: int,
+                    budget_mm2: float | None = None) -> tuple[Hardware, dict]:
+    """Gradient search of the design for one described model (budget: the area of ``hw`` unless given)."""
+    problem = make_problem(workload_from_layers(deployment_layers(layers)), hw, options, metric=metric, budget_mm2=budget_mm2)
+    found = gradient_search(problem, GradientConfig(), seed=seed)
+    return legal_hardware(problem.space, hw, found.indices), found.to_dict() | {"budget_mm2": problem.budget_mm2}
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Points not dominated in (higher top-1, lower latency), sorted by latency."""
+    front = [p for p in points if not any(
+        (q["top1"] >= p["top1"] and q["latency_ms"] <= p["latency_ms"]) and (q["top1"] > p["top1"] or q["latency_ms"] < p["latency_ms"])
+        for q in points)]
+    return sorted(front, key=lambda p: p["latency_ms"])
+
+
+def compare_at_equal_top1(uniform: list[dict], aware: list[dict], tolerance: float = 0.003) -> dict[str, Any]:
+    """Best latency reduction of a hardware-aware point over the fastest uniform point at least as accurate (within ``tolerance``).
+
+    For each hardware-aware point ``h``, the reference is the lowest-latency uniform point
+    with ``top1 >= top1_h - tolerance``; the reduction is ``1 - latency_h / latency_ref``.
+    Returns the best such pair (``latency_reduction``, ``top1_gap = top1_ref - top1_h``),
+    or ``None`` values when no uniform point is accurate enough for any ``h``.
+    """
+    best = {"latency_reduction": None, "top1_gap": None, "hwaware": None, "uniform": None}
+    for h in aware:
+        refs = [u for u in uniform if u["top1"] >= h["top1"] - tolerance]
+        if not refs:
+            continue
+        ref = min(refs, key=lambda u: u["latency_ms"])
+        reduction = 1.0 - h["latency_ms"] / ref["latency_ms"]
+        if best["latency_reduction"] is None or reduction > best["latency_reduction"]:
+            best = {"latency_reduction": reduction, "top1_gap": ref["top1"] - h["top1"],
+                    "hwaware": {k: h[k] for k in ("cost_weight", "top1", "latency_ms")},
+                    "uniform": {k: ref[k] for k in ("threshold", "top1", "latency_ms")}}
+    return best
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _settings(config: CodesignConfig, hw: Hardware, options: Options) -> dict:
+    return json.loads(json.dumps({"config": dataclasses.asdict(config), "hardware": hardware_to_dict(hw, options)}))
+
+
+def run_codesign(
+    config: CodesignConfig,
+    out_dir: str | Path,
+    *,
+    hardware: str | None = None,
+    shared_root=None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run (or resume) the whole experiment; write ``results.json`` and the plots under ``out_dir``.
+
+    Returns:
+      The results dict (points, fronts, comparison, joint loop, timings).
+    """
+    out = Path(out_dir)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    hw, options = load_hardware(hardware)
+    settings = _settings(config, hw, options)
+    path = out / "results.json"
+    state: dict[str, Any] = {"settings": settings, "points": {}, "joint": {}}
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("settings") != settings:
+            raise ValueError(f"out: {str(out)!r} holds results of a run with other settings; use another folder or delete it")
+        state = previous
+        log(f"resuming: {len(state['points'])} points already done ({path})")
+
+    def save():
+        atomic_write_json(path, state)
+
+    data = Data(config, shared_root, progress)
+    started = time.time()
+    jobs = [("uniform", s) for s in config.uniform_thresholds] + [("hwaware", lam) for lam in config.cost_weights]
+    for i, (method, value) in enumerate(jobs):
+        key = f"{method}-{value:g}"
+        if key in state["points"]:
+            continue
+        t0 = time.time()
+        if method == "uniform":
+            point = uniform_point(config, data, value, hw, options, ckpt, progress, shared_root)
+        else:
+            point = hwaware_point(config, data, value, hw, options, ckpt, progress, key, shared_root)
+        point["seconds"] = round(time.time() - t0, 1)
+        state["points"][key] = point
+        save()
+        log(f"[{i + 1}/{len(jobs)}] {key}: top-1 {100 * point['top1']:.2f}%  latency {point['latency_ms']:.4f} ms  "
+            f"energy {point['energy_uj']:.2f} uJ  ({point['seconds']:.0f} s)")
+
+    if config.joint_rounds > 0:
+        run_joint(config, data, hw, options, state, save, ckpt, progress, shared_root, log)
+
+    state["summary"] = summarize(state)
+    state["seconds_total_this_run"] = round(time.time() - started, 1)
+    save()
+    plot_all(state, out, log)
+    return state
+
+
+def run_joint(config, data, hw, options, state, save, ckpt, progress, shared_root, log) -> None:
+    """Alternate hardware search and hardware-aware compression; compare with each alone."""
+    joint = state["joint"]
+    lam = config.joint_cost_weight if config.joint_cost_weight is not None else sorted(config.cost_weights)[len(config.cost_weights) // 2]
+    points = state["points"]
+    compression_only = points[f"hwaware-{lam:g}"]
+    if "hardware_only" not in joint:
+        uniform_ref = min((p for p in points.values() if p["method"] == "uniform"), key=lambda p: abs(p["threshold"] - 1.0))
+        found_hw, found = search_hardware(uniform_ref["description"], hw, options, config.metric, config.seed)
+        cost = exact_cost(uniform_ref["description"], found_hw, options)
+        joint["hardware_only"] = {"threshold": uniform_ref["threshold"], "top1": uniform_ref["top1"], **cost, "search": found,
+                                  "hardware": hardware_to_dict(found_hw)}
+        save()
+        log(f"hardware only (uniform s={uniform_ref['threshold']:g}, searched design): latency {cost['latency_ms']:.4f} ms")
+    current_hw = hw
+    current = compression_only
+    for r in range(config.joint_rounds):
+        key = f"round{r + 1}"
+        if key not in joint:
+            found_hw, found = search_hardware(current["description"], current_hw, options, config.metric, config.seed + r,
+                                              budget_mm2=float(escalate_area_mm2(hw)))
+            point = hwaware_point(config, data, lam, found_hw, options, ckpt, progress, f"joint{r + 1}", shared_root)
+            point["search"] = found
+            point["hardware"] = hardware_to_dict(found_hw)
+            joint[key] = point
+            save()
+            log(f"joint round {r + 1}: top-1 {100 * point['top1']:.2f}%  latency {point['latency_ms']:.4f} ms on the searched design")
+        current = joint[key]
+        current_hw, _ = load_hardware_dict(current["hardware"])
+    joint["compression_only"] = {k: compression_only[k] for k in ("cost_weight", "top1", "latency_ms", "energy_uj", "edp")}
+    save()
+
+
+def load_hardware_dict(config: dict) -> tuple[Hardware, Options]:
+    from hwmodel.hardware import hardware_from_dict
+
+    return hardware_from_dict({k: v for k, v in config.items() if k != "options"})
+
+
+def summarize(state: dict) -> dict:
+    points = list(state["points"].values())
+    uniform = [p for p in points if p["method"] == "uniform"]
+    aware = [p for p in points if p["method"] == "hwaware"]
+    summary = {"comparison": compare_at_equal_top1(uniform, aware),
+               "uniform_front": [{k: p[k] for k in ("threshold", "top1", "latency_ms", "energy_uj")} for p in pareto_front(uniform)],
+               "hwaware_front": [{k: p[k] for k in ("cost_weight", "top1", "latency_ms", "energy_uj")} for p in pareto_front(aware)]}
+    joint = state.get("joint", {})
+    rounds = sorted(k for k in joint if k.startswith("round"))
+    if rounds and "hardware_only" in joint and "compression_only" in joint:
+        last = joint[rounds[-1]]
+        summary["joint"] = {
+            "compression_only": {k: joint["compression_only"][k] for k in ("top1", "latency_ms")},
+            "hardware_only": {k: joint["hardware_only"][k] for k in ("top1", "latency_ms")},
+            "joint": {k: last[k] for k in ("top1", "latency_ms")},
+        }
+    return summary
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_all(state: dict, out: Path, log=print) -> list[Path]:
+    """``pareto.png`` (top-1 vs latency and energy), ``hardware.png``, ``layer_density.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = list(state["points"].values())
+    uniform = sorted((p for p in points if p["method"] == "uniform"), key=lambda p: p["latency_ms"])
+    aware = sorted((p for p in points if p["method"] == "hwaware"), key=lambda p: p["latency_ms"])
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key, label in ((axes[0], "latency_ms", "modelled latency (ms)"), (axes[1], "energy_uj", "modelled energy (uJ)")):
+        ax.plot([p[key] for p in uniform], [100 * p["top1"] for p in uniform], "o--", label="uniform PENNI rule (s swept)")
+        for p in uniform:
+            ax.annotate(f"s={p['threshold']:g}", (p[key], 100 * p["top1"]), fontsize=7)
+        ax.plot([p[key] for p in aware], [100 * p["top1"] for p in aware], "s-", label="hardware-aware (lambda swept)")
+        for p in aware:
+            ax.annotate(f"l={p['cost_weight']:g}", (p[key], 100 * p["top1"]), fontsize=7)
+        joint = state.get("joint", {})
+        rounds = sorted(k for k in joint if k.startswith("round"))
+        if key == "latency_ms" and rounds:
+            last = joint[rounds[-1]]
+            ax.plot([last[key]], [100 * last["top1"]], "*", markersize=12, label="joint (searched design)")
+        ax.set(xlabel=label, ylabel="top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("accuracy vs modelled cost on the ESCALATE-style design")
+    fig.tight_layout()
+    written.append(_save(fig, out / "pareto.png"))
+
+    joint = state.get("joint", {})
+    rounds = sorted(k for k in joint if k.startswith("round"))
+    base = state["settings"]["hardware"]
+    chosen = {"default": base}
+    if "hardware_only" in joint:
+        chosen["hardware only"] = joint["hardware_only"]["hardware"]
+    if rounds:
+        chosen["joint"] = joint[rounds[-1]]["hardware"]
+    params = [("escalate", "pes"), ("escalate", "lanes"), ("escalate", "multipliers"), ("escalate", "basis_macs"),
+              ("escalate", "pe_buffer_kib"), ("memory", "glb_kib")]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(chosen)
+    for j, (name, hwd) in enumerate(chosen.items()):
+        values = [hwd[s][k] / base[s][k] for s, k in params]
+        ax.bar(np.arange(len(params)) + j * width, values, width, label=name)
+        for x, (s, k) in enumerate(params):
+            ax.annotate(f"{hwd[s][k]:g}", (x + j * width, hwd[s][k] / base[s][k]), fontsize=7, ha="center", va="bottom")
+    ax.set_xticks(np.arange(len(params)) + width * (len(chosen) - 1) / 2, [k for _, k in params])
+    ax.set_yscale("log")
+    ax.set(ylabel="relative to the default design", title="chosen hardware (iso-area)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, out / "hardware.png"))
+
+    if aware and uniform:
+        best_aware = max(aware, key=lambda p: p["top1"])
+        ref = min(uniform, key=lambda p: abs(p["threshold"] - 1.0))
+        fig, ax = plt.subplots(figsize=(12, 4.5))
+        convs = [i for i, layer in enumerate(ref["layers"]) if layer["basis"] > 0]
+        names = [ref["layers"][i]["name"] for i in convs]
+        x = np.arange(len(convs))
+        share = np.asarray([ref["layers"][i]["latency_share"] for i in convs])
+        ax.bar(x - 0.2, [ref["layers"][i]["coef_density"] for i in convs], 0.4, label=f"uniform s={ref['threshold']:g}")
+        ax.bar(x + 0.2, [best_aware["layers"][i]["coef_density"] for i in convs], 0.4, label=f"hardware-aware lambda={best_aware['cost_weight']:g}")
+        ax2 = ax.twinx()
+        ax2.plot(x, 100 * share, "k.-", label="latency share (uniform model)")
+        ax2.set_ylabel("latency share (%)")
+        ax.set_xticks(x, names, rotation=70, fontsize=7)
+        ax.set(ylabel="coefficient density", title="per-layer density vs share of modelled latency")
+        ax.legend(loc="upper left", fontsize=8)
+        ax2.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out / "layer_density.png"))
+    log("wrote " + ", ".join(str(p) for p in written))
+    return written
+
+
+def format_table(state: dict) -> str:
+    """Fixed-width table of every point, the equal-top-1 comparison and the joint loop."""
+    lines = [f"{'point':<16}{'top-1 %':>9}{'latency ms':>12}{'energy uJ':>11}{'mean density':>14}"]
+    for key, p in sorted(state["points"].items(), key=lambda kv: (kv[1]["method"], kv[1]["latency_ms"])):
+        dens = [layer["coef_density"] for layer in p["layers"] if layer["basis"] > 0]
+        lines.append(f"{key:<16}{100 * p['top1']:>9.2f}{p['latency_ms']:>12.4f}{p['energy_uj']:>11.2f}{np.mean(dens):>14.3f}")
+    summary = state.get("summary") or summarize(state)
+    c = summary["comparison"]
+    lines.append("")
+    if c["latency_reduction"] is None:
+        lines.append("equal top-1 (within 0.3 points): no uniform point is as accurate as any hardware-aware point")
+    else:
+        lines.append(f"equal top-1 (within 0.3 points): hardware-aware lambda={c['hwaware']['cost_weight']:g} "
+                     f"({100 * c['hwaware']['top1']:.2f}%, {c['hwaware']['latency_ms']:.4f} ms) vs uniform s={c['uniform']['threshold']:g} "
+                     f"({100 * c['uniform']['top1']:.2f}%, {c['uniform']['latency_ms']:.4f} ms): "
+                     f"{100 * c['latency_reduction']:.1f}% lower latency, top-1 gap {100 * c['top1_gap']:+.2f} points")
+    if "joint" in summary:
+        j = summary["joint"]
+        for name in ("compression_only", "hardware_only", "joint"):
+            lines.append(f"{name.replace('_', ' '):<18} top-1 {100 * j[name]['top1']:.2f}%  latency {j[name]['latency_ms']:.4f} ms")
+    return "\n".join(lines)
+
+
+def condensed(state: dict) -> dict:
+    """``state`` without the per-point model descriptions (small enough to commit as evidence)."""
+    out = json.loads(json.dumps(state))
+    for p in list(out["points"].values()) + [v for v in out.get("joint", {}).values() if isinstance(v, dict)]:
+        p.pop("description", None)
+    return out

@@ -1,0 +1,74 @@
+"""The compress command: killed mid-run and rerun, it ends with the report of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxsparse.common import repo_root
+
+TINY = ["--model", "digits-cnn", "--pretrain-epochs", "2", "--retrain-epochs", "3", "--finetune-epochs", "1",
+        "--alternate-every", "1", "--train-subset", "512", "--batch-size", "64", "--no-progress", "--seed", "3"]
+
+
+def _command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "jaxsparse", "compress", *TINY, "--out", str(out)]
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _deterministic(report: dict) -> dict:
+    stages = [{k: v for k, v in s.items() if k != "seconds"} for s in report["stages"]]
+    return {"stages": stages, "summary": report["summary"], "layers": report["layers"], "config": report["config"]}
+
+
+def test_killed_run_resumes_to_the_same_report(tmp_path):
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    # the two runs share the machine: one goes to the end, the other is killed mid-run
+    victim = subprocess.Popen(_command(resumed_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = subprocess.Popen(_command(reference_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # kill inside the retraining stage, after its first epoch checkpoint
+        epoch_file = resumed_dir / "checkpoints" / "retrain-epoch.npz"
+        deadline = time.time() + 400
+        while not epoch_file.is_file() and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert victim.poll() is None, "the run finished before it could be interrupted"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=60)
+        _, reference_err = reference.communicate(timeout=600)
+    finally:
+        for process in (victim, reference):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert reference.returncode == 0, reference_err[-2000:]
+    assert not (resumed_dir / "report.json").exists()
+    assert not (resumed_dir / "checkpoints" / "retrain.npz").exists()
+    rerun = subprocess.run(_command(resumed_dir), cwd=repo_root(), env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming after stage 'decompose'" in rerun.stderr
+    first = json.loads((reference_dir / "report.json").read_text())
+    second = json.loads((resumed_dir / "report.json").read_text())
+    assert second["resumed_after"] == ["decompose"]
+    assert _deterministic(second) == _deterministic(first)
+    assert (resumed_dir / "report.png").stat().st_size > 10_000
+    # the compressed model is smaller than the dense one
+    assert first["summary"]["params_compressed"] < first["summary"]["params_dense"]
+
+
+def test_bad_argument_is_named():
+    result = subprocess.run([sys.executable, "-m", "jaxsparse", "compress", "--model", "digits-cnn", "--basis", "12"],
+                            cwd=repo_root(), env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "num_basis" in result.stderr and "12" in result.stderr
