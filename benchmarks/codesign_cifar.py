@@ -53,6 +53,10 @@ def main(argv=None) -> int:
         "hwaware_top1": comparison["hwaware"]["top1"] if comparison["hwaware"] else None,
         "uniform_top1": comparison["uniform"]["top1"] if comparison["uniform"] else None,
     }
+    on_searched = state["summary"].get("comparison_on_searched_design")
+    if on_searched is not None:
+        headline["latency_reduction_on_searched_design"] = on_searched["latency_reduction"]
+        headline["top1_gap_on_searched_design"] = on_searched["top1_gap"]
     if "joint" in state["summary"]:
         j = state["summary"]["joint"]
         headline["joint_latency_vs_compression_only"] = j["joint"]["latency_ms"] / j["compression_only"]["latency_ms"]

@@ -67,13 +67,15 @@ def timed_rounds(run_steps, steps: int, rounds: int) -> list[float]:
 # PyTorch / FBGEMM worker (imports neither jax nor ndp)
 
 
-def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warmup: int) -> None:
+def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warmup: int, threads: int | None) -> None:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     with np.load(indices_path) as data:
         sizes = [int(x) for x in data["sizes"]]
         batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]  # (B, T) int
-    dim = int(np.load(indices_path)["dim"])
+        dim = int(data["dim"])
     batch_size, tables = batches[0].shape
     results: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -140,14 +142,26 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
 # JAX (ndp)
 
 
-def jax_measure(sizes, dim, batches, optimizer, devices, steps, rounds, warmup) -> dict:
+def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, steps: int, rounds: int,
+               warmup: int) -> None:
+    """Time ndp's step in a fresh process, so its peak RSS is the step's own (runtime + tables + batch)."""
     import jax
+
+    if devices > 1:
+        jax.config.update("jax_num_cpu_devices", devices)
+    with np.load(indices_path) as data:
+        sizes = [int(x) for x in data["sizes"]]
+        batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]
+        dim = int(data["dim"])
     import jax.numpy as jnp
     import optax
     from flax import nnx
 
     from ndp.embedding import plan_sharding
     from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, shard_batch, storage_mesh
+
+    jax.block_until_ready(jnp.zeros(()))
+    rss_runtime = peak_rss_mb()  # the JAX runtime and the index batches, before any table exists
 
     class SquaredNormHead(nnx.Module):
         def __init__(self):
@@ -183,9 +197,11 @@ def jax_measure(sizes, dim, batches, optimizer, devices, steps, rounds, warmup) 
     run(warmup)
     per_step = timed_rounds(run, steps, rounds)
     table_bytes = sum(sizes) * dim * 4
-    del holder, state
-    return {"step_s": per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
-            "rows": int(sum(sizes)), "plan_imbalance": plan.imbalance()}  # fmt: skip
+    state_bytes = sum(x.nbytes for x in (holder["state"].slab, holder["state"].slab_state))
+    result = {"step_s": per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
+              "slab_and_optimizer_state_mb": state_bytes / 2**20, "rows": int(sum(sizes)),
+              "plan_imbalance": plan.imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    Path(out_path).write_text(json.dumps(result))
 
 
 def make_batches(sizes, batch_size, count, seed, zipf):
@@ -209,48 +225,50 @@ def main(argv=None) -> int:
     parser.add_argument("--index-batches", type=int, default=8, help="distinct index batches, cycled")
     parser.add_argument("--torch-python", default=None, help="python with torch + fbgemm-gpu-cpu (default: this one)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--worker", choices=("torch", "ndp"), help=argparse.SUPPRESS)
+    parser.add_argument("--optimizer", default="sgd", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup)
+    if args.worker == "torch":
+        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.torch_threads)
         return 0
-
-    if args.devices > 1:
-        import jax
-
-        jax.config.update("jax_num_cpu_devices", args.devices)
-    from ndp.configs import criteo_kaggle_table_sizes
+    if args.worker == "ndp":
+        ndp_worker(args.indices, args.worker_out, args.optimizer, args.devices, args.steps, args.rounds, args.warmup)
+        return 0
+    from ndp.configs import criteo_kaggle_table_sizes, scale_table_sizes
 
     sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap)
-    small_sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap, scale=args.small_scale)
-    batches = make_batches(sizes, args.batch_size, args.index_batches, 0, args.zipf)
-    small_batches = make_batches(small_sizes, args.batch_size, args.index_batches, 0, args.zipf)
+    small_sizes = scale_table_sizes(sizes, scale=args.small_scale)
 
-    # PyTorch/FBGEMM first, in their own process, so their memory does not count against ndp's RSS.
-    with tempfile.TemporaryDirectory() as tmp:
-        indices = Path(tmp) / "indices.npz"
-        np.savez(indices, sizes=np.asarray(sizes), dim=args.dim, count=len(batches),
-                 **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
-        worker_out = Path(tmp) / "torch.json"
-        python = args.torch_python or sys.executable
-        cmd = [python, str(Path(__file__).resolve()), "--worker", "--indices", str(indices), "--worker-out",
-               str(worker_out), "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup)]  # fmt: skip
-        env = dict(os.environ)
+    def worker(kind: str, indices: Path, tmp: str, *extra: str) -> dict:
+        out = Path(tmp) / f"{kind}-{len(os.listdir(tmp))}.json"
+        python = (args.torch_python or sys.executable) if kind == "torch" else sys.executable
+        cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--indices", str(indices), "--worker-out",
+               str(out), "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+               "--devices", str(args.devices), *extra]  # fmt: skip
+        if kind == "torch" and args.torch_threads:
+            cmd += ["--torch-threads", str(args.torch_threads)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0 or not worker_out.is_file():
+        if done.returncode != 0 or not out.is_file():
             print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"PyTorch/FBGEMM worker failed (python {python!r}); install torch==2.13.0 and "
-                             "fbgemm-gpu-cpu==1.8.0 or pass --torch-python")  # fmt: skip
-        peers = json.loads(worker_out.read_text())
+            hint = " (install torch==2.13.0 and fbgemm-gpu-cpu==1.8.0, or pass --torch-python)" if kind == "torch" else ""
+            raise SystemExit(f"{kind} worker failed with python {python!r}{hint}")
+        return json.loads(out.read_text())
 
-    ours = {
-        opt: jax_measure(sizes, args.dim, batches, opt, args.devices, args.steps, args.rounds, args.warmup)
-        for opt in ("sgd", "rowwise_adagrad")
-    }
-    small = jax_measure(small_sizes, args.dim, small_batches, "sgd", args.devices, args.steps, args.rounds, args.warmup)
-    rss = peak_rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        indices, small_indices = Path(tmp) / "indices.npz", Path(tmp) / "small_indices.npz"
+        for path, table_sizes in ((indices, sizes), (small_indices, small_sizes)):
+            batches = make_batches(table_sizes, args.batch_size, args.index_batches, 0, args.zipf)
+            np.savez(path, sizes=np.asarray(table_sizes), dim=args.dim, count=len(batches),
+                     **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
+        # Each framework in its own process, one after the other, on the same index batches.
+        peers = worker("torch", indices, tmp)
+        ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in ("sgd", "rowwise_adagrad")}
+        small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
+    rss = ours["sgd"]["peak_rss_mb"]
 
     def median(xs):
         return statistics.median(xs)
@@ -270,8 +288,7 @@ def main(argv=None) -> int:
                      "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
                      "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
-        "ndp": {"sgd": ours["sgd"], "rowwise_adagrad": ours["rowwise_adagrad"], "sgd_small_tables": small,
-                "peak_rss_mb": rss},  # fmt: skip
+        "ndp": {"sgd": ours["sgd"], "rowwise_adagrad": ours["rowwise_adagrad"], "sgd_small_tables": small},
         "peers": peers,
         "median_step_ms": {
             "ndp_sgd": 1e3 * ours_sgd, "ndp_rowwise_adagrad": 1e3 * ours_ada,
@@ -282,8 +299,11 @@ def main(argv=None) -> int:
     }
     for name, ms in report["median_step_ms"].items():
         print(f"{name:32s} {ms:9.2f} ms/step")
-    print(f"ndp tables {ours['sgd']['table_mb']:.0f} MB, step temporaries {ours['sgd']['temp_bytes'] / 2**20:.1f} MB, "
-          f"peak RSS {rss:.0f} MB")  # fmt: skip
+    for opt in ("sgd", "rowwise_adagrad"):
+        o = ours[opt]
+        print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (+ optimizer state: {o['slab_and_optimizer_state_mb']:.0f} MB), "
+              f"step temporaries {o['temp_bytes'] / 2**20:.1f} MB, runtime RSS {o['rss_runtime_mb']:.0f} MB, "
+              f"peak RSS {o['peak_rss_mb']:.0f} MB")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")

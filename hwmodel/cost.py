@@ -37,7 +37,7 @@ DESIGNS = ("escalate", "systolic", "scnn", "sparten")
 
 ASSUMPTIONS = {
     "escalate.structure": "P sparse PEs, each an N-lane inverse-butterfly matcher feeding M multipliers through a FIFO, plus a dense basis engine of B MACs; the two stages stream row by row through an on-chip line buffer.",
-    "escalate.sparse_stage": "A work unit is one output value of the sparse 1x1 stage (pixel, output channel[, basis]); its reduction of length R is scanned in ceil(R/N) chunks, one chunk per cycle per PE; matched pairs queue for the M multipliers, so a PE needs max(chunks, matches / M) cycles. Units are dispatched dynamically to idle PEs (no row barrier).",
+    "escalate.sparse_stage": "A work unit is one output value of the sparse 1x1 stage (pixel, output channel[, basis]); its reduction of length R is scanned in ceil(R/N) chunks, one chunk per cycle per PE; matched pairs queue for the M multipliers, so a PE needs max(chunks, matches / M) cycles. Units are dispatched dynamically to idle PEs (no row barrier); the last PE to finish needs on average half a unit longer than the mean.",
     "escalate.dead_channels": "Output channels whose coefficients are all zero are skipped (empty rows of the compressed format).",
     "escalate.coefficient_first": "Sparse coefficients x sparse post-ReLU activations at input resolution (Cout*d maps), then the depthwise basis conv per output channel (dense, B MACs/cycle).",
     "escalate.basis_first": "Depthwise basis conv of every input channel first (dense), then sparse coefficients x the intermediate, whose density is the workload's measured window density when given, else estimated as 1 - (1 - act_density)^(k*k*f) (a window is zero only if all its f*k*k in-bounds inputs are; f = fraction of taps not in the padding; this assumes independent zeros and overestimates for real, clustered feature maps).",
@@ -121,13 +121,14 @@ def _weight_tiles(weight_bits_total, hw: Hardware, relaxed: bool):
     return relax.maximum(relax.ceil(weight_bits_total / half_glb_bits, relaxed=relaxed), jnp.float32(1.0), relaxed=relaxed)
 
 
-def _pipeline(n1, t1, n2, t2, head, tail, relaxed: bool):
+def _pipeline(n1, t1, n2, t2, head, tail, relaxed: bool, finish1=0.0, finish2=0.0):
     """Latency of a producer stage (n1 rows of t1 cycles) streaming into a consumer (n2 rows of t2).
 
     ``head``: producer rows the first consumer row needs; ``tail``: consumer rows that need
-    the last producer row (they can only run after the producer has finished).
+    the last producer row (they can only run after the producer has finished);
+    ``finish1/2``: extra cycles at the end of a stage (load imbalance of its last work).
     """
-    return relax.maximum(n1 * t1 + tail * t2, head * t1 + n2 * t2, relaxed=relaxed)
+    return relax.maximum(n1 * t1 + finish1 + tail * t2 + finish2, head * t1 + n2 * t2 + finish2, relaxed=relaxed)
 
 
 def _outside_taps(excess, stride):
@@ -165,6 +166,7 @@ class _Sparse(NamedTuple):
     row_cycles: jax.Array
     chunks: jax.Array   # per row
     matches: jax.Array  # per row
+    finish: jax.Array   # expected extra cycles of the last PE to finish: half a work unit
 
 
 def _sparse_stage(units_row, reduction, density, hw: Hardware, relaxed: bool) -> _Sparse:
@@ -172,7 +174,8 @@ def _sparse_stage(units_row, reduction, density, hw: Hardware, relaxed: bool) ->
     chunks = units_row * relax.ceil(reduction / e.lanes, relaxed=relaxed)
     matches = units_row * reduction * density
     row = relax.maximum(chunks, matches / e.multipliers, relaxed=relaxed) / e.pes
-    return _Sparse(row, chunks, matches)
+    unit = relax.maximum(relax.ceil(reduction / e.lanes, relaxed=relaxed), reduction * density / e.multipliers, relaxed=relaxed)
+    return _Sparse(row, chunks, matches, 0.5 * unit)
 
 
 # The multipliers take a pair one cycle after the matcher produced it.
@@ -205,8 +208,8 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         head = jnp.minimum(k - layer.padding, layer.h_in)
         # output row r needs input rows up to r*s + k - 1 - pad; those reaching the last input row wait for it
         tail = jnp.clip(layer.h_out - jnp.ceil((layer.h_in - k + layer.padding) / layer.stride), 1.0, layer.h_out)
-        cycles = _pipeline(n_sparse, t_sparse, n_dense, t_dense, head, tail, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
-        compute = _pipeline(n_sparse, sparse.row_cycles, n_dense, dense_row, head, tail, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        cycles = _pipeline(n_sparse, t_sparse, n_dense, t_dense, head, tail, relaxed, finish1=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
+        compute = _pipeline(n_sparse, sparse.row_cycles, n_dense, dense_row, head, tail, relaxed, finish1=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
         sparse_mult = _mult_pj(en, layer.coef_bits, act_bits)
         dense_mult = _mult_pj(en, layer.basis_bits, acc)
         operand_bits = layer.coef_bits + act_bits
@@ -224,8 +227,8 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         mem_dense, mem_sparse = basis_total + tiles * ifmap, coef_total + ofmap
         t_dense = relax.maximum(dense_row, mem_dense / (n_dense * bw), relaxed=relaxed)
         t_sparse = relax.maximum(sparse.row_cycles, mem_sparse / (n_sparse * bw), relaxed=relaxed)
-        cycles = _pipeline(n_dense, t_dense, n_sparse, t_sparse, 1.0, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
-        compute = _pipeline(n_dense, dense_row, n_sparse, sparse.row_cycles, 1.0, 1.0, relaxed) + MATCHER_TO_MULTIPLIER_CYCLES
+        cycles = _pipeline(n_dense, t_dense, n_sparse, t_sparse, 1.0, 1.0, relaxed, finish2=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
+        compute = _pipeline(n_dense, dense_row, n_sparse, sparse.row_cycles, 1.0, 1.0, relaxed, finish2=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
         sparse_mult = _mult_pj(en, layer.coef_bits, acc)
         dense_mult = _mult_pj(en, layer.basis_bits, act_bits)
         operand_bits = layer.coef_bits + acc
@@ -271,7 +274,7 @@ def _escalate_plain(layer: Workload, hw: Hardware, relaxed: bool) -> LayerCost:
     operand_bits = layer.weight_bits + m.act_bits
     pe_bits = chunks * 2.0 * e.lanes + matches * operand_bits
     return LayerCost(
-        cycles=rows * t + MATCHER_TO_MULTIPLIER_CYCLES, compute_cycles=rows * sparse.row_cycles + MATCHER_TO_MULTIPLIER_CYCLES, memory_cycles=dram_bits / bw,
+        cycles=rows * t + sparse.finish + MATCHER_TO_MULTIPLIER_CYCLES, compute_cycles=rows * sparse.row_cycles + sparse.finish + MATCHER_TO_MULTIPLIER_CYCLES, memory_cycles=dram_bits / bw,
         mac_pj=matches * (_mult_pj(en, layer.weight_bits, m.act_bits) + _add_pj(en, m.acc_bits)),
         buffer_pj=dram_bits * _sram_bit_pj(en, m.glb_kib) + pe_bits * _sram_bit_pj(en, e.pe_buffer_kib),
         dram_pj=dram_bits * _dram_bit_pj(en),

@@ -258,25 +258,38 @@ def put_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, host_slab: np.ndarray)
     return jax.make_array_from_callback(host_slab.shape, slab_sharding(mesh), lambda index: host_slab[index])
 
 
-def init_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, key: jax.Array) -> jax.Array:
+def init_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, key: jax.Array, *, block_rows: int = 65536) -> jax.Array:
     """A slab with DLRM's initialisation, row ``r`` of table ``t`` uniform in ``±1/sqrt(N_t)``.
 
-    Built directly on the devices (no host copy), so it scales to tables larger
-    than host memory allows twice.
+    Each device fills its own rows in blocks of ``block_rows`` (in place, inside a
+    loop), so building the tables needs their size plus one block, never a host copy
+    or a second table-sized buffer.
     """
     _check_mesh(mesh, plan)
-    bound = np.zeros((plan.num_shards * plan.slab_rows, 1), np.float32)
+    check_positive("block_rows", block_rows)
+    rows, width = plan.slab_rows, plan.slab_width
+    bound = np.zeros((plan.num_shards * rows,), np.float32)
     for p in plan.pieces:
-        base = p.shard * plan.slab_rows + p.slab_offset
+        base = p.shard * rows + p.slab_offset
         bound[base : base + p.row_end - p.row_start] = 1.0 / np.sqrt(plan.table_sizes[p.table])
-    shape = (plan.num_shards * plan.slab_rows, plan.slab_width)
     sharding = slab_sharding(mesh)
     bound_dev = jax.make_array_from_callback(bound.shape, sharding, lambda index: bound[index])
+    block = min(block_rows, rows)
+    blocks = -(-rows // block)
 
-    @functools.partial(jax.jit, out_shardings=sharding)
-    def make(key, bound):
-        return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0) * bound
+    def fill(key, bound):
+        device_key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
 
+        def body(i, slab):
+            start = jnp.minimum(i * block, rows - block)  # the last block may overlap the previous one
+            values = jax.random.uniform(jax.random.fold_in(device_key, i), (block, width), jnp.float32, -1.0, 1.0)
+            scale = jax.lax.dynamic_slice_in_dim(bound, start, block)
+            return jax.lax.dynamic_update_slice_in_dim(slab, values * scale[:, None], start, axis=0)
+
+        empty = jax.lax.pcast(jnp.zeros((rows, width), jnp.float32), (AXIS,), to="varying")
+        return jax.lax.fori_loop(0, blocks, body, empty)
+
+    make = jax.jit(jax.shard_map(fill, mesh=mesh, in_specs=(jax.P(), jax.P(AXIS)), out_specs=jax.P(AXIS)))
     return make(key, bound_dev)
 
 

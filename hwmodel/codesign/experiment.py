@@ -364,6 +364,12 @@ def summarize(state: dict) -> dict:
             "hardware_only": {k: joint["hardware_only"][k] for k in ("top1", "latency_ms")},
             "joint": {k: last[k] for k in ("top1", "latency_ms")},
         }
+        # Uniform models do not depend on the hardware: re-cost them exactly on the joint design
+        # for a second equal-accuracy comparison, against the model compressed for that design.
+        if all("description" in p for p in uniform):
+            joint_hw, joint_options = load_hardware_dict(last["hardware"])
+            recosted = [{**p, **exact_cost(p["description"], joint_hw, joint_options)} for p in uniform]
+            summary["comparison_on_searched_design"] = compare_at_equal_top1(recosted, [{**last, "method": "hwaware"}])
     return summary
 
 
@@ -400,9 +406,12 @@ def plot_all(state: dict, out: Path, log=print) -> list[Path]:
             ax.annotate(f"l={p['cost_weight']:g}", (p[key], 100 * p["top1"]), fontsize=7)
         joint = state.get("joint", {})
         rounds = sorted(k for k in joint if k.startswith("round"))
+        if key == "latency_ms" and "hardware_only" in joint:
+            only = joint["hardware_only"]
+            ax.plot([only[key]], [100 * only["top1"]], "P", markersize=10, label=f"hardware only (s={only['threshold']:g}, searched design)")
         if key == "latency_ms" and rounds:
             last = joint[rounds[-1]]
-            ax.plot([last[key]], [100 * last["top1"]], "*", markersize=12, label="joint (searched design)")
+            ax.plot([last[key]], [100 * last["top1"]], "*", markersize=12, label="joint (compressed against its searched design)")
         ax.set(xlabel=label, ylabel="top-1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -472,6 +481,11 @@ def format_table(state: dict) -> str:
         lines.append(f"equal top-1 (within 0.3 points): hardware-aware lambda={c['hwaware']['cost_weight']:g} "
                      f"({100 * c['hwaware']['top1']:.2f}%, {c['hwaware']['latency_ms']:.4f} ms) vs uniform s={c['uniform']['threshold']:g} "
                      f"({100 * c['uniform']['top1']:.2f}%, {c['uniform']['latency_ms']:.4f} ms): "
+                     f"{100 * c['latency_reduction']:.1f}% lower latency, top-1 gap {100 * c['top1_gap']:+.2f} points")
+    if "comparison_on_searched_design" in summary and summary["comparison_on_searched_design"]["latency_reduction"] is not None:
+        c = summary["comparison_on_searched_design"]
+        lines.append(f"on the joint (searched) design: joint model ({100 * c['hwaware']['top1']:.2f}%, {c['hwaware']['latency_ms']:.4f} ms) vs "
+                     f"uniform s={c['uniform']['threshold']:g} ({100 * c['uniform']['top1']:.2f}%, {c['uniform']['latency_ms']:.4f} ms): "
                      f"{100 * c['latency_reduction']:.1f}% lower latency, top-1 gap {100 * c['top1_gap']:+.2f} points")
     if "joint" in summary:
         j = summary["joint"]

@@ -9,11 +9,13 @@ missing per iteration are ``M = min(U, N (1 - h))`` (cold rows rarely repeat
 within a batch).
 
 ``cpu_gpu`` (hybrid, tables in host DRAM): CPU gathers and pools
-(``N`` lookups, ``N max(r, 64 B)`` bytes), pooled vectors go over PCIe, MLPs run on
-the GPU, gradients come back, the CPU updates ``U`` rows (read-modify-write).
-CPU time of ``n`` lookups touching ``m`` bytes is
-``n t_lookup / threads + m / (BW_mem * efficiency)``, the form calibrated on
-this machine (``benchmarks/ndrec_calibration.py``).
+(``N`` lookups, ``N (1 - h_LLC) max(r, 64 B)`` DRAM bytes), pooled vectors go over
+PCIe, MLPs run on the GPU, gradients come back, the CPU updates ``U`` rows
+(read-modify-write). CPU time of a gather or an update of ``N`` lookups moving
+``m`` DRAM bytes is ``N t_lookup / (2 threads) + m / (BW_mem * efficiency)``,
+where ``t_lookup`` is the per-lookup cost of a whole training step: the form
+calibrated on this machine's measured steps (``benchmarks/ndrec_calibration.py``);
+``h_LLC`` is the LRU hit rate of the host's last-level cache.
 
 ``gpu_cache`` (FBGEMM UVM cache, LRU): ``min(load factor x rows, HBM budget)``
 rows cached in HBM; before the lookup the ``M`` missing rows are read from host
@@ -133,8 +135,9 @@ def _mlp_durations(hw: HardwareParams, wl: Workload) -> dict:
     }
 
 
-def _host_time(hw: HardwareParams, lookups, bytes_touched):
-    return lookups * hw.host_lookup_time / hw.host_threads + bytes_touched / (hw.host_mem_bandwidth * hw.host_mem_efficiency)
+def _host_time(hw: HardwareParams, lookups, bytes_moved):
+    """CPU time of embedding work: half a training step's per-lookup cost (gather *or* update) plus DRAM traffic."""
+    return 0.5 * lookups * hw.host_lookup_time / hw.host_threads + bytes_moved / (hw.host_mem_bandwidth * hw.host_mem_efficiency)
 
 
 def _hit(wl: Workload, cache_rows, policy: str):
@@ -157,10 +160,13 @@ def _busy(durations: dict, tasks: list[Task], resources: tuple[str, ...]):
 
 
 def _host_side(hw, wl, pcie_bytes_each_way):
+    """DRAM bytes of the CPU's gather+pool and of its sparse update (rows missing the LLC), and one PCIe transfer."""
     lookups = wl.lookups_per_iteration
     pooled = wl.batch_size * wl.num_tables * wl.row_bytes
-    gather_bytes = lookups * jnp.maximum(wl.row_bytes, hw.host_line_bytes) + pooled
-    update_bytes = 2.0 * wl.unique_fraction * lookups * (wl.row_bytes + wl.optimizer_state_bytes) + pooled
+    row_state = wl.row_bytes + wl.optimizer_state_bytes
+    llc_miss = 1.0 - _hit(wl, hw.host_llc_bytes / jnp.maximum(row_state, hw.host_line_bytes), "lru")
+    gather_bytes = lookups * llc_miss * jnp.maximum(wl.row_bytes, hw.host_line_bytes) + pooled
+    update_bytes = 2.0 * wl.unique_fraction * lookups * llc_miss * jnp.maximum(row_state, hw.host_line_bytes) + pooled
     transfer = pcie_bytes_each_way / (hw.gpu_count * hw.pcie_bandwidth) + hw.pcie_latency
     return gather_bytes, update_bytes, transfer
 

@@ -93,3 +93,17 @@ def test_bad_arguments_name_themselves():
         pack_tables(plan, [np.zeros((9, 8), np.float32)])
     with pytest.raises(ValueError, match="num_devices"):
         storage_mesh(len(jax.devices()) + 1)
+
+
+def test_init_slab_fills_every_row_within_its_table_bound():
+    sizes = (5, 40, 23)
+    mesh = storage_mesh(4)
+    plan = plan_sharding(sizes, 8, 4, "rw")
+    from ndp.embedding import init_slab
+
+    slab = np.asarray(init_slab(mesh, plan, jax.random.key(3), block_rows=4))  # blocks overlap at the end
+    for table, n in zip(unpack_tables(plan, slab), sizes):
+        bound = 1.0 / np.sqrt(n)
+        assert np.all(np.abs(table) <= bound) and np.all(table != 0.0)
+        assert np.abs(table).mean() > 0.3 * bound  # uniform on +-bound has mean |x| = bound / 2
+    assert len({tuple(t[0]) for t in unpack_tables(plan, slab)}) == 3  # distinct random streams
