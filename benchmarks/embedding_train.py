@@ -225,6 +225,8 @@ def main(argv=None) -> int:
     parser.add_argument("--index-batches", type=int, default=8, help="distinct index batches, cycled")
     parser.add_argument("--torch-python", default=None, help="python with torch + fbgemm-gpu-cpu (default: this one)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--no-peers", action="store_true",
+                        help="only ndp's SGD step at both table sizes (e.g. to test larger tables)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--worker", choices=("torch", "ndp"), help=argparse.SUPPRESS)
     parser.add_argument("--optimizer", default="sgd", help=argparse.SUPPRESS)
@@ -265,21 +267,25 @@ def main(argv=None) -> int:
             np.savez(path, sizes=np.asarray(table_sizes), dim=args.dim, count=len(batches),
                      **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
         # Each framework in its own process, one after the other, on the same index batches.
-        peers = worker("torch", indices, tmp)
-        ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in ("sgd", "rowwise_adagrad")}
+        peers = {} if args.no_peers else worker("torch", indices, tmp)
+        optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")
+        ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in optimizers}
         small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
     rss = ours["sgd"]["peak_rss_mb"]
 
     def median(xs):
         return statistics.median(xs)
 
-    ours_sgd, ours_ada = median(ours["sgd"]["step_s"]), median(ours["rowwise_adagrad"]["step_s"])
+    ours_sgd = median(ours["sgd"]["step_s"])
+    ours_ada = median(ours["rowwise_adagrad"]["step_s"]) if "rowwise_adagrad" in ours else None
     headline = {
         "speedup_vs_fbgemm_sgd": median(peers["fbgemm_sgd_s"]) / ours_sgd if "fbgemm_sgd_s" in peers else None,
         "speedup_vs_fbgemm_rowwise_adagrad": (
             median(peers["fbgemm_rowwise_adagrad_s"]) / ours_ada if "fbgemm_rowwise_adagrad_s" in peers else None
         ),
-        "speedup_vs_torch_embeddingbag": median(peers["torch_embeddingbag_sgd_s"]) / ours_sgd,
+        "speedup_vs_torch_embeddingbag": (
+            median(peers["torch_embeddingbag_sgd_s"]) / ours_sgd if "torch_embeddingbag_sgd_s" in peers else None
+        ),
         "slowdown_at_10x_rows": ours_sgd / median(small["step_s"]),
         "peak_rss_mb": rss,
     }
@@ -288,10 +294,10 @@ def main(argv=None) -> int:
                      "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
                      "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
-        "ndp": {"sgd": ours["sgd"], "rowwise_adagrad": ours["rowwise_adagrad"], "sgd_small_tables": small},
+        "ndp": {**ours, "sgd_small_tables": small},
         "peers": peers,
         "median_step_ms": {
-            "ndp_sgd": 1e3 * ours_sgd, "ndp_rowwise_adagrad": 1e3 * ours_ada,
+            "ndp_sgd": 1e3 * ours_sgd, **({"ndp_rowwise_adagrad": 1e3 * ours_ada} if ours_ada else {}),
             "ndp_sgd_small_tables": 1e3 * median(small["step_s"]),
             **{k[:-2]: 1e3 * median(v) for k, v in peers.items() if k.endswith("_s")},
         },  # fmt: skip
@@ -299,9 +305,8 @@ def main(argv=None) -> int:
     }
     for name, ms in report["median_step_ms"].items():
         print(f"{name:32s} {ms:9.2f} ms/step")
-    for opt in ("sgd", "rowwise_adagrad"):
-        o = ours[opt]
-        print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (+ optimizer state: {o['slab_and_optimizer_state_mb']:.0f} MB), "
+    for opt, o in ours.items():
+        print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (with optimizer state {o['slab_and_optimizer_state_mb']:.0f} MB), "
               f"step temporaries {o['temp_bytes'] / 2**20:.1f} MB, runtime RSS {o['rss_runtime_mb']:.0f} MB, "
               f"peak RSS {o['peak_rss_mb']:.0f} MB")  # fmt: skip
     out = Path(args.out)

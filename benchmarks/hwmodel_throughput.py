@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--designs", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--remat", action="store_true", help="jax.checkpoint the per-layer cost in the gradient")
     parser.add_argument("--out", default="benchmarks/results/hwmodel_throughput.json")
     args = parser.parse_args(argv)
 
@@ -83,17 +84,19 @@ def main(argv=None) -> int:
         c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
         return c.cycles, c.mac_pj + c.buffer_pj + c.dram_pj + c.network_pj
 
-    # differentiable inputs: every hardware parameter and the layers' densities and bit
-    # widths (the co-design variables); layer geometry is data
+    # differentiable inputs (the co-design variables): the layers' densities and bit widths and
+    # the relaxed hardware sizes (memory and ESCALATE sections); layer geometry, the energy
+    # table and the baselines' parameters are data
     def loss(variables, wl, hw):
-        densities, bits, hw = variables
+        densities, bits, memory, escalate = variables
         wl = wl._replace(coef_density=densities[0], act_density=densities[1], coef_bits=bits[0], basis_bits=bits[1])
-        return totals(evaluate_grid("escalate", wl, hw, options, relaxed=True))
+        hw = hw._replace(memory=memory, escalate=escalate)
+        return totals(evaluate_grid("escalate", wl, hw, options, relaxed=True, remat=args.remat))
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def value_and_grad(wl, hw):
-        variables = ((wl.coef_density, wl.act_density), (wl.coef_bits, wl.basis_bits), hw)
+        variables = ((wl.coef_density, wl.act_density), (wl.coef_bits, wl.basis_bits), hw.memory, hw.escalate)
         return jax.value_and_grad(loss)(variables, wl, hw)
 
     chex.clear_trace_counter()
@@ -108,7 +111,8 @@ def main(argv=None) -> int:
         "forward_exact_s": t_exact, "forward_relaxed_s": t_relaxed, "value_and_grad_s": t_grad,
         "forward_exact_evals_per_s": evals / t_exact, "forward_relaxed_evals_per_s": evals / t_relaxed,
         "grad_evals_per_s": evals / t_grad, "grad_over_relaxed_forward": t_grad / t_relaxed,
-        "grad_over_exact_forward": t_grad / t_exact, "gradients_finite": finite, "compilations_per_function": 1,
+        "grad_over_exact_forward": t_grad / t_exact, "gradients_finite": finite, "compilations_per_function": 1, "remat": args.remat,
+        "differentiated": "coef/act density and coef/basis bits of every layer; memory and escalate sections of every design (11 sizes)",
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "jax_backend": jax.default_backend(), "devices": len(jax.devices())},
         "scalesim_reference": "SCALE-Sim 3.0.0 takes about 1 s per ResNet-20 layer on this machine (benchmarks/results/hwmodel_vs_scalesim.json)",
     }

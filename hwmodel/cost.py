@@ -452,8 +452,12 @@ def evaluate(design: str, workload: Workload, hw: Hardware, options: Options = O
     return jax.vmap(lambda layer: layer_cost(design, layer, hw, options, relaxed=relaxed))(workload)
 
 
-def evaluate_grid(design: str, workload: Workload, designs: Hardware, options: Options = Options(), *, relaxed: bool = False) -> LayerCost:
+def evaluate_grid(design: str, workload: Workload, designs: Hardware, options: Options = Options(), *, relaxed: bool = False, remat: bool = False) -> LayerCost:
     """Cost of every layer on every design point: fields ``[D, L]`` (``designs`` batched on axis 0).
+
+    ``remat=True`` wraps the per-layer cost in ``jax.checkpoint``: a gradient then recomputes
+    the (cheap, elementwise) forward pass inside the backward pass instead of storing its
+    intermediates, which is several times faster on CPU for large grids.
 
     Example:
         >>> from hwmodel.hardware import load_hardware, stack_hardware
@@ -464,6 +468,8 @@ def evaluate_grid(design: str, workload: Workload, designs: Hardware, options: O
         (2, 20)
     """
     per_layer = lambda layer, h: layer_cost(design, layer, h, options, relaxed=relaxed)
+    if remat:
+        per_layer = jax.checkpoint(per_layer)
     return jax.vmap(jax.vmap(per_layer, in_axes=(0, None)), in_axes=(None, 0))(workload, designs)
 
 

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, default=None, help="training images used (0: all)")
     parser.add_argument("--test-subset", type=int, default=None, help="test images for top-1 (0: all)")
     parser.add_argument("--joint-rounds", type=int, default=None, help="rounds of the joint hardware/compression loop (0: none)")
+    parser.add_argument("--threshold-lr", type=float, default=None, help="Adam learning rate of the per-layer thresholds")
     parser.add_argument("--metric", default=None, choices=("latency", "energy", "edp"))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -57,6 +58,8 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = value
+    if args.threshold_lr is not None:
+        overrides["threshold_learning_rate"] = args.threshold_lr
     overrides["model"] = args.model
     return quick_config(**overrides) if args.quick else CodesignConfig(**overrides)
 

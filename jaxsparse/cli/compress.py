@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     config = CompressConfig(
         model=model, num_basis=args.basis, centered=args.centered, l1=args.l1,
         retrain_epochs=pick("retrain_epochs"), finetune_epochs=pick("finetune_epochs"),
-        pretrain_epochs=pick("pretrain_epochs") or (0 if weights is not None else 30 if not digits else 15),
+        pretrain_epochs=pick("pretrain_epochs") if pick("pretrain_epochs") is not None else (0 if weights is not None else 30),
         alternate_every=pick("alternate_every"), prune_std=args.prune_std, coef_bits=args.coef_bits,
         basis_bits=args.basis_bits, per_channel=args.per_channel, qat=not args.no_qat, batch_size=pick("batch_size"),
         learning_rate=args.lr, finetune_learning_rate=args.finetune_lr, augment_pad=1 if digits else 4, seed=args.seed,

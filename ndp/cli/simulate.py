@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from ndp.sysmodel import plots
     from ndp.sysmodel.config import load_system_file
     from ndp.sysmodel.params import as_arrays
-    from ndp.sysmodel.scenarios import WORKLOADS, build_workload, cache_sweep, skew_sweep, workload_model
+    from ndp.sysmodel.scenarios import WORKLOADS, build_trace, build_workload, cache_sweep, policy_hit_rates, skew_sweep
+    from ndp.sysmodel.scenarios import workload_model
     from ndp.sysmodel.systems import SYSTEM_TITLES, SYSTEMS, simulate, system_tasks
 
     check_choice("--workload", args.workload, WORKLOADS)
@@ -118,6 +119,17 @@ def run(args: argparse.Namespace) -> int:
     print("\nNDRec-style speedup: " + ", ".join(f"{report['systems'][s]['speedup_of_ndrec']:.2f}x vs {s}" for s in systems if s != "ndrec"))
     print("NDRec-style energy saving: " + ", ".join(
         f"{100 * (1 - nd_energy / report['systems'][s]['total_energy_j']):.1f}% vs {s}" for s in systems if s != "ndrec"))
+
+    if args.workload != "mlperf":
+        config, trace, per_iteration = build_trace(args.workload, settings, shared_root=args.data)
+        policies = policy_hit_rates(trace, per_iteration, [0.001, 0.01, 0.1], sum(config.table_sizes),
+                                    lookahead_batches=max(1, options.lookahead_batches))  # fmt: skip
+        report["policy_hit_rates"] = policies
+        print(f"\ncache policies on the trace ({policies['accesses']} accesses, second half counted):")
+        for name, values in policies.items():
+            if name not in ("fraction", "accesses"):
+                cells = ", ".join(f"{100 * f:g}% rows: {v:.3f}" for f, v in zip(policies["fraction"], values))
+                print(f"   {name:<12} {cells}")
 
     fractions = np.geomspace(1e-4, 0.5, 14)
     by_cache = cache_sweep(system_file.hardware, wl, fractions, options, systems)

@@ -180,12 +180,16 @@ def lru_hit_rate_ordered_dict(trace, capacity: int, *, warmup_fraction: float = 
     return hits / counted if counted else 0.0
 
 
-def static_hit_rates(trace, capacities: Sequence[int], *, warmup_fraction: float = 0.5) -> np.ndarray:
+def static_hit_rates(
+    trace, capacities: Sequence[int], *, warmup_fraction: float = 0.5, num_rows: int | None = None
+) -> np.ndarray:
     """Hit rate of a static cache of the ``C`` rows most frequent in the profiling prefix.
 
     The prefix ``trace[:warmup]`` is profiled (ties broken by smaller key); the
     cache is evaluated on ``trace[warmup:]``. With ``warmup_fraction=0`` the whole
-    trace is both profiled and evaluated (an oracle bound).
+    trace is both profiled and evaluated (an oracle bound). Given ``num_rows`` (the
+    key space), capacity beyond the profiled rows holds an arbitrary share of the
+    unprofiled ones, which then hit in proportion (all of them once ``C >= num_rows``).
     """
     trace = _as_trace(trace)
     caps = np.asarray(capacities, np.int64)
@@ -204,7 +208,12 @@ def static_hit_rates(trace, capacities: Sequence[int], *, warmup_fraction: float
     served = jnp.cumsum(jnp.asarray(np.where(found, eval_counts[where], 0), jnp.float32))
     served = jnp.concatenate([jnp.zeros(1, jnp.float32), served])
     index = jnp.clip(jnp.asarray(caps), 0, ranked.size)
-    return np.asarray(served[index], np.float64) / evaluate.size
+    rates = np.asarray(served[index], np.float64) / evaluate.size
+    if num_rows is not None and num_rows > ranked.size:
+        unprofiled = 1.0 - float(served[-1]) / evaluate.size
+        spare = np.clip((caps - ranked.size) / (num_rows - ranked.size), 0.0, 1.0)
+        rates = rates + spare * unprofiled
+    return rates
 
 
 def lfu_hit_rate(trace, capacity: int, *, warmup_fraction: float = 0.5) -> float:

@@ -35,7 +35,7 @@ from ndp.sysmodel.workload import Workload, movielens_trace, synthetic_trace, wo
 WORKLOADS = ("kaggle", "mlperf", "synthetic", "movielens")
 
 # fmt: off
-#: Criteo Terabyte table sizes with the MLPerf reference's 40M-row cap (day_fea_count, max-ind-range 40M).
+#: Criteo Terabyte table sizes with the MLPerf reference's 40M-row cap (facebookresearch/dlrm, ``--max-ind-range=40000000``).
 CRITEO_TERABYTE_40M_TABLE_SIZES: tuple[int, ...] = (
     39884406, 39043, 17289, 7420, 20263, 3, 7120, 1543, 63, 38532951, 2953546, 403346, 10,
     2208, 11938, 155, 4, 976, 14, 39979771, 25641295, 39664984, 585935, 12972, 108, 36,
@@ -65,19 +65,16 @@ def workload_model(kind: str, settings: WorkloadSettings) -> DLRMConfig:
     return criteo_kaggle_config(row_cap=row_cap)
 
 
-def build_workload(kind: str, settings: WorkloadSettings, *, shared_root=None) -> Workload:
-    """The :class:`~ndp.sysmodel.workload.Workload` of a named workload (see the module docstring)."""
+def build_trace(kind: str, settings: WorkloadSettings, *, shared_root=None) -> tuple[DLRMConfig, np.ndarray, int]:
+    """The access trace of a trace-driven workload: ``(model, global row keys, lookups per iteration)``."""
     config = workload_model(kind, settings)
-    common = dict(batch_size=settings.batch_size, pooling_factor=settings.pooling_factor,
-                  optimizer_state_bytes=settings.optimizer_state_bytes)  # fmt: skip
     if kind == "mlperf":
-        return workload_from_zipf(config, zipf_exponent=settings.zipf_exponent, **common)
+        raise ValueError("workload: 'mlperf' uses analytic cache curves and has no trace; use kaggle, synthetic or movielens")
     if kind == "movielens":
         root = find_shared_root(shared_root)
         keys, _ = movielens_trace(root / "data" / "ml-100k" / "u.data")
         # One lookup per table and rating: a batch of B ratings is 2B consecutive keys.
-        return workload_from_trace(config, keys, batch_size=settings.batch_size, pooling_factor=1.0,
-                                   optimizer_state_bytes=settings.optimizer_state_bytes)  # fmt: skip
+        return config, keys, 2 * settings.batch_size
     from ndp.data.synthetic import SyntheticConfig
 
     if settings.pooling_factor != int(settings.pooling_factor):
@@ -85,8 +82,45 @@ def build_workload(kind: str, settings: WorkloadSettings, *, shared_root=None) -
     length = int(settings.pooling_factor)
     synth = SyntheticConfig(table_sizes=config.table_sizes, batch_size=settings.batch_size,
                             zipf_exponent=settings.zipf_exponent, min_bag_length=length, max_bag_length=length)  # fmt: skip
-    trace = synthetic_trace(synth, settings.trace_batches)
-    return workload_from_trace(config, trace, **common)
+    lookups = settings.batch_size * config.num_tables * length
+    return config, synthetic_trace(synth, settings.trace_batches), lookups
+
+
+def build_workload(kind: str, settings: WorkloadSettings, *, shared_root=None) -> Workload:
+    """The :class:`~ndp.sysmodel.workload.Workload` of a named workload (see the module docstring)."""
+    common = dict(batch_size=settings.batch_size, optimizer_state_bytes=settings.optimizer_state_bytes)
+    if kind == "mlperf":
+        config = workload_model(kind, settings)
+        return workload_from_zipf(config, zipf_exponent=settings.zipf_exponent, pooling_factor=settings.pooling_factor, **common)
+    config, trace, _ = build_trace(kind, settings, shared_root=shared_root)
+    pooling = 1.0 if kind == "movielens" else settings.pooling_factor
+    return workload_from_trace(config, trace, pooling_factor=pooling, **common)
+
+
+def policy_hit_rates(trace, lookups_per_iteration: int, fractions, num_rows: int, *, lookahead_batches: int = 2,
+                     max_accesses: int = 200_000) -> dict:  # fmt: skip
+    """Hit rates of the static, LRU, LFU and lookahead policies on (a prefix of) a trace.
+
+    Capacities are ``fractions`` of ``num_rows``; the first half of the (clipped)
+    trace warms the caches (and profiles the static one). LFU and lookahead are
+    simulated access by access, so the trace is clipped to ``max_accesses``.
+    Returns ``{"fraction": [...], "static": [...], "lru": [...], "lfu": [...], "lookahead_k": [...]}``.
+    """
+    from ndp.sysmodel import cache
+
+    trace = np.asarray(trace)[:max_accesses]
+    caps = [max(0, int(round(f * num_rows))) for f in fractions]
+    return {
+        "fraction": [float(f) for f in fractions],
+        "accesses": int(trace.size),
+        "static": cache.static_hit_rates(trace, caps, num_rows=num_rows).tolist(),
+        "lru": cache.lru_hit_rates(trace, caps).tolist(),
+        "lfu": [cache.lfu_hit_rate(trace, c) for c in caps],
+        f"lookahead_{lookahead_batches}": [
+            cache.lookahead_hit_rate(trace, c, batch_size=lookups_per_iteration, lookahead_batches=lookahead_batches)
+            for c in caps
+        ],
+    }
 
 
 def _stack_workloads(workloads: list[Workload]) -> Workload:

@@ -151,3 +151,12 @@ def test_analytic_models_track_generator_traces():
         assert abs(float(cache.irm_static_hit_rate(rows, prob, cap)) - static) < 0.03
     distinct = np.mean([np.unique(trace[i : i + 4000]).size for i in range(0, trace.size, 4000)])
     assert abs(float(cache.expected_unique_rows(rows, prob, 4000)) / distinct - 1.0) < 0.05
+
+
+@given(traces, warmups)
+def test_static_cache_fills_spare_capacity_with_unprofiled_rows(trace, warmup):
+    t = np.array(trace)
+    rates = cache.static_hit_rates(t, list(range(0, 12)), warmup_fraction=warmup, num_rows=10)
+    plain = cache.static_hit_rates(t, list(range(0, 12)), warmup_fraction=warmup)
+    assert np.all(np.diff(rates) >= -1e-12) and np.all(rates >= plain - 1e-12)
+    assert math.isclose(rates[10], 1.0) and math.isclose(rates[11], 1.0)
