@@ -132,7 +132,9 @@ def main(argv=None) -> int:
         "minutes": round((time.time() - started) / 60, 1),
     }
     atomic_write_json(out, {**headline, "stages": report["stages"], "baseline_seconds": baseline_seconds,
-                            "config": dataclasses.asdict(config), "paper": PAPER, "layers": report["layers"]})
+                            "config": dataclasses.asdict(config), "paper": PAPER,
+                            # per-channel densities are in the run's report.json; kept out to keep this file small
+                            "layers": [{k: v for k, v in r.items() if k != "coef_density_per_out_channel"} for r in report["layers"]]})
     print(json.dumps(headline))
     return 0
 

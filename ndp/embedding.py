@@ -268,29 +268,40 @@ def init_slab(mesh: jax.sharding.Mesh, plan: ShardingPlan, key: jax.Array, *, bl
     _check_mesh(mesh, plan)
     check_positive("block_rows", block_rows)
     rows, width = plan.slab_rows, plan.slab_width
-    bound = np.zeros((plan.num_shards * rows,), np.float32)
-    for p in plan.pieces:
-        base = p.shard * rows + p.slab_offset
-        bound[base : base + p.row_end - p.row_start] = 1.0 / np.sqrt(plan.table_sizes[p.table])
-    sharding = slab_sharding(mesh)
-    bound_dev = jax.make_array_from_callback(bound.shape, sharding, lambda index: bound[index])
+    # Per device, the slab ranges of its pieces and their bounds (padded; computed per block on
+    # the device, so no slab-sized host array is built).
+    count = max(sum(p.shard == s for p in plan.pieces) for s in range(plan.num_shards))
+    starts = np.full((plan.num_shards, count), rows, np.int32)
+    ends = np.full((plan.num_shards, count), rows, np.int32)
+    bounds = np.zeros((plan.num_shards, count), np.float32)
+    for s in range(plan.num_shards):
+        mine = sorted((p for p in plan.pieces if p.shard == s), key=lambda p: p.slab_offset)
+        for i, p in enumerate(mine):
+            starts[s, i], ends[s, i] = p.slab_offset, p.slab_offset + p.row_end - p.row_start
+            bounds[s, i] = 1.0 / np.sqrt(plan.table_sizes[p.table])
     block = min(block_rows, rows)
     blocks = -(-rows // block)
 
-    def fill(key, bound):
-        device_key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    def fill(key, starts, ends, bounds):
+        device = jax.lax.axis_index(AXIS)
+        device_key = jax.random.fold_in(key, device)
+        starts, ends, bounds = starts[device], ends[device], bounds[device]
 
         def body(i, slab):
             start = jnp.minimum(i * block, rows - block)  # the last block may overlap the previous one
+            local = start + jnp.arange(block, dtype=jnp.int32)
+            piece = jnp.maximum(jnp.searchsorted(starts, local, side="right") - 1, 0)
+            scale = jnp.where(local < ends[piece], bounds[piece], 0.0)
             values = jax.random.uniform(jax.random.fold_in(device_key, i), (block, width), jnp.float32, -1.0, 1.0)
-            scale = jax.lax.dynamic_slice_in_dim(bound, start, block)
             return jax.lax.dynamic_update_slice_in_dim(slab, values * scale[:, None], start, axis=0)
 
         empty = jax.lax.pcast(jnp.zeros((rows, width), jnp.float32), (AXIS,), to="varying")
         return jax.lax.fori_loop(0, blocks, body, empty)
 
-    make = jax.jit(jax.shard_map(fill, mesh=mesh, in_specs=(jax.P(), jax.P(AXIS)), out_specs=jax.P(AXIS)))
-    return make(key, bound_dev)
+    make = jax.jit(
+        jax.shard_map(fill, mesh=mesh, in_specs=(jax.P(), jax.P(), jax.P(), jax.P()), out_specs=jax.P(AXIS))
+    )
+    return make(key, jnp.asarray(starts), jnp.asarray(ends), jnp.asarray(bounds))
 
 
 def init_rowwise_state(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> jax.Array:

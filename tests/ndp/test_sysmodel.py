@@ -187,6 +187,9 @@ def test_cli_simulate_writes_report_and_plots(tmp_path, shared_root, capsys):
     for s in SYSTEMS:
         r = report["systems"][s]
         assert math.isclose(r["total_energy_j"], sum(r["energy_j"].values()), rel_tol=1e-6)
+    policies = report["policy_hit_rates"]
+    assert {"static", "lru", "lfu", "lookahead_2"} <= set(policies)
+    assert all(0.0 <= v <= 1.0 for k in ("static", "lru", "lfu", "lookahead_2") for v in policies[k])
     for png in ("gantt.png", "speedup_vs_cache.png", "speedup_vs_skew.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "ms/iteration" in capsys.readouterr().out
