@@ -1,6 +1,6 @@
 """Layer x design evaluations per second of the ESCALATE-style cost model, forward and gradient.
 
-All ResNet-56 layers (57) x D random design points in one jitted, doubly vmapped call
+All ResNet-56 layers (56) x D random design points in one jitted, doubly vmapped call
 (``evaluate_grid``); forward in exact and relaxed mode, and forward+gradient (relaxed) with
 respect to every hardware parameter and the layers' densities. Each function is wrapped in
 ``chex.assert_max_traces(n=1)`` and called repeatedly with fresh inputs of the same shape,
@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     for key in ("forward_exact_evals_per_s", "forward_relaxed_evals_per_s", "grad_evals_per_s", "grad_over_relaxed_forward"):
         print(f"{key:>30}: {result[key]:.4g}")
     print(f"load average during the run: {result['machine']['load_average']}")
-    atomic_write_json(args.out, result)
     headline = {"forward_evals_per_s": result["forward_exact_evals_per_s"], "grad_over_forward": result["grad_over_relaxed_forward"]}
+    atomic_write_json(args.out, {"headline": headline, **result})
     print(json.dumps(headline))
     return 0
 
