@@ -69,6 +69,9 @@ class HwAwareConfig:
       learning_rate, momentum, weight_decay: SGD on the model's parameters.
       threshold_learning_rate: Adam on the raw thresholds ``r_l``.
       initial_threshold: starting ``s_l`` for every layer (PENNI's ``s``).
+      threshold_steps: thresholds are learnt in the first this many steps and then frozen, so
+        the remaining steps fine-tune the model under fixed masks with the same optimizer
+        (None: learnt in every step; 0: never, i.e. training at the fixed uniform ``s``).
       temperature: gate width ``T`` in units of ``std(c)``.
       gate: ``"ste"`` or ``"sigmoid"`` (see the module docstring).
       train_weights: also train the model's parameters (False: thresholds only).
@@ -85,6 +88,7 @@ class HwAwareConfig:
     weight_decay: float = 1e-4
     threshold_learning_rate: float = 0.05
     initial_threshold: float = 1.0
+    threshold_steps: int | None = None
     temperature: float = 0.1
     gate: str = "ste"
     train_weights: bool = True
@@ -101,6 +105,8 @@ class HwAwareConfig:
         check_positive("initial_threshold", self.initial_threshold)
         check_positive("temperature", self.temperature)
         check_positive("checkpoint_every", self.checkpoint_every)
+        if self.threshold_steps is not None:
+            check_positive("threshold_steps", self.threshold_steps, allow_zero=True)
         check_choice("gate", self.gate, GATES)
 
 
@@ -315,7 +321,7 @@ def hwaware_fit(
         start, history = int(meta["step"]), list(meta["history"])
 
     @partial(jax.jit, donate_argnums=(0, 1, 3, 4))
-    def step(params, stats, raw, weight_state, threshold_state, x, y, key):
+    def step(params, stats, raw, weight_state, threshold_state, x, y, key, learn_thresholds):
         x = normalize(augment(key, x, config.augment_pad) if config.augment_pad > 0 else x)
 
         def objective(p, r):
@@ -329,6 +335,7 @@ def hwaware_fit(
         # dtype promotion rejects; standard promotion for this call only.
         with jax.numpy_dtype_promotion("standard"):
             r_updates, threshold_state = threshold_tx.update(g_raw, threshold_state, raw)
+        r_updates = jax.tree.map(lambda u: jnp.where(learn_thresholds, u, jnp.zeros_like(u)), r_updates)
         raw = optax.apply_updates(raw, r_updates)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
         return params, new_stats, raw, weight_state, threshold_state, {"loss": loss, "ce": ce, "cost": cost, "train_top1": accuracy}
@@ -347,7 +354,8 @@ def hwaware_fit(
                 break
             key = jax.random.fold_in(base_key, index)
             params, stats, raw, weight_state, threshold_state, metrics = step(
-                params, stats, raw, weight_state, threshold_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key)
+                params, stats, raw, weight_state, threshold_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key,
+                jnp.asarray(config.threshold_steps is None or index < config.threshold_steps))
             index += 1
             bar.update(1)
             if index % 10 == 0 or index == config.steps:

@@ -1,15 +1,16 @@
 """The CIFAR co-design experiment: hardware-aware compression vs the uniform PENNI rule, and the joint loop.
 
 Starting point (shared by every method): a pretrained CIFAR ResNet, decomposed into ``d``
-basis kernels per 3x3 conv (PENNI). Then, with the same number of SGD steps each:
+basis kernels per 3x3 conv (PENNI). Both methods then train with the same code
+(:func:`jaxsparse.hwaware.hwaware_fit`: SGD on the model under the hard PENNI masks, with
+straight-through gates) for the same ``hwaware_steps + finetune_steps`` steps, and are
+pruned with their thresholds at the end:
 
-* **uniform** (PENNI's rule, the baseline): prune ``|c| < s * std(c)`` with one ``s`` for
-  every layer, swept over ``s``; fine-tune ``hwaware_steps + finetune_steps`` steps with
-  pruned coefficients held at zero;
-* **hardware-aware**: learn per-layer thresholds ``s_l`` with
-  ``task loss + lambda * latency(densities) / latency_0`` on the given design
-  (:func:`jaxsparse.hwaware.hwaware_fit`, ``hwaware_steps`` steps), prune with them,
-  fine-tune ``finetune_steps`` steps; swept over ``lambda``;
+* **uniform** (PENNI's rule, the baseline): one threshold ``s`` for every layer, fixed
+  (``|c| < s * std(c)``), swept over ``s``;
+* **hardware-aware**: per-layer thresholds ``s_l`` learnt in the first ``hwaware_steps``
+  steps against ``task loss + lambda * latency(densities) / latency_0`` on the given
+  design, then frozen for ``finetune_steps`` steps; swept over ``lambda``;
 * **joint** (alternating): search the hardware for the hardware-aware model's workload
   (:func:`~hwmodel.codesign.search.gradient_search`, iso-area), compress again against
   the new design; compared with compression alone (default design) and hardware alone
@@ -52,7 +53,6 @@ from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import decompose_model
-from jaxsparse.penni.train import TrainConfig, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ class CodesignConfig:
 
 def quick_config(**overrides) -> CodesignConfig:
     """A reduced run (minutes on a few CPU cores) that still compares both methods."""
-    base = dict(uniform_thresholds=(0.6, 1.0, 1.4, 1.8), cost_weights=(0.5, 2.0), hwaware_steps=60, finetune_steps=40,
+    base = dict(uniform_thresholds=(0.6, 1.0, 1.4, 1.8), cost_weights=(0.5, 2.0), hwaware_steps=60, finetune_steps=40, threshold_learning_rate=0.02,
                 batch_size=64, train_subset=8192, test_subset=2000, joint_rounds=1, checkpoint_every=20)
     base.update(overrides)
     return CodesignConfig(**base)
@@ -156,18 +156,6 @@ def exact_cost(layers: list[dict], hw: Hardware, options: Options) -> dict[str, 
     return {"latency_ms": latency * 1e3, "energy_uj": energy * 1e6, "edp": latency * energy}
 
 
-def _finetune(model, data: Data, config: CodesignConfig, steps: int, checkpoint: Path | None, progress: bool) -> None:
-    """Fine-tune ``steps`` SGD steps (as whole passes over a slice of the training set) with pruned entries at zero."""
-    if steps <= 0:
-        return
-    n = min(steps * config.batch_size, len(data.train_x))
-    epochs = -(-steps * config.batch_size // n)
-    fit(model, data.train_x[:n], data.train_y[:n],
-        TrainConfig(epochs=epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, milestones=(0.75,),
-                    alternate_every=0, augment_pad=4, seed=config.seed),
-        masks=hwaware.keep_masks(model), checkpoint=checkpoint, description="fine-tune", progress=progress)
-
-
 def _point(model, data: Data, hw: Hardware, options: Options, **extra) -> dict[str, Any]:
     layers = describe(model, data)
     top1 = float(evaluate_accuracy(model, data.test_x, data.test_y).accuracy)
@@ -178,26 +166,33 @@ def _point(model, data: Data, hw: Hardware, options: Options, **extra) -> dict[s
             "description": layers}
 
 
-def uniform_point(config: CodesignConfig, data: Data, s: float, hw: Hardware, options: Options, ckpt: Path, progress: bool, shared_root=None) -> dict:
-    model = start_model(config, shared_root)
-    hwaware.prune_with_thresholds(model, float(s))
-    _finetune(model, data, config, config.hwaware_steps + config.finetune_steps, ckpt / f"uniform-{s:g}.npz", progress)
-    return _point(model, data, hw, options, method="uniform", threshold=float(s))
-
-
-def hwaware_point(config: CodesignConfig, data: Data, lam: float, hw: Hardware, options: Options, ckpt: Path, progress: bool,
-                  tag: str, shared_root=None) -> dict:
+def _train(config: CodesignConfig, data: Data, hw: Hardware, options: Options, ckpt: Path, progress: bool, tag: str, shared_root,
+           *, cost_weight: float, initial_threshold: float, threshold_steps: int):
     model = start_model(config, shared_root)
     records = describe(model, data)
     cost_fn = make_cost_fn(records, hw, options, metric=config.metric)
     result = hwaware.hwaware_fit(
         model, data.train_x, data.train_y, cost_fn,
-        hwaware.HwAwareConfig(cost_weight=float(lam), steps=config.hwaware_steps, batch_size=config.batch_size,
-                              learning_rate=config.learning_rate, threshold_learning_rate=config.threshold_learning_rate,
+        hwaware.HwAwareConfig(cost_weight=float(cost_weight), steps=config.hwaware_steps + config.finetune_steps,
+                              threshold_steps=threshold_steps, initial_threshold=float(initial_threshold),
+                              batch_size=config.batch_size, learning_rate=config.learning_rate,
+                              threshold_learning_rate=config.threshold_learning_rate,
                               seed=config.seed, checkpoint_every=config.checkpoint_every),
-        records=records, checkpoint=ckpt / f"{tag}-thresholds.npz", progress=progress, description=f"hw-aware {tag}")
+        records=records, checkpoint=ckpt / f"{tag}.npz", progress=progress, description=tag)
     hwaware.prune_with_thresholds(model, result.thresholds)
-    _finetune(model, data, config, config.finetune_steps, ckpt / f"{tag}-finetune.npz", progress)
+    return model, result
+
+
+def uniform_point(config: CodesignConfig, data: Data, s: float, hw: Hardware, options: Options, ckpt: Path, progress: bool, shared_root=None) -> dict:
+    model, _ = _train(config, data, hw, options, ckpt, progress, f"uniform-{s:g}", shared_root,
+                      cost_weight=0.0, initial_threshold=s, threshold_steps=0)
+    return _point(model, data, hw, options, method="uniform", threshold=float(s))
+
+
+def hwaware_point(config: CodesignConfig, data: Data, lam: float, hw: Hardware, options: Options, ckpt: Path, progress: bool,
+                  tag: str, shared_root=None) -> dict:
+    model, result = _train(config, data, hw, options, ckpt, progress, tag, shared_root,
+                           cost_weight=lam, initial_threshold=1.0, threshold_steps=config.hwaware_steps)
     return _point(model, data, hw, options, method="hwaware", cost_weight=float(lam), thresholds=result.thresholds,
                   hwaware_history=result.history[-1:] if result.history else [])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +94,9 @@ def test_thresholds_follow_the_cost_and_a_fixed_seed_repeats_exactly():
     others = [s for p, s in first.thresholds.items() if p != heavy]
     assert first.thresholds[heavy] > max(others)
     assert first.densities[heavy] < min(d for n, d in first.densities.items() if n not in (heavy, "classifier"))
+    frozen = hwaware.hwaware_fit(_model(), x, y, cost_fn, dataclasses.replace(config, threshold_steps=0, steps=3),
+                                 records=records, progress=False)
+    assert all(abs(s - config.initial_threshold) < 1e-6 for s in frozen.thresholds.values())
 
 
 def test_prune_with_thresholds_and_keep_masks():

@@ -11,6 +11,8 @@ from jaxsparse.penni.decompose import decompose_kernel, decompose_kernels, kerne
 
 # A small pool of (k, Cin, Cout) keeps compilations few; values vary freely.
 shapes = st.sampled_from([(1, 2, 3), (3, 1, 4), (3, 3, 2), (3, 5, 6), (5, 2, 2)])
+# every d of a shape is one compilation: the sweep over d stays on 1x1 and 3x3 kernels
+small_shapes = st.sampled_from([(1, 2, 3), (3, 1, 4), (3, 3, 2), (3, 5, 6)])
 
 
 def _kernel(seed, k, cin, cout):
@@ -32,7 +34,7 @@ def test_full_basis_reconstructs_exactly(shape, centered, seed):
     np.testing.assert_allclose(flat @ flat.T, np.eye(k * k), atol=1e-5)
 
 
-@given(shape=shapes, centered=st.booleans(), seed=st.integers(0, 1000))
+@given(shape=small_shapes, centered=st.booleans(), seed=st.integers(0, 1000))
 def test_error_never_increases_with_d(shape, centered, seed):
     k, cin, cout = shape
     kernel = _kernel(seed, k, cin, cout)
