@@ -36,7 +36,10 @@ class Workload(NamedTuple):
 
     ``basis`` is the number of basis kernels ``d`` (0: the layer is not decomposed and
     ``coef_density`` / ``weight_bits`` describe its plain weights). ``padding`` is the
-    zero padding on each side (``(k - 1) // 2`` unless given).
+    zero padding on each side (``(k - 1) // 2`` unless given). Bit widths a layer does not
+    use may be given as 0: a plain layer's ``coef_bits`` becomes its ``weight_bits``, and a
+    decomposed layer's ``weight_bits`` (the rebuilt kernel the baselines run) becomes
+    ``max(coef_bits, basis_bits)``.
     """
 
     h_in: jax.Array
@@ -80,10 +83,16 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
         value = layer[key]
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
-    for key in ("coef_bits", "weight_bits") + (("basis_bits",) if basis > 0 else ()):
+    decomposed = basis > 0
+    # A width that does not apply to the layer may be 0 (the compression pipeline's convention):
+    # weight_bits for decomposed layers, coef_bits/basis_bits for plain ones.
+    for key in ("coef_bits", "basis_bits", "weight_bits"):
         value = layer[key]
-        if not isinstance(value, (int, float)) or not 1 <= value <= 32:
-            raise ValueError(f"{where}.{key}: expected a bit width in [1, 32], got {value!r}")
+        applies = key != "weight_bits" if decomposed else key == "weight_bits"
+        ok = isinstance(value, (int, float)) and (1 <= value <= 32 or (not applies and value == 0))
+        if not ok:
+            expected = "a bit width in [1, 32]" + ("" if applies else " (or 0: not used by this layer)")
+            raise ValueError(f"{where}.{key}: expected {expected}, got {value!r}")
     per_channel = layer.get("coef_density_per_out_channel")
     if per_channel is not None:
         per_channel = np.asarray(per_channel, np.float64)
@@ -94,14 +103,18 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
         live = float(np.mean(per_channel > 0))
     else:
         live = 1.0 if layer["coef_density"] > 0 else 0.0
+    # A plain layer's weights run through the sparse engine as its coefficients; the baselines run a
+    # decomposed layer's rebuilt kernel (W = C.B) stored at the wider of its two precisions.
+    coef_bits = layer["coef_bits"] if decomposed or layer["coef_bits"] else layer["weight_bits"]
+    weight_bits = layer["weight_bits"] or max(layer["coef_bits"], layer["basis_bits"])
     k = row["kernel_size"]
     return {
         "h_in": row["h_in"], "w_in": row["w_in"], "h_out": row["h_out"], "w_out": row["w_out"],
         "c_in": row["c_in"], "c_out": row["c_out"], "kernel": k, "stride": row["stride"],
         "padding": float(layer.get("padding", (int(k) - 1) // 2)),
         "basis": float(basis), "coef_density": float(layer["coef_density"]), "live_out_fraction": live,
-        "act_density": float(layer["act_density"]), "coef_bits": float(layer["coef_bits"]),
-        "basis_bits": float(layer["basis_bits"]) if basis > 0 else 0.0, "weight_bits": float(layer["weight_bits"]),
+        "act_density": float(layer["act_density"]), "coef_bits": float(coef_bits),
+        "basis_bits": float(layer["basis_bits"]) if decomposed else 0.0, "weight_bits": float(weight_bits),
         "window_density": _optional_density(where, layer, "act_window_density"),
     }
 

@@ -109,3 +109,30 @@ def test_report_command_errors_are_clean(tmp_path, capsys):
     assert hwmodel_main(["report", "--workload", "alexnet"]) == 1
     assert "--workload: expected a model name" in capsys.readouterr().err
     assert set(MODELS) >= {"resnet20", "resnet56", "vgg16"}
+
+
+def test_compression_pipeline_layer_records_are_accepted_as_they_are():
+    """describe_layers marks widths a layer does not use with 0; the workload fills them as documented."""
+    from flax import nnx
+
+    from jaxsparse.penni.count import describe_layers
+    from jaxsparse.penni.digits import DigitsCNN
+    from jaxsparse.penni.layers import decompose_model
+
+    model = DigitsCNN(widths=(4, 8, 8), rngs=nnx.Rngs(0))
+    decompose_model(model, 3)
+    records = describe_layers(model, input_shape=(1, 8, 8, 3))
+    decomposed = [i for i, r in enumerate(records) if r["basis"] > 0]
+    plain = [i for i, r in enumerate(records) if r["basis"] == 0]
+    assert decomposed and plain
+    wl = workload_from_layers(records)
+    for i in decomposed:
+        assert float(wl.coef_bits[i]) == records[i]["coef_bits"]
+        assert float(wl.weight_bits[i]) == max(records[i]["coef_bits"], records[i]["basis_bits"])
+    for i in plain:
+        assert float(wl.coef_bits[i]) == records[i]["weight_bits"]
+        assert float(wl.basis_bits[i]) == 0.0
+    with pytest.raises(ValueError, match=r"coef_bits: expected a bit width in \[1, 32\], got 0"):
+        workload_from_layers([dict(records[decomposed[0]], coef_bits=0)])
+    with pytest.raises(ValueError, match=r"weight_bits: expected a bit width in \[1, 32\], got 0"):
+        workload_from_layers([dict(records[plain[0]], weight_bits=0)])
