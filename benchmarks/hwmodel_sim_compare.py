@@ -27,7 +27,7 @@ from tqdm import tqdm
 from hwmodel import cost
 from hwmodel.hardware import hardware_from_dict, load_hardware
 from hwmodel.pruned_resnet import decompose_and_prune, forward, load_image, load_params
-from hwmodel.simulator import SimHardware, layer_description, simulate_decomposed, simulate_plain
+from hwmodel.simulator import SimHardware, in_analytic_domain, layer_description, simulate_decomposed, simulate_plain
 from hwmodel.workload import slice_layer, workload_from_layers
 from jaxsparse.common import atomic_write_json, find_shared_root
 
@@ -49,12 +49,8 @@ def random_case(rng):
         k = spec["kernel"]
         d = spec["basis"] if k == 3 else 0
         pad = (k - 1) // 2
-        h_out = (spec["h"] + 2 * pad - k) // spec["stride"] + 1
-        if d and spec["order"] == "coefficient_first":
-            units, reduction = spec["h"] ** 2 * spec["c_out"] * d, spec["c_in"]
-        else:
-            units, reduction = h_out**2 * spec["c_out"], spec["c_in"] * max(d, 1) * (k * k if not d else 1)
-        if units * -(-reduction // spec["lanes"]) >= 24 * spec["pes"] and units * reduction >= 2000:
+        if in_analytic_domain(c_in=spec["c_in"], c_out=spec["c_out"], size=spec["h"], kernel=k, stride=spec["stride"],
+                              basis=d, order=spec["order"], lanes=spec["lanes"], pes=spec["pes"]):
             return spec, d, pad
 
 

@@ -269,3 +269,30 @@ def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: 
         "act_density": float((acts != 0).mean()), "act_window_density": float(window_any.mean()), "coef_bits": coef_bits, "basis_bits": basis_bits if d else 0,
         "weight_bits": weight_bits,
     }
+
+
+def in_analytic_domain(*, c_in: int, c_out: int, size: int, kernel: int, stride: int, basis: int, order: str, lanes: int, pes: int) -> bool:
+    """Whether a layer is large enough for the analytic model's average-rate assumptions.
+
+    The analytic model is compared with this simulator on layers where each PE scans at least
+    24 chunks of ``lanes`` positions and the sparse stage has at least 2000 candidate pairs: in
+    tinier layers the last work unit and the pipeline fill dominate, and the measured densities
+    no longer describe the sampled positions.
+
+    Args:
+      c_in, c_out, size: input channels, output channels, square input size.
+      kernel, stride, basis: the conv (``basis`` 0: not decomposed).
+      order: ``"coefficient_first"`` or ``"basis_first"``.
+      lanes, pes: butterfly lanes and processing elements of the design.
+
+    Example:
+        >>> in_analytic_domain(c_in=32, c_out=16, size=8, kernel=3, stride=1, basis=5, order="basis_first", lanes=16, pes=4)
+        True
+    """
+    pad = (kernel - 1) // 2
+    out = _out_size(size, kernel, stride, pad)
+    if basis and order == "coefficient_first":
+        units, reduction = size * size * c_out * basis, c_in
+    else:
+        units, reduction = out * out * c_out, c_in * max(basis, 1) * (kernel * kernel if not basis else 1)
+    return units * -(-reduction // lanes) >= 24 * pes and units * reduction >= 2000

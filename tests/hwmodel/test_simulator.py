@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hwmodel import cost
 from hwmodel.hardware import hardware_from_dict
 from hwmodel.pruned_resnet import decompose_and_prune, forward, load_image, load_params
-from hwmodel.simulator import SimHardware, layer_description, simulate_decomposed, simulate_plain
+from hwmodel.simulator import SimHardware, in_analytic_domain, layer_description, simulate_decomposed, simulate_plain
 from hwmodel.workload import slice_layer, workload_from_layers
 
 TOLERANCE = 0.10
@@ -40,15 +40,8 @@ def test_analytic_within_tolerance_of_simulator_random_layers(spec):
     k = spec["kernel"]
     d = spec["basis"] if k == 3 else 0
     pad = (k - 1) // 2
-    h_out = (spec["h"] + 2 * pad - k) // spec["stride"] + 1
-    # the model's domain: enough work that each PE scans a few dozen chunks (in tiny layers
-    # the last unit and the pipeline fill dominate, which an average-rate model ignores)
-    if d and spec["order"] == "coefficient_first":
-        units, reduction = spec["h"] ** 2 * spec["c_out"] * d, spec["c_in"]
-    else:
-        units, reduction = h_out**2 * spec["c_out"], spec["c_in"] * max(d, 1) * (k * k if not d else 1)
-    # and enough candidate pairs that the measured densities describe the sampled positions
-    assume(units * -(-reduction // spec["lanes"]) >= 24 * spec["pes"] and units * reduction >= 2000)
+    assume(in_analytic_domain(c_in=spec["c_in"], c_out=spec["c_out"], size=spec["h"], kernel=k, stride=spec["stride"],
+                              basis=d, order=spec["order"], lanes=spec["lanes"], pes=spec["pes"]))
     acts = np.maximum(rng.normal(size=(spec["c_in"], spec["h"], spec["h"])), 0.0) * (rng.random((spec["c_in"], spec["h"], spec["h"])) < spec["act_density"])
     hw, sim_hw = _hardware(spec["pes"], spec["lanes"], spec["multipliers"], spec["basis_macs"])
     if d:
