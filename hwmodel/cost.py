@@ -141,13 +141,18 @@ def valid_tap_fraction(layer: Workload):
     """Fraction of the ``h_out*w_out*k*k`` window taps of a padded conv that land inside the input.
 
     Padding zeros are not activations, so the im2col density is ``act_density`` times this.
-    Geometry only (no gradient is needed through it); exact for ``padding <= kernel // 2``.
+    Geometry only (no gradient is needed through it); exact for ``padding <= kernel // 2``,
+    also when the input is smaller than the kernel.
     """
     k, s, pad = layer.kernel, layer.stride, layer.padding
 
+    def border(excess, size_out):
+        # only the size_out windows that exist count (small inputs: fewer windows than the padding spans)
+        return _outside_taps(excess, s) - _outside_taps(excess - size_out * s, s)
+
     def one_axis(size_in, size_out):
         over = (size_out - 1.0) * s + k - pad - size_in
-        outside = _outside_taps(pad, s) + _outside_taps(over, s)
+        outside = border(pad, size_out) + border(over, size_out)
         return (size_out * k - outside) / (size_out * k)
 
     return one_axis(layer.h_in, layer.h_out) * one_axis(layer.w_in, layer.w_out)
@@ -312,6 +317,9 @@ def escalate_layer(layer: Workload, hw: Hardware, *, stage_order: str = "coeffic
 
 def systolic_compute_cycles(m_dim, k_dim, n_dim, rows, cols, dataflow: str, *, relaxed: bool = False):
     """SCALE-Sim v3 compute cycles of a GEMM (M x K) . (K x N) on an R x C array.
+
+    The result is float32 (so it can be differentiated): exact for counts below 2**24, within
+    one float32 rounding above.
 
     Example:
         >>> int(systolic_compute_cycles(1024, 144, 16, 32, 32, "os"))

@@ -47,7 +47,11 @@ def test_systolic_closed_form_matches_fold_loop_on_resnet20(dataflow):
 def test_systolic_closed_form_matches_fold_loop_random(m, k, n, rows, cols, dataflow):
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     ours = cost.systolic_compute_cycles(f32(m), f32(k), f32(n), f32(rows), f32(cols), dataflow)
-    assert int(ours) == _scalesim_fold_loop(m, k, n, rows, cols, dataflow)
+    expected = _scalesim_fold_loop(m, k, n, rows, cols, dataflow)
+    if expected < 2**24:  # cycles are float32 (differentiable): whole numbers are exact below 2**24
+        assert int(ours) == expected
+    else:
+        assert abs(float(ours) - expected) <= expected * 2.0**-23
 
 
 @given(h=st.integers(1, 40), k=st.integers(1, 7), stride=st.integers(1, 3), pad=st.integers(0, 3))
