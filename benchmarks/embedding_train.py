@@ -21,7 +21,26 @@ PyTorch and FBGEMM are optional (``pip install torch==2.13.0 fbgemm-gpu-cpu==1.8
 the CPU builds). When they are not importable here, ``--torch-python`` names an
 interpreter that has them; it runs this file in ``--worker`` mode on the same index
 batches. Timing is the median over ``--rounds`` of ``--steps`` steps after warm-up,
-around ``block_until_ready`` (JAX) or synchronous CPU execution (PyTorch).
+around ``block_until_ready`` (JAX) or synchronous CPU execution (PyTorch); process
+CPU time per step is recorded next to it, and the load average before and after
+every worker.
+
+Fairness on a small shared machine:
+
+* the peers run once per ``--torch-threads`` setting (default 2 and 1). XLA:CPU
+  uses every core for its intra-op parallelism, so on 2 cores torch with 2 threads
+  is the like-for-like peer when the machine is quiet; under load PyTorch's
+  OpenMP threads stall on each other and 1 thread is much faster. The headline
+  ratios (``--headline-threads best``) therefore use, for each peer, its faster
+  setting in this run, which never flatters ndp; every setting's ratios (wall and
+  CPU time) are in the JSON;
+* ``--huge-pages on`` (default) starts every worker, ndp and peers alike, with
+  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: glibc's malloc then asks for
+  transparent huge pages (``madvise``) for its large mappings, which takes TLB
+  misses out of random row accesses in tables of hundreds of MB (it needs THP in
+  ``madvise`` or ``always`` mode; the JSON records the huge pages each process got);
+* ``--repeats`` runs the whole sequence of workers again and pools the rounds, so a
+  busy phase of the machine does not fall on one framework only.
 
 Usage::
 
@@ -44,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedding_train.json"
 LEARNING_RATE = 0.01
 EPS = 1e-8
@@ -53,13 +73,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def timed_rounds(run_steps, steps: int, rounds: int) -> list[float]:
-    """Seconds per step of each round."""
+def timed_rounds(run_steps, steps: int, rounds: int, cpu: list | None = None) -> list[float]:
+    """Wall-clock seconds per step of each round; process CPU seconds per step are appended to ``cpu``."""
     out = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         run_steps(steps)
         out.append((time.perf_counter() - start) / steps)
+        if cpu is not None:
+            cpu.append((time.process_time() - start_cpu) / steps)
     return out
 
 
@@ -99,7 +121,11 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
             sgd.step()
 
     embedding_bag_steps(warmup)
-    results["torch_embeddingbag_sgd_s"] = timed_rounds(embedding_bag_steps, steps, rounds)
+    cpu = results.setdefault("cpu_s", {})
+    results["torch_embeddingbag_sgd_s"] = timed_rounds(
+        embedding_bag_steps, steps, rounds, cpu.setdefault("torch_embeddingbag_sgd", [])
+    )
+    results["anon_huge_pages_mb_embeddingbag"] = anon_huge_pages_mb()
     del bags, params, sgd
 
     try:
@@ -132,7 +158,8 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
                     loss.backward()
 
             tbe_steps(warmup)
-            results[f"fbgemm_{name}_s"] = timed_rounds(tbe_steps, steps, rounds)
+            results[f"fbgemm_{name}_s"] = timed_rounds(tbe_steps, steps, rounds, cpu.setdefault(f"fbgemm_{name}", []))
+            results[f"anon_huge_pages_mb_fbgemm_{name}"] = anon_huge_pages_mb()
             del tbe
     results["peak_rss_mb"] = peak_rss_mb()
     Path(out_path).write_text(json.dumps(results))
@@ -195,12 +222,14 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
         holder["state"] = s
 
     run(warmup)
-    per_step = timed_rounds(run, steps, rounds)
+    cpu_per_step: list[float] = []
+    per_step = timed_rounds(run, steps, rounds, cpu_per_step)
     table_bytes = sum(sizes) * dim * 4
     state_bytes = sum(x.nbytes for x in (holder["state"].slab, holder["state"].slab_state))
-    result = {"step_s": per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
+    result = {"step_s": per_step, "cpu_s": cpu_per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
               "slab_and_optimizer_state_mb": state_bytes / 2**20, "rows": int(sum(sizes)),
-              "plan_imbalance": plan.imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+              "plan_imbalance": plan.imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb(),
+              "anon_huge_pages_mb": anon_huge_pages_mb()}  # fmt: skip
     Path(out_path).write_text(json.dumps(result))
 
 
@@ -209,6 +238,58 @@ def make_batches(sizes, batch_size, count, seed, zipf):
 
     cfg = SyntheticConfig(tuple(sizes), batch_size=batch_size, zipf_exponent=zipf, seed=seed)
     return [np.stack([t.values for t in batch_at(cfg, i).tables], axis=1) for i in range(count)]
+
+
+def anon_huge_pages_mb() -> float | None:
+    """Transparent huge pages backing this process's anonymous memory (Linux), in MB."""
+    try:
+        text = Path("/proc/self/smaps_rollup").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def merge_repeats(runs):
+    """Pool repeated ``(peers, ours, small)`` worker results: per-step timings are concatenated, load
+    averages listed per repeat, peak RSS is the largest, everything else is the first run's."""
+
+    def merge(results: list[dict]) -> dict:
+        out = {}
+        for key, first in results[0].items():
+            values = [r[key] for r in results]
+            if key == "cpu_s" and isinstance(first, dict):
+                out[key] = {name: [x for v in values for x in v[name]] for name in first}
+            elif key.endswith("_s") and isinstance(first, list):
+                out[key] = [x for v in values for x in v]
+            elif key.startswith("load_avg"):
+                out[key] = values
+            elif key == "peak_rss_mb":
+                out[key] = max(values)
+            else:
+                out[key] = first
+        return out
+
+    peers = {n: merge([run[0][n] for run in runs]) for n in runs[0][0]}
+    ours = {opt: merge([run[1][opt] for run in runs]) for opt in runs[0][1]}
+    small = merge([run[2] for run in runs])
+    return peers, ours, small
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise ValueError(f"--torch-threads: expected a comma-separated list of positive ints, got {text!r}")
+    return threads
 
 
 def main(argv=None) -> int:
@@ -223,26 +304,50 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--index-batches", type=int, default=8, help="distinct index batches, cycled")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the sequence of all workers this many times; timings of all runs are pooled")
     parser.add_argument("--torch-python", default=None, help="python with torch + fbgemm-gpu-cpu (default: this one)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--no-peers", action="store_true",
                         help="only ndp's SGD step at both table sizes (e.g. to test larger tables)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--torch-threads", default="2,1",
+                        help="comma-separated torch.set_num_threads values, one peer run each (default 2,1)")
+    parser.add_argument("--headline-threads", default="best",
+                        help="torch threads of the headline ratios: 'best' (default) compares with each peer's "
+                             "fastest measured thread setting, or one of --torch-threads")
+    parser.add_argument("--huge-pages", choices=("on", "off"), default="on",
+                        help="run every worker (ndp and peers alike) with glibc's malloc asking for transparent "
+                             "huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; needs THP in madvise or always mode)")
     parser.add_argument("--worker", choices=("torch", "ndp"), help=argparse.SUPPRESS)
     parser.add_argument("--optimizer", default="sgd", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "torch":
-        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.torch_threads)
+        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.threads)
         return 0
     if args.worker == "ndp":
         ndp_worker(args.indices, args.worker_out, args.optimizer, args.devices, args.steps, args.rounds, args.warmup)
         return 0
+    try:
+        threads = [] if args.no_peers else parse_threads(args.torch_threads)
+    except ValueError as error:
+        parser.error(str(error))
+    chosen = args.headline_threads
+    if chosen != "best" and (not chosen.isdigit() or int(chosen) not in threads):
+        parser.error(f"--headline-threads: expected 'best' or one of --torch-threads {threads}, "
+                     f"got {args.headline_threads!r}")  # fmt: skip
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected a positive int, got {args.repeats}")
     from ndp.configs import criteo_kaggle_table_sizes, scale_table_sizes
 
     sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap)
     small_sizes = scale_table_sizes(sizes, scale=args.small_scale)
+    worker_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if args.huge_pages == "on":
+        tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and "malloc.hugetlb" not in t]
+        worker_env["GLIBC_TUNABLES"] = ":".join([*tunables, "glibc.malloc.hugetlb=1"])
 
     def worker(kind: str, indices: Path, tmp: str, *extra: str) -> dict:
         out = Path(tmp) / f"{kind}-{len(os.listdir(tmp))}.json"
@@ -250,65 +355,114 @@ def main(argv=None) -> int:
         cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--indices", str(indices), "--worker-out",
                str(out), "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                "--devices", str(args.devices), *extra]  # fmt: skip
-        if kind == "torch" and args.torch_threads:
-            cmd += ["--torch-threads", str(args.torch_threads)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        load_before = load_average()
+        done = subprocess.run(cmd, env=worker_env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not out.is_file():
             print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
             hint = " (install torch==2.13.0 and fbgemm-gpu-cpu==1.8.0, or pass --torch-python)" if kind == "torch" else ""
             raise SystemExit(f"{kind} worker failed with python {python!r}{hint}")
-        return json.loads(out.read_text())
+        return {**json.loads(out.read_text()), "load_avg_before": load_before, "load_avg_after": load_average()}
 
+    load_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         indices, small_indices = Path(tmp) / "indices.npz", Path(tmp) / "small_indices.npz"
         for path, table_sizes in ((indices, sizes), (small_indices, small_sizes)):
             batches = make_batches(table_sizes, args.batch_size, args.index_batches, 0, args.zipf)
             np.savez(path, sizes=np.asarray(table_sizes), dim=args.dim, count=len(batches),
                      **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
-        # Each framework in its own process, one after the other, on the same index batches.
-        peers = {} if args.no_peers else worker("torch", indices, tmp)
+        # Each framework in its own process, one after the other, on the same index batches; with
+        # --repeats the whole sequence runs again, so slow phases of a shared machine hit all alike.
         optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")
-        ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in optimizers}
-        small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
-    rss = ours["sgd"]["peak_rss_mb"]
+        runs = []
+        for _ in range(args.repeats):
+            peers = {str(n): worker("torch", indices, tmp, "--threads", str(n)) for n in threads}
+            ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in optimizers}
+            small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
+            runs.append((peers, ours, small))
+        peers, ours, small = merge_repeats(runs)
+    load_end = load_average()
+    median = statistics.median
+    ours_ms = {opt: 1e3 * median(o["step_s"]) for opt, o in ours.items()}
+    ours_cpu_ms = {opt: 1e3 * median(o["cpu_s"]) for opt, o in ours.items()}
 
-    def median(xs):
-        return statistics.median(xs)
+    def ratios(peer: dict, cpu: bool = False) -> dict:
+        """Peer step time over ours (> 1: ndp is faster), wall-clock or process CPU time."""
 
-    ours_sgd = median(ours["sgd"]["step_s"])
-    ours_ada = median(ours["rowwise_adagrad"]["step_s"]) if "rowwise_adagrad" in ours else None
+        def peer_ms(name):
+            if cpu:
+                xs = peer.get("cpu_s", {}).get(name)
+            else:
+                xs = peer.get(f"{name}_s")
+            return 1e3 * median(xs) if xs else None
+
+        mine = ours_cpu_ms if cpu else ours_ms
+        out = {}
+        for key, name, opt in (("speedup_vs_fbgemm_sgd", "fbgemm_sgd", "sgd"),
+                               ("speedup_vs_fbgemm_rowwise_adagrad", "fbgemm_rowwise_adagrad", "rowwise_adagrad"),
+                               ("speedup_vs_torch_embeddingbag", "torch_embeddingbag_sgd", "sgd")):  # fmt: skip
+            theirs = peer_ms(name)
+            out[key] = theirs / mine[opt] if theirs is not None and opt in mine else None
+        return out
+
+    if args.headline_threads == "best":
+        # Each peer timing at its fastest thread setting: never flattering to ndp, whatever the load.
+        headline_peer = {}
+        for peer in peers.values():
+            for key, value in peer.items():
+                if key.endswith("_s") and key != "cpu_s" and value:
+                    best = headline_peer.get(key)
+                    headline_peer[key] = value if best is None or median(value) < median(best) else best
+        headline_threads = {key[:-2]: next(n for n, p in peers.items() if p.get(key) is value)
+                            for key, value in headline_peer.items()}  # fmt: skip
+    else:
+        headline_peer = peers[args.headline_threads]
+        headline_threads = {
+            key[:-2]: args.headline_threads for key in headline_peer if key.endswith("_s") and key != "cpu_s"
+        }
     headline = {
-        "speedup_vs_fbgemm_sgd": median(peers["fbgemm_sgd_s"]) / ours_sgd if "fbgemm_sgd_s" in peers else None,
-        "speedup_vs_fbgemm_rowwise_adagrad": (
-            median(peers["fbgemm_rowwise_adagrad_s"]) / ours_ada if "fbgemm_rowwise_adagrad_s" in peers else None
-        ),
-        "speedup_vs_torch_embeddingbag": (
-            median(peers["torch_embeddingbag_sgd_s"]) / ours_sgd if "torch_embeddingbag_sgd_s" in peers else None
-        ),
-        "slowdown_at_10x_rows": ours_sgd / median(small["step_s"]),
-        "peak_rss_mb": rss,
+        **ratios(headline_peer),
+        "slowdown_at_10x_rows": ours_ms["sgd"] / (1e3 * median(small["step_s"])),
+        "peak_rss_mb": ours["sgd"]["peak_rss_mb"],
     }
     report = {
         "workload": {"tables": len(sizes), "rows": int(sum(sizes)), "small_rows": int(sum(small_sizes)),
                      "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
                      "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start, "load_avg_end": load_end,
+                    "huge_pages": args.huge_pages,
+                    "worker_glibc_tunables": worker_env.get("GLIBC_TUNABLES")},  # fmt: skip
+        "headline_torch_threads": headline_threads,
         "ndp": {**ours, "sgd_small_tables": small},
-        "peers": peers,
+        "peers_by_torch_threads": peers,
         "median_step_ms": {
-            "ndp_sgd": 1e3 * ours_sgd, **({"ndp_rowwise_adagrad": 1e3 * ours_ada} if ours_ada else {}),
+            **{f"ndp_{opt}": ms for opt, ms in ours_ms.items()},
             "ndp_sgd_small_tables": 1e3 * median(small["step_s"]),
-            **{k[:-2]: 1e3 * median(v) for k, v in peers.items() if k.endswith("_s")},
+            **{f"{k[:-2]}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.items()
+               if k.endswith("_s") and k != "cpu_s"},
         },  # fmt: skip
+        "median_cpu_ms_per_step": {
+            **{f"ndp_{opt}": ms for opt, ms in ours_cpu_ms.items()},
+            "ndp_sgd_small_tables": 1e3 * median(small["cpu_s"]),
+            **{f"{k}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.get("cpu_s", {}).items()},
+        },  # fmt: skip
+        "slowdown_at_10x_rows_cpu_time": ours_cpu_ms["sgd"] / (1e3 * median(small["cpu_s"])),
+        "speedups_by_torch_threads": {
+            n: {"wall": ratios(p), "cpu_time": ratios(p, cpu=True)} for n, p in peers.items()
+        },
         "headline": headline,
     }
     for name, ms in report["median_step_ms"].items():
-        print(f"{name:32s} {ms:9.2f} ms/step")
+        print(f"{name:40s} {ms:9.2f} ms/step")
+    for n, r in report["speedups_by_torch_threads"].items():
+        wall = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["wall"].items() if v)
+        cpu = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["cpu_time"].items() if v)
+        print(f"torch/FBGEMM with {n} thread(s): wall {wall} | CPU time {cpu}")
     for opt, o in ours.items():
         print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (with optimizer state {o['slab_and_optimizer_state_mb']:.0f} MB), "
               f"step temporaries {o['temp_bytes'] / 2**20:.1f} MB, runtime RSS {o['rss_runtime_mb']:.0f} MB, "
-              f"peak RSS {o['peak_rss_mb']:.0f} MB")  # fmt: skip
+              f"peak RSS {o['peak_rss_mb']:.0f} MB, huge pages {o.get('anon_huge_pages_mb')} MB")  # fmt: skip
+    print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; huge pages {args.huge_pages}; "
+          f"headline ratios against torch threads {headline_threads}")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")

@@ -322,10 +322,13 @@ def _check_mesh(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> None:
 # Per-device pieces (run inside shard_map)
 
 
-def _local_hits(routing, ids, lengths, pooling):
-    """Which lookups this device owns, their local slab rows, and their pooling weights.
+def _local_rows(routing, ids, lengths, local_rows):
+    """Local slab row of every lookup this device owns, ``local_rows`` (out of range) for the others.
 
     ``routing``: ``(S, 3, T)`` (replicated); ``ids``: ``(B, T, L)``; ``lengths``: ``(B, T)``.
+    Lookups past a bag's length and rows held by other devices both get the
+    out-of-range row, which gathers read as zeros (``mode="fill"``) and scatters drop
+    (``mode="drop"``), so no per-lookup weights are needed for sum pooling.
     """
     mine = routing[jax.lax.axis_index(AXIS)]
     start, end, offset = mine[0], mine[1], mine[2]
@@ -333,24 +336,34 @@ def _local_hits(routing, ids, lengths, pooling):
     position = jnp.arange(length_cap, dtype=jnp.int32).reshape(1, 1, length_cap)
     valid = position < lengths[:, :, None]
     hit = valid & (ids >= start[None, :, None]) & (ids < end[None, :, None])
-    local = jnp.where(hit, ids - start[None, :, None] + offset[None, :, None], 0)
-    if pooling == "mean":
-        per_bag = 1.0 / jnp.maximum(lengths, 1).astype(jnp.float32)
-        weight = jnp.where(hit, per_bag[:, :, None], 0.0)
-    else:
-        weight = jnp.where(hit, 1.0, 0.0).astype(jnp.float32)
-    return hit, local, weight
+    return jnp.where(hit, ids - start[None, :, None] + offset[None, :, None], local_rows)
+
+
+def _bag_scale(lengths):
+    """``1 / max(n, 1)`` per bag, the factor of mean pooling."""
+    return 1.0 / jnp.maximum(lengths, 1).astype(jnp.float32)
+
+
+def _single_device() -> bool:
+    # On a one-device axis the collectives are identities; XLA:CPU still runs them as copies.
+    return jax.lax.axis_size(AXIS) == 1
 
 
 def _gather_batch(x):
+    if _single_device():
+        return x
     return jax.lax.all_gather(x, AXIS, axis=0, tiled=True)
 
 
 def _lookup_local(kind, pooling, slab, routing, ids, lengths):
     ids, lengths = _gather_batch(ids), _gather_batch(lengths)
-    _, local, weight = _local_hits(routing, ids, lengths, pooling)
-    rows = slab[local]  # (B, T, L, W)
-    partial = jnp.sum(rows * weight[:, :, :, None], axis=2)  # (B, T, W)
+    local = _local_rows(routing, ids, lengths, slab.shape[0])
+    rows = slab.at[local].get(mode="fill", fill_value=0.0)  # (B, T, L, W); not mine / past the bag: 0
+    partial = rows[:, :, 0] if rows.shape[2] == 1 else jnp.sum(rows, axis=2)  # (B, T, W)
+    if pooling == "mean":
+        partial = partial * _bag_scale(lengths)[:, :, None]
+    if _single_device():
+        return partial
     if kind == "cw":
         return jax.lax.all_to_all(partial, AXIS, split_axis=0, concat_axis=2, tiled=True)
     return jax.lax.psum_scatter(partial, AXIS, scatter_dimension=0, tiled=True)
@@ -358,27 +371,59 @@ def _lookup_local(kind, pooling, slab, routing, ids, lengths):
 
 def _update_local(kind, pooling, optimizer, dim, eps, slab, state, routing, ids, lengths, grad, lr):
     ids, lengths = _gather_batch(ids), _gather_batch(lengths)
-    if kind == "cw":
+    if kind == "cw" and not _single_device():
         grad = jax.lax.all_to_all(grad, AXIS, split_axis=2, concat_axis=0, tiled=True)  # (B, T, W)
     else:
         grad = _gather_batch(grad)  # (B, T, D)
-    hit, local, weight = _local_hits(routing, ids, lengths, pooling)
+    if pooling == "mean":
+        grad = grad * _bag_scale(lengths)[:, :, None]
+    rows = _local_rows(routing, ids, lengths, slab.shape[0]).reshape(-1)  # not mine / past the bag: dropped
     width = slab.shape[1]
-    row_grads = (weight[:, :, :, None] * grad[:, :, None, :]).reshape(-1, width)
-    rows = jnp.where(hit, local, slab.shape[0]).reshape(-1)  # lookups owned elsewhere: out of range, dropped
+    row_grads = jnp.broadcast_to(grad[:, :, None, :], (*ids.shape, width)).reshape(-1, width)
     if optimizer == "sgd":
+        # SGD is linear in the gradient: a scatter-add sums duplicate rows exactly, no de-duplication.
         return slab.at[rows].add(-lr * row_grads, mode="drop"), state
-    # Row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD): duplicates are summed first, then
-    # acc_r += mean_j g_rj^2 and E_r -= lr * g_r / (sqrt(acc_r) + eps).
+    return _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr)
+
+
+def _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr):
+    """Row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``) of the looked-up ``rows`` (out of range: dropped).
+
+    Duplicate lookups of a row are summed first, then
+    :math:`a_r \\mathrel{+}= \\frac{1}{D}\\sum_j g_{rj}^2` and
+    :math:`E_r \\mathrel{-}= \\eta\\, g_r / (\\sqrt{a_r} + \\epsilon)`.
+
+    De-duplication without sorting: the accumulators are non-negative, so a
+    scatter-min of ``-1 - j`` over the lookups ``j`` leaves in every looked-up row's
+    accumulator slot the (negated) last lookup ``j*`` of that row, its
+    representative. A scatter-add of every other lookup's gradient onto its
+    representative's (a batch-sized buffer) sums each row's gradients there, and
+    only representatives write the row back (``set`` of the new accumulator,
+    ``add`` of the step), so each row is updated once. This costs a few passes over
+    the ``M`` looked-up rows and no ``O(M log M)`` sort; every temporary is
+    batch-sized, and the result does not depend on which lookup is elected.
+    """
     size = rows.shape[0]
-    unique, inverse = jnp.unique(rows, size=size, fill_value=slab.shape[0], return_inverse=True)
-    summed = jax.ops.segment_sum(row_grads, inverse.reshape(-1), num_segments=size)
+    if size >= 2**24:
+        raise ValueError(f"ids: expected fewer than 2**24 lookups per device and step, got {size}")
+    slots = jnp.arange(size, dtype=jnp.int32)
+    old = state.at[rows].get(mode="fill", fill_value=0.0)
+    # The marks depend on ``old`` so that this read is ordered before the in-place write
+    # (otherwise XLA keeps a copy of the accumulators alive).
+    marks = -1.0 - slots.astype(jnp.float32) + 0.0 * old
+    marked = state.at[rows].min(marks, mode="drop")
+    representative = (-1.0 - marked.at[rows].get(mode="fill", fill_value=-1.0 - size)).astype(jnp.int32)
+    # Each row's gradients summed in its representative's slot (which starts from its own gradient).
+    others = jnp.where(representative == slots, size, representative)
+    summed = row_grads.at[others].add(row_grads, mode="drop")
     square = jnp.sum(summed * summed, axis=1)
-    if kind == "cw":
+    if kind == "cw" and not _single_device():
         square = jax.lax.psum(square, AXIS)  # a row's columns are spread over the devices
-    state = state.at[unique].add(square / dim, mode="drop")
-    denom = jnp.sqrt(state.at[unique].get(mode="fill", fill_value=0.0)) + eps
-    return slab.at[unique].add(-lr * summed / denom[:, None], mode="drop"), state
+    target = jnp.where(representative == slots, rows, state.shape[0])  # one lookup per row; others dropped
+    accumulated = old + square / dim
+    state = marked.at[target].set(accumulated, mode="drop")
+    step = -lr * summed / (jnp.sqrt(accumulated) + eps)[:, None]
+    return slab.at[target].add(step, mode="drop"), state
 
 
 def lookup(mesh, plan: ShardingPlan, slab: jax.Array, ids, lengths, *, pooling: str = "sum") -> jax.Array:

@@ -8,8 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ndp.embedding import lookup, pack_tables, plan_sharding, put_slab, unpack_tables
-from ndp.train import jagged_to_padded, storage_mesh
+from ndp.embedding import (
+    apply_sparse_update,
+    init_rowwise_state,
+    lookup,
+    pack_tables,
+    plan_sharding,
+    put_slab,
+    unpack_tables,
+)
+from ndp.train import jagged_to_padded, storage_mesh, to_host
 
 
 @given(
@@ -68,6 +76,61 @@ def test_lookup_matches_numpy_bags(sizes, kind, pooling, seed):
             if pooling == "mean" and rows.shape[0]:
                 want = want / rows.shape[0]
             np.testing.assert_allclose(pooled[b, t], want, atol=1e-5)
+
+
+def numpy_sparse_update(tables, accumulators, ids, lengths, pooled_grad, lr, optimizer, eps):
+    """Per table: the dense gradient accumulated lookup by lookup, then textbook SGD / row-wise Adagrad."""
+    tables = [t.astype(np.float64) for t in tables]
+    accumulators = [a.astype(np.float64) for a in accumulators]
+    for t, table in enumerate(tables):
+        grad = np.zeros_like(table)
+        for b in range(ids.shape[0]):
+            for k in range(lengths[b, t]):
+                grad[ids[b, t, k]] += pooled_grad[b, t]
+        if optimizer == "sgd":
+            table -= lr * grad
+        else:
+            accumulators[t] += np.mean(grad * grad, axis=1)
+            table -= lr * grad / (np.sqrt(accumulators[t])[:, None] + eps)
+    return tables, accumulators
+
+
+@settings(max_examples=6)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    shards=st.sampled_from([1, 8]),
+    kind=st.sampled_from(["tw", "rw", "cw"]),
+    optimizer=st.sampled_from(["sgd", "rowwise_adagrad"]),
+    seed=st.integers(0, 1000),
+)
+def test_sparse_update_sums_duplicate_lookups_like_a_dense_gradient(sizes, shards, kind, optimizer, seed):
+    """Small tables and long bags: most rows are looked up several times in one batch."""
+    rng = np.random.default_rng(seed)
+    dim, batch, length, lr, eps = 8, 16, 4, 0.1, 1e-8
+    tables = [rng.normal(size=(n, dim)).astype(np.float32) for n in sizes]
+    accumulators = [rng.uniform(0.0, 2.0, size=n).astype(np.float32) for n in sizes]
+    ids = np.stack([rng.integers(0, n, size=(batch, length)) for n in sizes], axis=1).astype(np.int32)
+    lengths = rng.integers(0, length + 1, size=(batch, len(sizes))).astype(np.int32)
+    pooled_grad = rng.normal(size=(batch, len(sizes), dim)).astype(np.float32)
+    mesh = storage_mesh(shards)
+    plan = plan_sharding(sizes, dim, shards, kind)
+    slab = put_slab(mesh, plan, pack_tables(plan, tables))
+    state = None
+    if optimizer == "rowwise_adagrad":
+        # Accumulators travel packed like column 0 of the tables (every device holds its rows' accumulators).
+        packed = pack_tables(plan, [np.repeat(a[:, None], dim, axis=1) for a in accumulators])[:, 0]
+        state = jax.device_put(packed, init_rowwise_state(mesh, plan).sharding)
+    new_slab, new_state = apply_sparse_update(mesh, plan, slab, state, ids, lengths, pooled_grad, lr,
+                                              optimizer=optimizer, eps=eps)  # fmt: skip
+    want_tables, want_accumulators = numpy_sparse_update(tables, accumulators, ids, lengths, pooled_grad, lr,
+                                                         optimizer, eps)  # fmt: skip
+    for t, (got, want) in enumerate(zip(unpack_tables(plan, to_host(mesh, new_slab)), want_tables)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"table {t}")
+    if optimizer == "rowwise_adagrad":
+        host_state = np.repeat(to_host(mesh, new_state)[:, None], plan.slab_width, axis=1)
+        for t, (got, want) in enumerate(zip(unpack_tables(plan, host_state), want_accumulators)):
+            want = np.repeat(want[:, None], dim, axis=1)  # column-wise: every device holds the accumulators
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"accumulators {t}")
 
 
 def test_tw_plan_is_greedy_and_describes_itself():
