@@ -1,0 +1,445 @@
+"""ESCALATE-style cycles and energy on a layer x design grid, with a hand-written gradient.
+
+:func:`escalate_grid` returns the same numbers as
+``evaluate_grid("escalate", workload, designs, options, relaxed=True)`` (its forward pass *is*
+that call) but carries a ``jax.custom_vjp`` whose backward pass is written out by hand as
+elementwise arithmetic over the ``[D, L]`` grid.
+
+Why: reverse-mode autodiff of the vmapped model is correct but slow on CPU. Every use of a
+per-design parameter inside the per-layer function becomes its own broadcast, and its
+transpose its own reduction, which XLA:CPU fuses with the reduction's elementwise operands
+and materialises everything else; the backward pass of ResNet-56 x 4096 designs becomes
+some 180 separate loops over the grid (a forward pass needs about 20). Here the backward
+pass works on per-layer ``[1, L]`` and per-design ``[D, 1]`` *leaves* (the few derived
+quantities the grid arithmetic combines, e.g. bits per cycle or the multiplier energy per
+bit^2), accumulates their adjoints elementwise on ``[D, L]`` and sums each leaf once, as a
+matrix-vector product; the leaves are then differentiated back to the workload and hardware
+fields by ordinary autodiff on ``[L]`` and ``[D]`` arrays, which is cheap. XLA still splits
+it into about 100 loops (one per leaf adjoint, each recomputing the cheap shared terms, plus
+the stored slopes, square roots and quotients, see :func:`_keep`): 2-3x faster than
+autodiff, not more (``benchmarks/hwmodel_throughput.py``).
+
+The hand-written backward pass is the exact derivative of the relaxed model (smooth maximum
+including the slope of its width, straight-through ``ceil``, ties of ``min``/``max`` split
+half and half as ``jax.grad`` does); ``tests/hwmodel/test_fastgrad.py`` checks it against
+``jax.grad`` of :func:`~hwmodel.cost.evaluate_grid` and against finite differences.
+
+Differentiable inputs: the layers' ``coef_density``, ``act_density``, ``coef_bits``,
+``basis_bits``, ``weight_bits`` and ``window_density``, and every ``memory``, ``escalate``
+and ``energy`` field of the designs. Layer geometry (shapes, ``basis``, ``padding``) and
+``live_out_fraction`` are treated as data: their cotangent is zero (``jax.grad`` of the
+plain model gives slopes for them too, which a co-design search never uses).
+
+Example:
+    >>> from hwmodel.hardware import load_hardware, stack_hardware
+    >>> from hwmodel.workload import model_layers, workload_from_layers
+    >>> hw, _ = load_hardware(None)
+    >>> wl = workload_from_layers(model_layers("resnet20"))
+    >>> def loss(wl, hw):
+    ...     cycles, energy = escalate_grid(wl, hw)
+    ...     return cycles.sum() + 1e-3 * energy.sum()
+    >>> g_wl, g_hw = jax.grad(loss, argnums=(0, 1))(wl, stack_hardware([hw, hw]))
+    >>> g_hw.escalate.pes.shape, bool(g_wl.coef_density[3] > 0)
+    ((2,), True)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from hwmodel import relax
+from hwmodel.cost import MATCHER_TO_MULTIPLIER_CYCLES, _live, _sram_bit_pj, evaluate_grid, valid_tap_fraction
+from hwmodel.hardware import STAGE_ORDERS, Hardware, Options
+from hwmodel.workload import Workload
+from jaxsparse.common import check_choice, check_shape
+
+_C = relax.SMOOTH_MAX_TEMPERATURE
+
+# per-layer leaves with a gradient, and per-design leaves (all have one)
+_LAYER_LEAVES = ("pc", "pa", "cb", "bb", "wb", "p_int")
+_DESIGN_LEAVES = ("bw", "half", "ab", "acc", "lanes", "mult", "pes", "bmacs", "ts_m8", "ts_a32", "sram_glb", "sram_pe", "ts_sram", "dram_bit", "net_unit")
+
+
+def escalate_grid(workload: Workload, designs: Hardware, stage_order: str = "best") -> tuple[jax.Array, jax.Array]:
+    """Relaxed ESCALATE-style ``(cycles, energy_pj)`` of every layer on every design, ``[D, L]`` each.
+
+    Values equal ``evaluate_grid("escalate", workload, designs, Options(stage_order=...),
+    relaxed=True)``; the gradient (any cotangent on either output) is the fused hand-written
+    one described in the module docstring.
+
+    Args:
+      workload: layers, fields ``[L]``.
+      designs: design points, fields ``[D]``.
+      stage_order: ``"coefficient_first"``, ``"basis_first"`` or ``"best"``.
+
+    Returns:
+      ``(cycles, energy_pj)``, each ``float32[D, L]``.
+    """
+    check_choice("stage_order", stage_order, STAGE_ORDERS)
+    first = jax.tree.leaves(designs)[0]
+    if jnp.ndim(workload.c_in) != 1 or jnp.ndim(first) != 1:
+        raise ValueError(
+            "escalate_grid: expected workload fields of shape [L] and design fields of shape [D] "
+            f"(stack design points with stack_hardware), got {jnp.shape(workload.c_in)} and {jnp.shape(first)}"
+        )
+    for name, leaf in zip(workload._fields, workload):
+        check_shape(f"workload.{name}", jnp.shape(leaf), jnp.shape(workload.c_in))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(designs):
+        check_shape(f"designs{jax.tree_util.keystr(path)}", jnp.shape(leaf), jnp.shape(first))
+    return _grid(stage_order, workload, designs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _grid(stage_order: str, workload: Workload, designs: Hardware):
+    cost = evaluate_grid("escalate", workload, designs, Options(stage_order=stage_order), relaxed=True)
+    return cost.cycles, cost.energy_pj
+
+
+def _grid_fwd(stage_order, workload, designs):
+    return _grid(stage_order, workload, designs), (workload, designs)
+
+
+def _grid_bwd(stage_order, residuals, cotangents):
+    workload, designs = residuals
+    g_cycles, g_energy = cotangents
+    (layer, design), leaves_vjp = jax.vjp(_leaves, workload, designs)
+    geometry = _geometry(workload)
+    n_layers, n_designs = workload.c_in.shape[0], jax.tree.leaves(designs)[0].shape[0]
+    row = lambda x: x.reshape(1, n_layers)
+    col = lambda x: x.reshape(n_designs, 1)
+    lv = {k: row(v) for k, v in {**layer, **geometry}.items()}
+    dv = {k: col(v) for k, v in design.items()}
+    dv["one"] = (0.0 * lv["pa"] + 1.0) * (0.0 * dv["bw"] + 1.0)  # [D, L], see _keep
+    adj = _backward(stage_order, lv, dv, g_cycles, g_energy)
+    # Sums over a grid axis as matrix-vector products: a reduction would let XLA:CPU pull the
+    # adjoint's elementwise arithmetic into the reduction and materialise each of its inputs.
+    full = (n_designs, n_layers)
+    exact = jax.lax.Precision.HIGHEST
+    per_layer = {k: jnp.matmul(jnp.ones((n_designs,), jnp.float32), jnp.broadcast_to(adj[k], full), precision=exact) for k in _LAYER_LEAVES if k in adj}
+    per_design = {k: jnp.matmul(jnp.broadcast_to(adj[k], full), jnp.ones((n_layers,), jnp.float32), precision=exact) for k in _DESIGN_LEAVES if k in adj}
+    g_layer = {k: per_layer.get(k, jnp.zeros((n_layers,), jnp.float32)) for k in _LAYER_LEAVES}
+    g_design = {k: per_design.get(k, jnp.zeros((n_designs,), jnp.float32)) for k in _DESIGN_LEAVES}
+    return leaves_vjp((g_layer, g_design))
+
+
+_grid.defvjp(_grid_fwd, _grid_bwd)
+
+
+# ----------------------------------------------------------------------------- leaves
+
+
+def _leaves(workload: Workload, designs: Hardware):
+    """Differentiable per-layer ``[L]`` and per-design ``[D]`` quantities the grid arithmetic combines."""
+    data = workload._replace(live_out_fraction=jax.lax.stop_gradient(workload.live_out_fraction))
+    _, pc = jax.vmap(_live)(data)
+    pa = workload.act_density
+    taps = jax.lax.stop_gradient(workload.kernel * workload.kernel * jax.vmap(valid_tap_fraction)(workload))
+    independent = 1.0 - (1.0 - pa) ** taps
+    p_int = jnp.where(workload.window_density >= 0.0, workload.window_density, independent)
+    layer = {"pc": pc, "pa": pa, "cb": workload.coef_bits, "bb": workload.basis_bits, "wb": workload.weight_bits, "p_int": p_int}
+    m, e, en = designs.memory, designs.escalate, designs.energy
+    ts = en.technology_scale
+    design = {
+        "bw": m.dram_gbps * 8.0 / m.clock_ghz, "half": m.glb_kib * 8192.0 / 2.0, "ab": m.act_bits, "acc": m.acc_bits,
+        "lanes": e.lanes, "mult": e.multipliers, "pes": e.pes, "bmacs": e.basis_macs,
+        "ts_m8": ts * en.mult_8x8_pj, "ts_a32": ts * en.add_32_pj,
+        "sram_glb": _sram_bit_pj(en, m.glb_kib), "sram_pe": _sram_bit_pj(en, e.pe_buffer_kib), "ts_sram": ts * en.sram_64b_8kib_pj,
+        "dram_bit": ts * en.dram_64b_pj / 64.0, "net_unit": jnp.log2(e.lanes) * e.lanes * en.switch_bit_pj * ts,
+    }
+    return layer, design
+
+
+def _geometry(workload: Workload):
+    w = jax.tree.map(jax.lax.stop_gradient, workload)
+    k = w.kernel
+    return {
+        "h_in": w.h_in, "w_in": w.w_in, "h_out": w.h_out, "w_out": w.w_out, "c_in": w.c_in, "c_out": w.c_out,
+        "k": k, "d": w.basis, "c_live": w.c_out * w.live_out_fraction, "vtf": jax.vmap(valid_tap_fraction)(w),
+        "head": jnp.minimum(k - w.padding, w.h_in),
+        "tail": jnp.clip(w.h_out - jnp.ceil((w.h_in - k + w.padding) / w.stride), 1.0, w.h_out),
+    }
+
+
+# ----------------------------------------------------------------------------- primitives
+
+
+def _st_ceil(x):
+    return x + (jnp.ceil(x) - x)  # the value of relax.ceil(x, relaxed=True), op for op
+
+
+def _sign(x):
+    return jnp.where(x >= 0.0, 1.0, -1.0)  # slope of |x| as jax.grad takes it (1 at 0)
+
+
+def _keep(one, *xs):
+    """``xs`` unchanged, each divided by ``one`` (exactly 1.0, but computed at run time).
+
+    XLA:CPU fuses cheap elementwise operations into every consumer, so a value used by many
+    adjoints is recomputed in each of their loops; a division is "expensive" to XLA, and one
+    used several times is computed once and stored. Dividing by a run-time one turns the
+    values below into such stored arrays (about a third fewer operations in the backward
+    pass). ``one`` must not be a broadcast (XLA would rewrite the division as a product).
+    """
+    return tuple(x / one for x in xs)
+
+
+def _smax(a, b, one):
+    """relax.maximum(a, b, relaxed=True) and its two partial derivatives (stored, see _keep)."""
+    tau = _C * 0.5 * (jnp.abs(a) + jnp.abs(b)) + 1e-6
+    diff = a - b
+    s = jnp.sqrt(jnp.square(diff) + jnp.square(tau))
+    slope_tau = tau * (0.5 * _C)
+    # each slope ends in a division, which XLA stores once instead of recomputing its
+    # operands in every consumer
+    return _keep(one, 0.5 * (a + b + s), 0.5 + 0.5 * ((diff + slope_tau * _sign(a)) / s), 0.5 + 0.5 * ((slope_tau * _sign(b) - diff) / s))
+
+
+def _tie_slope(x, bound):
+    """Slope of max(x, bound) with respect to x (ties split half and half, as jax.grad does)."""
+    return jnp.where(x > bound, 1.0, jnp.where(x == bound, 0.5, 0.0))
+
+
+class _Adjoints(dict):
+    def add(self, key, value):
+        self[key] = self[key] + value if key in self else value
+
+
+# ----------------------------------------------------------------------------- per design
+
+
+def _sparse_forward(units_row, reduction, density, dv):
+    lanes_q = reduction / dv["lanes"]
+    per_unit = _st_ceil(lanes_q)
+    chunks, = _keep(dv["one"], units_row * per_unit)
+    matches = units_row * reduction * density
+    b_row = matches / dv["mult"]
+    row_max, row_a, row_b = _smax(chunks, b_row, dv["one"])
+    row = row_max / dv["pes"]
+    b_unit = reduction * density / dv["mult"]
+    unit, unit_a, unit_b = _smax(per_unit, b_unit, dv["one"])
+    return dict(units_row=units_row, reduction=reduction, lanes_q=lanes_q, chunks=chunks, matches=matches, b_row=b_row,
+                row_a=row_a, row_b=row_b, row=row, b_unit=b_unit, unit_a=unit_a, unit_b=unit_b, finish=0.5 * unit)
+
+
+def _sparse_backward(s, dv, adj, g_row, g_finish, g_chunks, g_matches):
+    """Adjoints of the sparse stage's inputs; returns the adjoint of its density."""
+    g_smax = g_row / dv["pes"]
+    adj.add("pes", -g_row * s["row"] / dv["pes"])
+    g_chunks = g_chunks + g_smax * s["row_a"]
+    g_brow = g_smax * s["row_b"]
+    g_matches = g_matches + g_brow / dv["mult"]
+    g_unit = 0.5 * g_finish
+    g_bunit = g_unit * s["unit_b"]
+    adj.add("mult", -(g_brow * s["b_row"] + g_bunit * s["b_unit"]) / dv["mult"])
+    g_per_unit = g_unit * s["unit_a"] + g_chunks * s["units_row"]
+    adj.add("lanes", -g_per_unit * s["lanes_q"] / dv["lanes"])
+    return (g_bunit / dv["mult"] + g_matches * s["units_row"]) * s["reduction"]
+
+
+def _tiles(weights_total, dv):
+    ratio = weights_total / dv["half"]
+    tiles, slope, _ = _smax(_st_ceil(ratio), jnp.float32(1.0), dv["one"])
+    return tiles, ratio, slope
+
+
+def _energy_backward(adj, lv, dv, g, n_rows, s, dram_bits, sparse_bits, dense, line_buffer):
+    """Adjoints of the energy terms shared by the decomposed and plain layers.
+
+    ``sparse_bits``: (coefficient width key, operand width key) of the sparse multiplier;
+    ``dense``: None or (dense MACs, basis width key, operand width key);
+    ``line_buffer``: None or (values + reads, geometry factor of its size in KiB / acc bits * 8192).
+    Returns the adjoints of the sparse stage's per-row chunks and matches, and of the DRAM bits.
+    """
+    wkey, xkey = sparse_bits
+    w, x = lv[wkey] if wkey in lv else dv[wkey], lv[xkey] if xkey in lv else dv[xkey]
+    ts_m8, ts_a32, acc, lanes = dv["ts_m8"], dv["ts_a32"], dv["acc"], dv["lanes"]
+    matches = n_rows * s["matches"]
+    chunks = n_rows * s["chunks"]
+    operand_bits = w + x
+    add_pj = ts_a32 * acc / 32.0
+    g_matches = g * (ts_m8 * w * x / 64.0 + add_pj)
+    adj.add("ts_m8", g * matches * w * x / 64.0)
+    adj.add(wkey, g * matches * ts_m8 * x / 64.0)
+    adj.add(xkey, g * matches * ts_m8 * w / 64.0)
+    macs = matches
+    if dense is not None:
+        dense_macs, bkey, ykey = dense
+        b, y = lv[bkey], (lv[ykey] if ykey in lv else dv[ykey])
+        adj.add("ts_m8", g * dense_macs * b * y / 64.0)
+        adj.add(bkey, g * dense_macs * ts_m8 * y / 64.0)
+        adj.add(ykey, g * dense_macs * ts_m8 * b / 64.0)
+        macs = macs + dense_macs
+    adj.add("ts_a32", g * macs * acc / 32.0)
+    adj.add("acc", g * macs * ts_a32 / 32.0)
+    # buffers and DRAM
+    adj.add("sram_glb", g * dram_bits)
+    adj.add("dram_bit", g * dram_bits)
+    g_dram_bits = g * (dv["sram_glb"] + dv["dram_bit"])
+    pe_bits = chunks * 2.0 * lanes + matches * operand_bits
+    adj.add("sram_pe", g * pe_bits)
+    g_pe = g * dv["sram_pe"]
+    g_chunks = g_pe * 2.0 * lanes + g * dv["net_unit"] * operand_bits
+    adj.add("lanes", g_pe * 2.0 * chunks)
+    g_matches = g_matches + g_pe * operand_bits
+    g_operand = g_pe * matches + g * chunks * dv["net_unit"]
+    adj.add("net_unit", g * chunks * operand_bits)
+    adj.add(wkey, g_operand)
+    adj.add(xkey, g_operand)
+    if line_buffer is not None:
+        accesses, size_factor = line_buffer
+        kib = size_factor * acc / 8192.0
+        root = jnp.sqrt(jnp.maximum(kib, 0.25) / 8.0)
+        per_bit = dv["ts_sram"] * root / 64.0
+        g_per_bit = g * accesses * acc
+        adj.add("ts_sram", g_per_bit * root / 64.0)
+        g_kib = g_per_bit * dv["ts_sram"] / 64.0 * (0.5 / root) / 8.0 * _tie_slope(kib, 0.25)
+        adj.add("acc", g * accesses * per_bit + g_kib * size_factor / 8192.0)
+    return n_rows * g_chunks, n_rows * g_matches, g_dram_bits
+
+
+def _decomposed(order, lv, dv):
+    """Forward pass of a decomposed layer (values as hwmodel.cost, op for op) and its backward closure."""
+    d, k, pa, pc = lv["d"], lv["k"], lv["pa"], lv["pc"]
+    c_live, c_in, bw, ab, acc = lv["c_live"], lv["c_in"], dv["bw"], dv["ab"], dv["acc"]
+    coef_geom = c_live * c_in * d
+    coef_total = coef_geom * (pc * lv["cb"] + 1.0)
+    basis_total = d * k * k * lv["bb"]
+    in_geom = lv["h_in"] * lv["w_in"] * c_in
+    out_geom = lv["h_out"] * lv["w_out"] * lv["c_out"]
+    act_factor = pa * ab + 1.0
+    ifmap, ofmap = in_geom * act_factor, out_geom * act_factor
+    tiles, tile_ratio, tile_slope = _tiles(coef_total, dv)
+    ifmap, ofmap = _keep(dv["one"], ifmap, ofmap)
+    if order == "coefficient_first":
+        s = _sparse_forward(lv["w_in"] * c_live * d, c_in, pc * pa, dv)
+        n_sparse, n_dense = lv["h_in"], lv["h_out"]
+        dense_row_macs = lv["w_out"] * c_live * d * k * k
+        mem_sparse, mem_dense = coef_total + tiles * ifmap, basis_total + ofmap
+    else:
+        dense_row_macs = lv["w_out"] * c_in * d * k * k
+        n_dense = lv["h_out"]
+        s = _sparse_forward(lv["w_out"] * c_live, c_in * d, pc * lv["p_int"], dv)
+        n_sparse = lv["h_out"]
+        mem_dense, mem_sparse = basis_total + tiles * ifmap, coef_total + ofmap
+    dense_q = dense_row_macs / dv["bmacs"]
+    dense_row = _st_ceil(dense_q)
+    y_sparse = mem_sparse / (n_sparse * bw)
+    y_dense = mem_dense / (n_dense * bw)
+    t_sparse, ts_a, ts_b = _smax(s["row"], y_sparse, dv["one"])
+    t_dense, td_a, td_b = _smax(dense_row, y_dense, dv["one"])
+    if order == "coefficient_first":
+        head, tail = lv["head"], lv["tail"]
+        first = n_sparse * t_sparse + s["finish"] + tail * t_dense + 0.0
+        second = head * t_sparse + n_dense * t_dense + 0.0
+    else:
+        first = n_dense * t_dense + 0.0 + 1.0 * t_sparse + s["finish"]
+        second = 1.0 * t_dense + n_sparse * t_sparse + s["finish"]
+    latency, lat_a, lat_b = _smax(first, second, dv["one"])
+    cycles = latency + MATCHER_TO_MULTIPLIER_CYCLES
+
+    def backward(adj, g_cycles, g_energy):
+        if order == "coefficient_first":
+            sparse_bits, dense = ("cb", "ab"), (n_dense * dense_row_macs, "bb", "acc")
+            line_buffer = (lv["h_in"] * lv["w_in"] * c_live * d + n_dense * dense_row_macs / k, k * lv["w_in"] * c_live * d)
+        else:
+            sparse_bits, dense = ("cb", "acc"), (n_dense * dense_row_macs, "bb", "ab")
+            values = lv["h_out"] * lv["w_out"] * c_in * d
+            line_buffer = (values + values, lv["w_out"] * c_in * d)
+        g_chunks, g_matches, g_dram = _energy_backward(adj, lv, dv, g_energy, n_sparse, s, mem_sparse + mem_dense, sparse_bits, dense, line_buffer)
+        g_first, g_second = g_cycles * lat_a, g_cycles * lat_b
+        if order == "coefficient_first":
+            g_tsparse = g_first * n_sparse + g_second * lv["head"]
+            g_tdense = g_first * lv["tail"] + g_second * n_dense
+            g_finish = g_first
+        else:
+            g_tdense = g_first * n_dense + g_second
+            g_tsparse = g_first + g_second * n_sparse
+            g_finish = g_first + g_second
+        g_row, g_ysparse = g_tsparse * ts_a, g_tsparse * ts_b
+        g_drow, g_ydense = g_tdense * td_a, g_tdense * td_b
+        adj.add("bw", -(g_ysparse * y_sparse + g_ydense * y_dense) / bw)
+        adj.add("bmacs", -g_drow * dense_q / dv["bmacs"])
+        g_mem_sparse = g_ysparse / (n_sparse * bw) + g_dram
+        g_mem_dense = g_ydense / (n_dense * bw) + g_dram
+        if order == "coefficient_first":
+            g_coef, g_tiles, g_ifmap, g_basis, g_ofmap = g_mem_sparse, g_mem_sparse * ifmap, g_mem_sparse * tiles, g_mem_dense, g_mem_dense
+        else:
+            g_coef, g_tiles, g_ifmap, g_basis, g_ofmap = g_mem_sparse, g_mem_dense * ifmap, g_mem_dense * tiles, g_mem_dense, g_mem_sparse
+        g_ratio = g_tiles * tile_slope
+        g_coef = g_coef + g_ratio / dv["half"]
+        adj.add("half", -g_ratio * tile_ratio / dv["half"])
+        g_act = g_ifmap * in_geom + g_ofmap * out_geom
+        adj.add("pa", g_act * ab)
+        adj.add("ab", g_act * pa)
+        adj.add("bb", g_basis * d * k * k)
+        adj.add("pc", g_coef * coef_geom * lv["cb"])
+        adj.add("cb", g_coef * coef_geom * pc)
+        g_density = _sparse_backward(s, dv, adj, g_row, g_finish, g_chunks, g_matches)
+        if order == "coefficient_first":
+            adj.add("pc", g_density * pa)
+            adj.add("pa", g_density * pc)
+        else:
+            adj.add("pc", g_density * lv["p_int"])
+            adj.add("p_int", g_density * pc)
+
+    return cycles, backward
+
+
+def _plain(lv, dv):
+    """Forward pass of an undecomposed layer (values as hwmodel.cost, op for op) and its backward closure."""
+    k, pa, pc, c_live, bw, ab = lv["k"], lv["pa"], lv["pc"], lv["c_live"], dv["bw"], dv["ab"]
+    reduction = lv["c_in"] * k * k
+    s = _sparse_forward(lv["w_out"] * c_live, reduction, pc * pa * lv["vtf"], dv)
+    weight_geom = c_live * reduction
+    weights = weight_geom * (pc * lv["wb"] + 1.0)
+    in_geom = lv["h_in"] * lv["w_in"] * lv["c_in"]
+    out_geom = lv["h_out"] * lv["w_out"] * lv["c_out"]
+    act_factor = pa * ab + 1.0
+    ifmap, ofmap = in_geom * act_factor, out_geom * act_factor
+    tiles, tile_ratio, tile_slope = _tiles(weights, dv)
+    dram_bits = weights + tiles * ifmap + ofmap
+    rows = lv["h_out"]
+    y = dram_bits / (rows * bw)
+    t, t_a, t_b = _smax(s["row"], y, dv["one"])
+    cycles = rows * t + s["finish"] + MATCHER_TO_MULTIPLIER_CYCLES
+
+    def backward(adj, g_cycles, g_energy):
+        g_chunks, g_matches, g_dram = _energy_backward(adj, lv, dv, g_energy, rows, s, dram_bits, ("wb", "ab"), None, None)
+        g_t = g_cycles * rows
+        g_row, g_y = g_t * t_a, g_t * t_b
+        adj.add("bw", -g_y * y / bw)
+        g_dram = g_dram + g_y / (rows * bw)
+        g_ratio = g_dram * ifmap * tile_slope
+        g_weights = g_dram + g_ratio / dv["half"]
+        adj.add("half", -g_ratio * tile_ratio / dv["half"])
+        g_act = g_dram * tiles * in_geom + g_dram * out_geom
+        adj.add("pa", g_act * ab)
+        adj.add("ab", g_act * pa)
+        adj.add("pc", g_weights * weight_geom * lv["wb"])
+        adj.add("wb", g_weights * weight_geom * pc)
+        g_density = _sparse_backward(s, dv, adj, g_row, g_cycles, g_chunks, g_matches)
+        adj.add("pc", g_density * pa * lv["vtf"])
+        adj.add("pa", g_density * pc * lv["vtf"])
+
+    return cycles, backward
+
+
+def _backward(stage_order, lv, dv, g_cycles, g_energy):
+    adj = _Adjoints()
+    decomposed = lv["d"] > 0.0
+    _, plain_backward = _plain(lv, dv)
+    plain_backward(adj, jnp.where(decomposed, 0.0, g_cycles), jnp.where(decomposed, 0.0, g_energy))
+    if stage_order == "best":
+        cycles_a, backward_a = _decomposed("coefficient_first", lv, dv)
+        cycles_b, backward_b = _decomposed("basis_first", lv, dv)
+        take_a = decomposed & (cycles_a <= cycles_b)
+        take_b = decomposed & ~(cycles_a <= cycles_b)
+        backward_a(adj, jnp.where(take_a, g_cycles, 0.0), jnp.where(take_a, g_energy, 0.0))
+        backward_b(adj, jnp.where(take_b, g_cycles, 0.0), jnp.where(take_b, g_energy, 0.0))
+    else:
+        _, backward_one = _decomposed(stage_order, lv, dv)
+        backward_one(adj, jnp.where(decomposed, g_cycles, 0.0), jnp.where(decomposed, g_energy, 0.0))
+    return adj
