@@ -6,12 +6,22 @@ per layer by measurement. Candidates for each decomposed conv layer:
 
 * ``dense``: the shrunk kernel rebuilt once (basis x coefficients) and run as one conv;
 * ``basis_first``: depthwise basis conv (``Cin * d`` maps), then a 1x1 coefficient conv;
-* ``coef_first``: 1x1 coefficient conv into ``Cout * d`` maps, then a grouped basis conv.
+* ``coef_first``: 1x1 coefficient conv into ``Cout * d`` maps, then a grouped basis conv;
+* ``live_basis_first``: :class:`~jaxsparse.penni.layers.LiveBasisFirstConv`, the basis-first
+  order with the depthwise step as ``kh*kw`` shifted multiply-adds (fused by XLA) over only
+  the live ``(input channel, basis)`` pairs, then one matmul over those pairs.
+
+(Also measured while choosing these, and slower than a dense conv at every ResNet layer
+shape on XLA:CPU, so not candidates: im2col + matmul, a sum of 9 shifted 1x1 matmuls,
+NCHW layout, and the depthwise step as a batch-folded 1-input-channel conv.)
 
 Each candidate is timed alone on the layer's real input shape (batch ``--batch``, after
 warm-up, ``block_until_ready``); the fastest is kept. The whole models are then timed in
 alternation (median of ``--repeats``). Also reported: every model with one form for all
-layers, and the realised speedup over the counted (sparse-effective) MAC reduction.
+layers, the realised speedup over the counted (sparse-effective) MAC reduction, and a
+channel sweep: the compressed model with a further random fraction of every block's inner
+channels removed (``--channel-sweep``), timed the same way, which shows how wall-clock time
+follows dense-shape MACs on this backend. The load average is recorded next to the figures.
 
 Example::
 
@@ -37,10 +47,11 @@ from tqdm.auto import tqdm
 
 from jaxsparse.common import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
-from jaxsparse.penni.layers import DecomposedConv, iter_layers, set_by_path, set_form
+from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, iter_layers, set_by_path
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
 
-CANDIDATES = ("dense", "basis_first", "coef_first")
+CANDIDATES = ("dense", "basis_first", "coef_first", "live_basis_first")
+_REPLACEMENTS = {"dense": lambda layer: as_dense_conv(layer), "live_basis_first": lambda layer: LiveBasisFirstConv(layer)}
 
 
 def bake_quantization(model: nnx.Module) -> None:
@@ -77,7 +88,7 @@ def jitted_forward(model: nnx.Module):
     return lambda x: forward(state, x)
 
 
-def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape) -> tuple[dict, dict]:
+def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candidates=CANDIDATES) -> tuple[dict, dict]:
     """Time every candidate of every decomposed layer on its input shape; return (choice, timings)."""
     records = {r["name"]: r for r in describe_layers(model, input_shape=(1, *image_shape))}
     choice, timings = {}, {}
@@ -86,10 +97,11 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape) -> tupl
         r = records[path]
         x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, r["h_in"], r["w_in"], r["c_in"])))
         per = {}
-        for form in CANDIDATES:
-            module = as_dense_conv(layer) if form == "dense" else layer
+        for form in candidates:
+            replaced = form in _REPLACEMENTS
+            module = _REPLACEMENTS[form](layer) if replaced else layer
             graphdef, state = nnx.split(module)
-            fn = jax.jit(lambda s, v, f=form, g=graphdef: nnx.merge(g, s)(v) if f == "dense" else nnx.merge(g, s)(v, f))
+            fn = jax.jit(lambda s, v, f=form, g=graphdef, r=replaced: nnx.merge(g, s)(v) if r else nnx.merge(g, s)(v, f))
             per[form] = time_fn(fn, state, x, repeats=repeats)
         timings[path] = per
         choice[path] = min(per, key=per.get)
@@ -98,10 +110,25 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape) -> tupl
 
 def apply_plan(model: nnx.Module, choice: dict) -> None:
     for path, layer in list(iter_layers(model, DecomposedConv)):
-        if choice[path] == "dense":
-            set_by_path(model, path, as_dense_conv(layer))
+        if choice[path] in _REPLACEMENTS:
+            set_by_path(model, path, _REPLACEMENTS[choice[path]](layer))
         else:
             layer.form = choice[path]
+
+
+def drop_inner_channels(model: nnx.Module, fraction: float, seed: int = 0) -> None:
+    """Zero a random ``fraction`` of the output channels of every layer whose channels can die alone."""
+    from jaxsparse.penni.shrink import free_channel_layers
+    from jaxsparse.penni.layers import get_by_path
+
+    rng = np.random.default_rng(seed)
+    for path in free_channel_layers(model):
+        layer = get_by_path(model, path)
+        if isinstance(layer, DecomposedConv):
+            c = np.array(layer.coefficients[...])
+            dead = rng.permutation(c.shape[1])[: int(round(fraction * c.shape[1]))]
+            c[:, dead, :] = 0.0
+            layer.coefficients[...] = jnp.asarray(c)
 
 
 def main(argv=None) -> int:
@@ -111,8 +138,20 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
     parser.add_argument("--layer-repeats", type=int, default=5)
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="forms the per-layer plan chooses among (default: %(default)s)")
+    parser.add_argument("--uniform-forms", default=",".join(CANDIDATES),
+                        help="forms also timed as a whole model with that form in every layer (default: %(default)s)")
+    parser.add_argument("--channel-sweep", default="0.5,0.75",
+                        help="fractions of inner channels additionally removed at random for the sweep ('' = none; default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference_speed.json"))
     args = parser.parse_args(argv)
+    candidates = tuple(f for f in args.candidates.split(",") if f)
+    uniform = tuple(f for f in args.uniform_forms.split(",") if f)
+    for name, forms in (("--candidates", candidates), ("--uniform-forms", uniform)):
+        unknown = [f for f in forms if f not in CANDIDATES]
+        if unknown or not forms and name == "--candidates":
+            parser.error(f"{name}: expected a comma-separated subset of {list(CANDIDATES)}, got {','.join(forms)!r}")
 
     _, meta = load_checkpoint(args.run_dir / "checkpoints" / "finetune.npz")
     config = CompressConfig(**meta["settings"]["config"])
@@ -124,27 +163,37 @@ def main(argv=None) -> int:
     dense_totals = summarize(describe_layers(dense, input_shape=(1, *image_shape)))
     compressed_totals = summarize(describe_layers(compressed, input_shape=(1, *image_shape)))
 
-    choice, layer_timings = layer_plan(compressed, args.batch, args.layer_repeats, image_shape)
+    choice, layer_timings = layer_plan(compressed, args.batch, args.layer_repeats, image_shape, candidates)
     x = jax.random.normal(jax.random.key(1), (args.batch, *image_shape))
     variants = {"dense model": dense}
-    for form in CANDIDATES:
+    for form in uniform:
         variant = load_compressed(args.run_dir)
         bake_quantization(variant)
-        if form == "dense":
-            apply_plan(variant, {p: "dense" for p in choice})
-        else:
-            set_form(variant, form)
+        apply_plan(variant, {p: form for p in choice})
         variants[f"compressed, all {form}"] = variant
     planned = load_compressed(args.run_dir)
     bake_quantization(planned)
     apply_plan(planned, choice)
     variants["compressed, measured plan"] = planned
+    sweep = [float(f) for f in args.channel_sweep.split(",") if f.strip()]
+    sweep_macs = {}
+    for fraction in sweep:
+        from jaxsparse.penni.shrink import shrink
+
+        variant = load_compressed(args.run_dir, shrunk=False)
+        drop_inner_channels(variant, fraction)
+        shrink(variant)
+        bake_quantization(variant)
+        name = f"sweep: {int(round(100 * fraction))}% inner channels dropped, dense convs"
+        apply_plan(variant, {p: "dense" for p, _ in iter_layers(variant, DecomposedConv)})
+        sweep_macs[name] = summarize(describe_layers(variant, input_shape=(1, *image_shape)))["macs_dense"]
+        variants[name] = variant
 
     forwards = {name: jitted_forward(m) for name, m in variants.items()}
-    reference = np.asarray(forwards["compressed, all basis_first"](x))
+    reference = np.asarray(forwards["compressed, measured plan"](x))
     for name, fn in forwards.items():  # warm-up + the variants of one model agree
         out = np.asarray(fn(x))
-        if name != "dense model":
+        if name != "dense model" and not name.startswith("sweep"):
             np.testing.assert_allclose(out, reference, rtol=1e-3, atol=1e-3 * float(np.abs(reference).max()))
     samples = {name: [] for name in forwards}
     for _ in tqdm(range(args.repeats), desc="whole models", file=sys.stderr):
@@ -152,6 +201,7 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             jax.block_until_ready(fn(x))
             samples[name].append(time.perf_counter() - t)
+    load_during = list(os.getloadavg())
     seconds = {name: statistics.median(v) for name, v in samples.items()}
     throughput = {name: args.batch / s for name, s in seconds.items()}
     speedup = seconds["dense model"] / seconds["compressed, measured plan"]
@@ -159,9 +209,13 @@ def main(argv=None) -> int:
 
     device = jax.devices()[0]
     print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)")
-    print(f"{'variant':<32} {'images/s':>10} {'vs dense':>9}")
+    print(f"{'variant':<52} {'images/s':>10} {'vs dense':>9} {'dense-shape MACs':>17}")
+    shape_macs = {"dense model": dense_totals["macs_dense"], **sweep_macs}
     for name in forwards:
-        print(f"{name:<32} {throughput[name]:>10.1f} {seconds['dense model'] / seconds[name]:>8.2f}x")
+        macs = shape_macs.get(name, compressed_totals["macs_dense"])
+        print(f"{name:<52} {throughput[name]:>10.1f} {seconds['dense model'] / seconds[name]:>8.2f}x "
+              f"{dense_totals['macs_dense'] / macs:>16.2f}x")
+    print(f"load average during timing: {load_during}")
     counts = {f: sum(1 for c in choice.values() if c == f) for f in CANDIDATES}
     print(f"plan: {counts}; MACs dense {dense_totals['macs_dense']:,} -> sparse-effective {compressed_totals['macs_sparse']:,} "
           f"({mac_factor:.2f}x fewer); realised/theoretical = {speedup / mac_factor:.2f}")
@@ -176,10 +230,16 @@ def main(argv=None) -> int:
         "platform": device.platform,
         "batch": args.batch,
         "plan": counts,
+        "candidates": list(candidates),
+        "load_average": [round(v, 2) for v in load_during],
+        "cpus_visible": os.cpu_count(),
     }
     atomic_write_json(args.out, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
                                  "layer_choice": choice, "layer_seconds": layer_timings, "run_dir": str(args.run_dir),
-                                 "macs": {"dense": dense_totals, "compressed": compressed_totals}})
+                                 "macs": {"dense": dense_totals, "compressed": compressed_totals},
+                                 "channel_sweep": {name: {"speedup": seconds["dense model"] / seconds[name],
+                                                          "dense_shape_mac_reduction": dense_totals["macs_dense"] / m}
+                                                   for name, m in sweep_macs.items()}})
     print(json.dumps(headline))
     return 0
 

@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-epochs", type=int, help="epochs to train the dense model from scratch (digits: 15; CIFAR: 0)")
     parser.add_argument("--alternate-every", type=int, help="epochs per basis/coefficient phase, 0 = joint (default 2; quick CIFAR 1)")
     parser.add_argument("--prune-std", type=float, default=1.0, help="prune |c| < s * std(c) per layer (default: %(default)s)")
+    parser.add_argument("--gradual-prune", type=float, default=0.0,
+                        help="prune while retraining, the threshold rising over this fraction of its steps (0 = once, after; default: %(default)s)")
+    parser.add_argument("--channel-sparsity", type=float, default=0.0,
+                        help="also remove this fraction of the output channels of each block's first conv, by coefficient norm "
+                             "(0 = off, as the paper; default: %(default)s)")
     parser.add_argument("--coef-bits", type=int, default=4, help="coefficient bits, 0 = float (default: %(default)s)")
     parser.add_argument("--basis-bits", type=int, default=8, help="basis bits, 0 = float (default: %(default)s)")
     parser.add_argument("--per-channel", action="store_true", help="one coefficient scale per output channel")
@@ -124,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         model=model, num_basis=args.basis, centered=args.centered, l1=args.l1,
         retrain_epochs=pick("retrain_epochs"), finetune_epochs=pick("finetune_epochs"),
         pretrain_epochs=pick("pretrain_epochs") if pick("pretrain_epochs") is not None else (0 if weights is not None else 30),
-        alternate_every=pick("alternate_every"), prune_std=args.prune_std, coef_bits=args.coef_bits,
+        alternate_every=pick("alternate_every"), prune_std=args.prune_std, gradual_prune=args.gradual_prune,
+        channel_sparsity=args.channel_sparsity, coef_bits=args.coef_bits,
         basis_bits=args.basis_bits, per_channel=args.per_channel, qat=not args.no_qat, batch_size=pick("batch_size"),
         learning_rate=args.lr, finetune_learning_rate=args.finetune_lr, augment_pad=1 if digits else 4, seed=args.seed,
     )

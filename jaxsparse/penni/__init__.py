@@ -15,10 +15,11 @@ Stages, each usable alone:
 
 from jaxsparse.penni.count import LAYER_KEYS, describe_layers, summarize
 from jaxsparse.penni.decompose import Decomposition, decompose_kernel, decompose_kernels, reconstruct_kernel
-from jaxsparse.penni.layers import FORMS, DecomposedConv, apply_decomposed, decompose_model, set_form, set_quantization
+from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, apply_decomposed, decompose_model, set_form, set_quantization
 from jaxsparse.penni.prune import (
     MaskedState,
     apply_masks,
+    channel_norm_mask,
     global_magnitude_masks,
     magnitude_mask,
     masked,
@@ -26,7 +27,15 @@ from jaxsparse.penni.prune import (
     polynomial_sparsity,
 )
 from jaxsparse.penni.quantize import QuantizedTensor, dequantize, fake_quant, quantize
-from jaxsparse.penni.shrink import CompactBasicBlock, ShrinkPlan, apply_channel_masks, channel_graph, plan_shrink, shrink
+from jaxsparse.penni.shrink import (
+    CompactBasicBlock,
+    ShrinkPlan,
+    apply_channel_masks,
+    channel_graph,
+    free_channel_layers,
+    plan_shrink,
+    shrink,
+)
 from jaxsparse.penni.train import TrainConfig, alternating, evaluate, fit, param_groups, sgd_recipe
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "LAYER_KEYS",
     "CompactBasicBlock",
     "DecomposedConv",
+    "LiveBasisFirstConv",
     "Decomposition",
     "MaskedState",
     "QuantizedTensor",
@@ -44,6 +54,7 @@ __all__ = [
     "apply_decomposed",
     "apply_masks",
     "channel_graph",
+    "channel_norm_mask",
     "decompose_kernel",
     "decompose_kernels",
     "decompose_model",
@@ -52,6 +63,7 @@ __all__ = [
     "evaluate",
     "fake_quant",
     "fit",
+    "free_channel_layers",
     "global_magnitude_masks",
     "magnitude_mask",
     "masked",

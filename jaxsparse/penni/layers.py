@@ -12,6 +12,13 @@ one of three mathematically equal forms:
   ``Cout`` groups of ``d``). This is the order in which sparse coefficients meet sparse
   (post-ReLU) activations, the dataflow an accelerator streams.
 
+For inference, :class:`LiveBasisFirstConv` is a fourth, compacted formulation built
+from a trained layer: the basis-first order with the depthwise step written as ``kh*kw``
+shifted multiply-adds (which XLA fuses into one loop; on CPU, grouped/depthwise
+convolutions are slow) and computed only for the live ``(input channel, basis kernel)``
+pairs, i.e. those some non-zero coefficient reads; the 1x1 combination is then one
+dense matmul over those pairs.
+
 Quantization-aware runs set ``coef_bits`` / ``basis_bits``; the forward pass then sees
 fake-quantized tensors (see :mod:`jaxsparse.penni.quantize`).
 """
@@ -128,6 +135,65 @@ def apply_decomposed(x, basis, coefficients, strides, padding, form: str) -> jax
         grouped = jnp.tile(taps[:, :, :, None], (1, 1, 1, cout))  # group o reads maps o*d .. o*d+d-1
         return jax.lax.conv_general_dilated(maps, grouped, strides, padding, dimension_numbers=_DIMENSIONS, feature_group_count=cout)
     raise ValueError(f"form: expected one of {list(FORMS)}, got {form!r}")
+
+
+class LiveBasisFirstConv(nnx.Module):
+    """Inference-only basis-first conv over the live ``(input channel, basis kernel)`` pairs of a layer.
+
+    ``y = sum_k maps_k * mixing[k, :]`` with ``maps_k = x[..., channel_k] (*) basis[basis_k]``
+    for the ``K`` pairs ``(channel_k, basis_k)`` whose coefficients are not all zero; the
+    depthwise step is written as shifted multiply-adds. Pairs are chosen from the concrete
+    coefficients when the module is built (so build it outside ``jit``).
+
+    Args:
+      layer: a trained :class:`DecomposedConv` (its effective, possibly fake-quantized,
+        tensors are used).
+
+    Example:
+        >>> layer = DecomposedConv(jnp.ones((2, 3, 3)), jnp.ones((4, 8, 2)))
+        >>> compact = LiveBasisFirstConv(layer)
+        >>> bool(jnp.allclose(compact(jnp.ones((1, 6, 6, 4))), layer(jnp.ones((1, 6, 6, 4))), rtol=1e-5))
+        True
+    """
+
+    def __init__(self, layer: DecomposedConv):
+        import numpy as np
+
+        basis, coefficients = (np.asarray(t, np.float32) for t in layer.effective_tensors())
+        cin, cout, d = coefficients.shape
+        live = np.any(coefficients != 0, axis=1)  # (Cin, d)
+        channel, which = np.nonzero(live)
+        if channel.size == 0:  # nothing reads any map: one all-zero pair keeps shapes valid
+            channel, which = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        self.channels = tuple(int(c) for c in channel)
+        self.taps = nnx.Param(jnp.asarray(basis[which]))  # (K, kh, kw)
+        self.mixing = nnx.Param(jnp.asarray(coefficients[channel, :, which]))  # (K, Cout)
+        self.strides = tuple(layer.strides)
+        if isinstance(layer.padding, str):
+            raise ValueError(f"layer: expected explicit padding pairs, got {layer.padding!r}")
+        self.padding = tuple(tuple(p) for p in layer.padding)
+        self.in_features, self.out_features = cin, cout
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.mixing.shape[0])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        (top, bottom), (left, right) = self.padding
+        sh, sw = self.strides
+        taps = self.taps[...].astype(x.dtype)
+        _, kh, kw = taps.shape
+        selected = jnp.take(x, jnp.asarray(self.channels, jnp.int32), axis=-1)
+        padded = jnp.pad(selected, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        out_h = (padded.shape[1] - kh) // sh + 1
+        out_w = (padded.shape[2] - kw) // sw + 1
+        maps = None
+        for a in range(kh):
+            for b in range(kw):
+                window = padded[:, a : a + sh * (out_h - 1) + 1 : sh, b : b + sw * (out_w - 1) + 1 : sw, :]
+                term = window * taps[:, a, b][None, None, None, :]
+                maps = term if maps is None else maps + term
+        return jnp.einsum("nhwk,ko->nhwo", maps, self.mixing[...].astype(x.dtype))
 
 
 def decomposable(layer) -> bool:

@@ -7,7 +7,9 @@ Stages, in order (:data:`STAGES`)::
 * ``dense``: the starting model, evaluated (trained first when it has no pretrained weights);
 * ``decompose``: every 3x3 conv -> ``d`` basis kernels + coefficients;
 * ``retrain``: SGD recipe + L1 on coefficients, basis and coefficients in turn;
-* ``prune``: PENNI's per-layer rule ``|c| < s * std(c)``;
+* ``prune``: PENNI's per-layer rule ``|c| < s * std(c)`` (optionally also a channel rule,
+  and optionally reached gradually during ``retrain``; both off by default, see
+  :class:`CompressConfig`);
 * ``finetune``: pruned coefficients and dead channels held at zero by optimizer masks,
   with fake-quantization (quantization-aware) when bit widths are set;
 * ``shrink``: dead channels and basis kernels sliced away (exact);
@@ -42,9 +44,9 @@ from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
-from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.prune import channel_norm_mask, penni_mask
 from jaxsparse.penni.quantize import quantize
-from jaxsparse.penni.shrink import apply_channel_masks, param_masks_like, shrink
+from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, shrink
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
 
 STAGES = ("dense", "decompose", "retrain", "prune", "finetune", "shrink", "quantize", "count")
@@ -66,6 +68,17 @@ class CompressConfig:
       pretrain_epochs: epochs to train the dense model first (for models without weights; 0: none).
       alternate_every: epochs per phase of basis/coefficient alternation (0: joint training).
       prune_std: ``s`` of the pruning rule ``|c| < s * std(c)``.
+      gradual_prune: 0 (the paper): prune once, after retraining. ``f > 0``: apply the rule
+        while retraining, its threshold rising from 0 to ``prune_std`` along the cubic ramp
+        ``s_t = s (1 - (1 - t / T)^3)`` over the first ``T = f * steps`` retraining steps,
+        masks held in the optimizer state (they only shrink); the network adapts to the
+        pruning as it happens instead of losing most coefficients at once. The prune stage
+        then applies the final rule (it removes little more).
+      channel_sparsity: 0 (the paper): no channel rule. ``r > 0``: also remove the fraction
+        ``r`` of output channels of every layer whose channels can die alone (a ResNet
+        block's first conv, every VGG conv; :func:`~jaxsparse.penni.shrink.free_channel_layers`),
+        those whose coefficients have the smallest L2 norm, so that ``shrink`` slices them
+        away (ramped with ``gradual_prune`` when that is on).
       coef_bits, basis_bits: quantization bit widths (0: keep float32).
       per_channel: per-output-channel coefficient scales.
       qat: fine-tune with fake-quantization (quantization-aware) instead of quantizing after.
@@ -83,6 +96,8 @@ class CompressConfig:
     pretrain_epochs: int = 0
     alternate_every: int = 2
     prune_std: float = 1.0
+    gradual_prune: float = 0.0
+    channel_sparsity: float = 0.0
     coef_bits: int = 4
     basis_bits: int = 8
     per_channel: bool = False
@@ -108,6 +123,10 @@ class CompressConfig:
             if value != 0 and not 2 <= value <= 16:
                 raise ValueError(f"{name}: expected 0 (no quantization) or 2..16, got {value!r}")
         check_positive("batch_size", self.batch_size)
+        if not 0.0 <= self.gradual_prune <= 1.0:
+            raise ValueError(f"gradual_prune: expected a fraction of the retraining steps in [0, 1], got {self.gradual_prune!r}")
+        if not 0.0 <= self.channel_sparsity < 1.0:
+            raise ValueError(f"channel_sparsity: expected a fraction in [0, 1), got {self.channel_sparsity!r}")
 
 
 class Dataset(NamedTuple):
@@ -118,6 +137,14 @@ class Dataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     name: str
+
+
+def _with_defaults(settings: dict | None) -> dict | None:
+    """Saved settings with options added since they were written filled in at their defaults."""
+    if not settings or "config" not in settings:
+        return settings
+    defaults = dataclasses.asdict(CompressConfig(model=settings["config"].get("model", "resnet20")))
+    return {**settings, "config": {**defaults, **settings["config"]}}
 
 
 def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Module:
@@ -138,6 +165,56 @@ def _train_config(config: CompressConfig, epochs: int, *, l1: float, learning_ra
         epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate, momentum=config.momentum,
         weight_decay=config.weight_decay, l1=l1, alternate_every=alternate, augment_pad=config.augment_pad, seed=config.seed,
     )
+
+
+def _module_path(path) -> tuple[str, str]:
+    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+        keys = keys[:-1]  # a Variable flattens to its value
+    return ".".join(keys[:-1]), keys[-1]
+
+
+def prune_masks(params: Any, *, prune_std: float | jax.Array, channel_sparsity: float | jax.Array = 0.0,
+                channel_layers: tuple[str, ...] = ()) -> Any:
+    """Keep-masks like ``params`` (an ``nnx.Param`` state): PENNI's rule on every coefficient tensor.
+
+    Layers listed in ``channel_layers`` also lose the ``channel_sparsity`` fraction of their
+    output channels of smallest coefficient norm (:func:`~jaxsparse.penni.prune.channel_norm_mask`).
+    Other leaves are kept whole. Thresholds may be traced (a gradual schedule).
+    """
+    use_channels = bool(channel_layers)
+
+    def leaf(path, p):
+        module, attr = _module_path(path)
+        if attr != "coefficients":
+            return jnp.ones(jnp.shape(p), jnp.bool_)
+        keep = penni_mask(p, prune_std)
+        if use_channels and module in channel_layers:
+            keep = keep & channel_norm_mask(p, channel_sparsity)
+        return keep
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
+
+
+def gradual_prune_schedule(config: CompressConfig, model: nnx.Module, total_steps: int):
+    """``(params, step) -> keep-masks``: the prune rule of ``config`` with the cubic ramp of ``gradual_prune``."""
+    ramp_steps = max(1, int(round(config.gradual_prune * total_steps)))
+    channel_layers = _channel_layers(model, config)
+
+    def schedule(params, step):
+        progress = jnp.clip(jnp.asarray(step, jnp.float32) / ramp_steps, 0.0, 1.0)
+        fraction = 1.0 - (1.0 - progress) ** 3
+        return prune_masks(params, prune_std=config.prune_std * fraction,
+                           channel_sparsity=config.channel_sparsity * fraction, channel_layers=channel_layers)
+
+    return schedule
+
+
+def _channel_layers(model: nnx.Module, config: CompressConfig) -> tuple[str, ...]:
+    if config.channel_sparsity <= 0:
+        return ()
+    decomposed = {path for path, _ in iter_layers(model, DecomposedConv)}
+    return tuple(p for p in free_channel_layers(model) if p in decomposed)
 
 
 def _totals(model: nnx.Module, sample: jax.Array) -> dict:
@@ -254,7 +331,7 @@ def compress(
             done = stage
             _, meta = load_checkpoint(ckpt_dir / f"{stage}.npz")
             break
-    if done is not None and meta.get("settings") != settings_json:
+    if done is not None and _with_defaults(meta.get("settings")) != settings_json:
         raise ValueError(
             f"out: {str(out)!r} holds checkpoints of a run with other settings ({meta.get('settings')}); "
             "use another output folder or delete it to start over"
@@ -286,7 +363,8 @@ def compress(
         top1 = evaluate(model, data.test_images, data.test_labels)
         totals = _totals(model, sample)
         record = {"stage": stage, "top1": top1, "params": totals["params"], "macs": totals["macs_sparse"],
-                  "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2), **extra}
+                  "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2),
+                  "cpu_seconds": round(time.process_time() - cpu_started, 2), **extra}
         results.append(record)
         log(f"[{stage}] top-1 {100 * top1:.2f}%  params {totals['params']:,}  MACs {totals['macs_sparse']:,}  ({record['seconds']:.0f} s)")
         save_checkpoint(ckpt_dir / f"{stage}.npz", nnx.state(model) if stage in _STATEFUL else {},
@@ -296,7 +374,7 @@ def compress(
     bar = tqdm(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
     for stage in STAGES[start:]:
         bar.set_postfix_str(stage)
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         if stage == "dense":
             if weights is None and config.pretrain_epochs > 0:
                 fit(model, data.train_images, data.train_labels,
@@ -308,14 +386,19 @@ def compress(
             extras["decomposition"] = stats
             finish(stage, started, mean_relative_error=float(np.mean([s["relative_error"] for s in stats.values()])))
         elif stage == "retrain":
+            schedule = None
+            if config.gradual_prune > 0:
+                total_steps = config.retrain_epochs * (len(data.train_images) // config.batch_size)
+                schedule = gradual_prune_schedule(config, model, total_steps)
             fit(model, data.train_images, data.train_labels,
                 _train_config(config, config.retrain_epochs, l1=config.l1, learning_rate=config.learning_rate, alternate=config.alternate_every),
-                checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
+                mask_schedule=schedule, checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
             finish(stage, started)
         elif stage == "prune":
-            for _, layer in iter_layers(model, DecomposedConv):
-                c = layer.coefficients[...]
-                layer.coefficients[...] = jnp.where(penni_mask(c, config.prune_std), c, jnp.zeros_like(c))
+            params = nnx.state(model, nnx.Param)
+            keep = prune_masks(params, prune_std=config.prune_std, channel_sparsity=config.channel_sparsity,
+                               channel_layers=_channel_layers(model, config))
+            nnx.update(model, jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, keep))
             finish(stage, started)
         elif stage == "finetune":
             masks = _coefficient_masks(model)
@@ -371,8 +454,12 @@ def compress(
     return report
 
 
-def load_compressed(report_dir: str | Path, weights: str | None = None) -> nnx.Module:
-    """Rebuild the compressed (shrunk, quantization-configured) model of a finished run from its checkpoints."""
+def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrunk: bool = True) -> nnx.Module:
+    """Rebuild the compressed (shrunk, quantization-configured) model of a finished run from its checkpoints.
+
+    With ``shrunk=False`` the fine-tuned model keeps its original channel counts (dead
+    channels are zero, not sliced away), e.g. to remove more channels before :func:`shrink`.
+    """
     out = Path(report_dir)
     ckpt = out / "checkpoints" / "finetune.npz"
     if not ckpt.is_file():
@@ -385,7 +472,8 @@ def load_compressed(report_dir: str | Path, weights: str | None = None) -> nnx.M
         set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
     state, _ = load_checkpoint(ckpt, like=nnx.state(model))
     nnx.update(model, state)
-    shrink(model)
+    if shrunk:
+        shrink(model)
     set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
     model.eval()
     return model

@@ -6,7 +6,10 @@ Rules (each returns boolean keep-masks, ``True`` = kept):
 * :func:`magnitude_mask` — keep the largest ``1 - sparsity`` fraction of one tensor.
 * :func:`global_magnitude_masks` — one magnitude threshold over many tensors.
 * :func:`polynomial_sparsity` — the gradual schedule of Zhu & Gupta (2017),
-  ``s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^p``.
+  ``s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^p``; the same ramp serves for
+  PENNI's threshold ``s`` when the rule is applied gradually (``mask_schedule`` of :func:`masked`).
+* :func:`channel_norm_mask` — a structured rule: drop whole output channels of a
+  ``(Cin, Cout, d)`` coefficient tensor, those of smallest L2 norm (optional; not in the paper).
 
 :func:`masked` wraps any optax optimizer; the masks live in its state (as in jaxpruner).
 Gradients of pruned entries are dropped before the inner optimizer (no momentum builds
@@ -35,6 +38,25 @@ def penni_mask(coefficients: jax.Array, threshold_std: float = 1.0) -> jax.Array
     """
     c = jnp.asarray(coefficients)
     return jnp.abs(c) >= threshold_std * jnp.std(c)
+
+
+def channel_norm_mask(coefficients: jax.Array, sparsity: float | jax.Array) -> jax.Array:
+    """Keep-mask removing the ``floor(sparsity * Cout)`` output channels of smallest L2 norm.
+
+    ``coefficients`` is ``(Cin, Cout, d)``; a removed channel loses all its coefficients, so
+    :func:`~jaxsparse.penni.shrink.shrink` can slice it away. ``sparsity`` may be traced.
+
+    Example:
+        >>> c = jnp.stack([jnp.full((2, 3), 0.1), jnp.full((2, 3), 2.0)], axis=1)  # (2, 2, 3)
+        >>> channel_norm_mask(c, 0.5)[0, :, 0].tolist()
+        [False, True]
+    """
+    c = jnp.asarray(coefficients)
+    if c.ndim != 3:
+        raise ValueError(f"coefficients: expected shape (Cin, Cout, d), got {tuple(c.shape)}")
+    norms = jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
+    keep = magnitude_mask(norms, sparsity)
+    return jnp.broadcast_to(keep[None, :, None], c.shape)
 
 
 def _ranks(values: jax.Array) -> jax.Array:
@@ -112,6 +134,7 @@ def masked(
     sparsity_schedule: Callable[[jax.Array], jax.Array] | None = None,
     update_every: int = 1,
     scope: str = "layer",
+    mask_schedule: Callable[[Any, jax.Array], Any] | None = None,
 ) -> optax.GradientTransformation:
     """Hold pruned parameters at exactly zero while ``inner`` trains the rest.
 
@@ -123,6 +146,11 @@ def masked(
       sparsity_schedule: ``step -> sparsity`` for gradual magnitude pruning (None: fixed masks).
       update_every: recompute the masks every this many steps (with a schedule).
       scope: ``"layer"`` (each leaf to the target sparsity) or ``"global"`` (one threshold).
+      mask_schedule: any rule ``(params, step) -> keep-masks`` recomputed every
+        ``update_every`` steps instead of ``sparsity_schedule`` (e.g. PENNI's rule with a
+        rising threshold); it sees the parameters with the current masks applied.
+
+    Masks only shrink: an entry pruned once stays pruned, whatever a rule says later.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is a :class:`MaskedState`.
@@ -136,6 +164,8 @@ def masked(
         [0.8999999761581421, 0.0, 1.899999976158081]
     """
     check_choice("scope", scope, ("layer", "global"))
+    if sparsity_schedule is not None and mask_schedule is not None:
+        raise ValueError("mask_schedule: expected None when sparsity_schedule is given (one rule at a time), got both")
 
     def init(params):
         start = full_masks(params) if masks is None else jax.tree.map(lambda m: jnp.asarray(m, jnp.bool_), masks)
@@ -158,9 +188,13 @@ def masked(
         if params is None:
             raise ValueError("params: masked() needs the current parameters (pass params to update)")
         current = state.masks
-        if sparsity_schedule is not None:
+        if sparsity_schedule is not None or mask_schedule is not None:
             refresh = (state.count % update_every) == 0
-            fresh = recompute(current, jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, current), state.count)
+            applied = jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), params, current)
+            if sparsity_schedule is not None:
+                fresh = recompute(current, applied, state.count)
+            else:
+                fresh = jax.tree.map(lambda m, f: m & jnp.asarray(f, jnp.bool_), current, mask_schedule(applied, state.count))
             current = jax.tree.map(lambda f, m: jnp.where(refresh, f, m), fresh, current)
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), updates, current)
         inner_updates, inner_state = inner.update(grads, state.inner_state, params)

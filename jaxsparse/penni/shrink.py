@@ -118,6 +118,27 @@ def channel_graph(model: nnx.Module) -> ChannelGraph:
     )
 
 
+def free_channel_layers(model: nnx.Module) -> tuple[str, ...]:
+    """Paths of the layers whose output channels can be removed alone.
+
+    A layer qualifies when it is the only writer of its output space and no residual
+    shortcut joins that space (and it is not the logits): in a ResNet, the first conv of
+    every block; in VGG-16, every conv. Removing a channel there needs no other layer's
+    channel to die with it, which is what a channel rule (see
+    :func:`~jaxsparse.penni.prune.channel_norm_mask`) relies on.
+
+    Example:
+        >>> free_channel_layers(build_model("resnet20", rngs=nnx.Rngs(0)))[:2]  # doctest: +SKIP
+        ('layer1.0.conv1', 'layer1.1.conv1')
+    """
+    graph = channel_graph(model)
+    joined = {sc.src for sc in graph.shortcuts} | {sc.dst for sc in graph.shortcuts} | set(graph.fixed)
+    writers: dict[str, list[str]] = {}
+    for e in graph.edges:
+        writers.setdefault(e.dst, []).append(e.path)
+    return tuple(e.path for e in graph.edges if e.dst not in joined and len(writers[e.dst]) == 1)
+
+
 def connections(layer, in_size: int) -> np.ndarray:
     """``(Cin, Cout)`` bool: which input channel reaches which output channel through non-zero weights.
 
@@ -249,6 +270,8 @@ def param_masks_like(model: nnx.Module, plan: ShrinkPlan | None = None) -> nnx.S
 
     def mask(path, leaf):
         keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+        if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+            keys = keys[:-1]  # a Variable flattens to its value
         module_path, attr = ".".join(keys[:-1]), keys[-1]
         keep = per_module.get(module_path, {}).get(attr)
         return jnp.ones(jnp.shape(leaf), jnp.bool_) if keep is None else jnp.asarray(keep)

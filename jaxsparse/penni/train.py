@@ -159,14 +159,20 @@ def _prepare(images: jax.Array, key: jax.Array, pad: int) -> jax.Array:
     return normalize(augment(key, images, pad) if pad > 0 else images)
 
 
-def make_optimizer(config: TrainConfig, params: Any, steps_per_epoch: int, masks: Any = None) -> optax.GradientTransformation:
-    """The optimizer of one phase: recipe SGD, alternating groups if configured, masks if given."""
+def make_optimizer(
+    config: TrainConfig, params: Any, steps_per_epoch: int, masks: Any = None, mask_schedule=None
+) -> optax.GradientTransformation:
+    """The optimizer of one phase: recipe SGD, alternating groups if configured, masks if given.
+
+    ``mask_schedule`` (``(params, step) -> keep-masks``) prunes gradually while training
+    (see :func:`~jaxsparse.penni.prune.masked`); ``masks`` are then the starting masks.
+    """
     tx = sgd_recipe(config, steps_per_epoch)
     groups = param_groups(params)
     if config.alternate_every > 0 and {"basis", "coefficients"} <= set(jax.tree.leaves(groups)):
         tx = alternating(tx, groups, config.alternate_every * steps_per_epoch, config.first_group)
-    if masks is not None:
-        tx = masked(tx, masks)
+    if masks is not None or mask_schedule is not None:
+        tx = masked(tx, masks, mask_schedule=mask_schedule)
     return tx
 
 
@@ -177,6 +183,7 @@ def fit(
     config: TrainConfig,
     *,
     masks: Any = None,
+    mask_schedule=None,
     checkpoint: str | os.PathLike | None = None,
     description: str = "train",
     progress: bool = True,
@@ -188,6 +195,8 @@ def fit(
       images, labels: training set, uint8 ``(N, H, W, 3)`` and int ``(N,)``.
       config: the phase's :class:`TrainConfig`.
       masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
+      mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
+        with the current masks (which only shrink): gradual pruning while training.
       checkpoint: file written after every epoch and resumed from when present.
       description: progress bar label.
 
@@ -202,7 +211,7 @@ def fit(
         raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
     model.train()
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    tx = make_optimizer(config, params, steps_per_epoch, masks)
+    tx = make_optimizer(config, params, steps_per_epoch, masks, mask_schedule)
     opt_state = tx.init(params)
     start_epoch, history = 0, []
     if checkpoint is not None and Path(checkpoint).is_file():

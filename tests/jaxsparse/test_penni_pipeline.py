@@ -28,7 +28,7 @@ def _env():
 
 
 def _deterministic(report: dict) -> dict:
-    stages = [{k: v for k, v in s.items() if k != "seconds"} for s in report["stages"]]
+    stages = [{k: v for k, v in s.items() if k not in ("seconds", "cpu_seconds")} for s in report["stages"]]
     return {"stages": stages, "summary": report["summary"], "layers": report["layers"], "config": report["config"]}
 
 
