@@ -25,6 +25,16 @@ thresholds, so sparsity is allocated by hardware cost rather than uniformly; at 
 :func:`prune_with_thresholds` applies exactly PENNI's rule with the learnt ``s_l``, and the
 model is fine-tuned with the pruned entries held at zero (:func:`keep_masks`).
 
+Channel gates (``channel_gates=True``). A per-coefficient threshold rarely empties a whole
+output channel, yet on a design whose engines work per *live output channel* (a dense basis
+stage, a matcher that scans every channel's reduction) that is what latency follows once
+the coefficients are sparse. Each layer then also learns a channel threshold
+``g_l = softplus(q_l)``: channel ``o`` is kept with probability
+``sigmoid((n_o - g_l mean(n)) / (T_c mean(n)))``, ``n_o = rms(c[:, o, :])`` (hard forward:
+:func:`channel_mask`), and the cost is called as ``cost_fn(rho, live)`` with the expected
+live fractions ``live_l = mean_o q_o`` (and ``rho_l = mean(p q)``). The cost gradient then
+also shrinks the weakest channels of the layers that dominate the cost, group-lasso style.
+
 Example:
     >>> import jax.numpy as jnp
     >>> c = jnp.asarray([0.05, -0.3, 1.2, -2.0])
@@ -75,6 +85,13 @@ class HwAwareConfig:
       temperature: gate width ``T`` in units of ``std(c)``.
       gate: ``"ste"`` or ``"sigmoid"`` (see the module docstring).
       train_weights: also train the model's parameters (False: thresholds only).
+      channel_gates: also learn one *channel* threshold ``g_l`` per layer: output channel ``o``
+        is kept iff ``rms(c[:, o, :]) >= g_l * mean_o rms(c[:, o, :])``, and ``cost_fn`` is
+        called as ``cost_fn(coef_density, live_out_fraction)`` with the expected fraction of
+        live output channels (see the module docstring).
+      initial_channel_threshold: starting ``g_l`` (small: only channels that are already
+        nearly empty start dead).
+      channel_temperature: width of the channel gate in units of the mean channel norm.
       augment_pad: random-crop padding (0: no augmentation).
       seed: data order and augmentation.
       checkpoint_every: steps between checkpoints (when a checkpoint file is given).
@@ -92,6 +109,9 @@ class HwAwareConfig:
     temperature: float = 0.1
     gate: str = "ste"
     train_weights: bool = True
+    channel_gates: bool = False
+    initial_channel_threshold: float = 0.5
+    channel_temperature: float = 0.1
     augment_pad: int = 4
     seed: int = 0
     checkpoint_every: int = 50
@@ -105,6 +125,8 @@ class HwAwareConfig:
         check_positive("initial_threshold", self.initial_threshold)
         check_positive("temperature", self.temperature)
         check_positive("checkpoint_every", self.checkpoint_every)
+        check_positive("initial_channel_threshold", self.initial_channel_threshold)
+        check_positive("channel_temperature", self.channel_temperature)
         if self.threshold_steps is not None:
             check_positive("threshold_steps", self.threshold_steps, allow_zero=True)
         check_choice("gate", self.gate, GATES)
@@ -135,15 +157,59 @@ def expected_density(coefficients: jax.Array, threshold: jax.Array, temperature:
     return jnp.mean(keep_probability(coefficients, threshold, temperature))
 
 
-def gated_coefficients(coefficients: jax.Array, threshold: jax.Array, temperature: float, gate: str = "ste") -> jax.Array:
-    """Coefficients times their gate: the hard mask ``|c| >= s * std(c)`` (straight-through) or the soft one."""
+def channel_norms(coefficients: jax.Array) -> jax.Array:
+    """Root-mean-square coefficient of every output channel: ``float32[Cout]`` of ``(Cin, Cout, d)`` coefficients."""
+    return jnp.sqrt(jnp.mean(jnp.square(coefficients), axis=(0, 2)))
+
+
+def channel_mask(coefficients: jax.Array, channel_threshold: float | jax.Array) -> jax.Array:
+    """Hard channel rule: output channel ``o`` is kept iff ``rms(c[:, o, :]) >= g * mean_o rms(c[:, o, :])``.
+
+    Example:
+        >>> c = jnp.stack([jnp.full((2, 3), v) for v in (0.01, 1.0, 2.0)], axis=1)  # (Cin=2, Cout=3, d=3)
+        >>> channel_mask(c, 0.5).tolist()
+        [False, True, True]
+    """
+    norms = channel_norms(coefficients)
+    return norms >= channel_threshold * jnp.mean(norms)
+
+
+def channel_keep_probability(coefficients: jax.Array, channel_threshold: jax.Array, temperature: float) -> jax.Array:
+    """``sigmoid((n_o - g * mean(n)) / (T * mean(n)))`` per output channel; the scale ``mean(n)`` is not differentiated."""
+    norms = channel_norms(coefficients)
+    scale = jax.lax.stop_gradient(jnp.mean(norms)) + 1e-12
+    return jax.nn.sigmoid((norms - channel_threshold * scale) / (temperature * scale))
+
+
+def expected_live_fraction(coefficients: jax.Array, channel_threshold: jax.Array, temperature: float) -> jax.Array:
+    """Expected fraction of live output channels: ``mean_o(channel_keep_probability)``."""
+    return jnp.mean(channel_keep_probability(coefficients, channel_threshold, temperature))
+
+
+def gated_coefficients(
+    coefficients: jax.Array,
+    threshold: jax.Array,
+    temperature: float,
+    gate: str = "ste",
+    channel_threshold: jax.Array | None = None,
+    channel_temperature: float = 0.1,
+) -> jax.Array:
+    """Coefficients times their gate: the hard mask ``|c| >= s * std(c)`` (straight-through) or the soft one.
+
+    With ``channel_threshold`` the gate is also multiplied by the channel gate of
+    :func:`channel_keep_probability` (hard: :func:`channel_mask`).
+    """
     p = keep_probability(coefficients, threshold, temperature)
+    if channel_threshold is not None:
+        p = p * channel_keep_probability(coefficients, channel_threshold, channel_temperature)[None, :, None]
     if gate == "sigmoid":
         return coefficients * p
     if gate == "ste":
-        hard = (jnp.abs(coefficients) >= threshold * jnp.std(coefficients)).astype(coefficients.dtype)
+        hard = jnp.abs(coefficients) >= threshold * jnp.std(coefficients)
+        if channel_threshold is not None:
+            hard = hard & channel_mask(coefficients, channel_threshold)[None, :, None]
         # p - stop_gradient(p) is exactly 0 forward, so the forward value is exactly c * hard.
-        return coefficients * hard + coefficients * (p - jax.lax.stop_gradient(p))
+        return coefficients * hard.astype(coefficients.dtype) + coefficients * (p - jax.lax.stop_gradient(p))
     raise ValueError(f"gate: expected one of {list(GATES)}, got {gate!r}")
 
 
@@ -181,14 +247,16 @@ def initial_raw_thresholds(model: nnx.Module, threshold: float) -> dict[str, jax
     return {p: jnp.asarray(value, jnp.float32) for p in paths}
 
 
-def gate_params(params: Any, raw: dict[str, jax.Array], temperature: float, gate: str) -> Any:
-    """``params`` (an ``nnx.Param`` state) with every layer's coefficients gated by its threshold."""
+def gate_params(params: Any, raw: dict[str, jax.Array], temperature: float, gate: str,
+                channel_raw: dict[str, jax.Array] | None = None, channel_temperature: float = 0.1) -> Any:
+    """``params`` (an ``nnx.Param`` state) with every layer's coefficients gated by its threshold(s)."""
 
     def one(path, leaf):
         layer = _coefficient_layer(path)
         if layer is None or layer not in raw:
             return leaf
-        return gated_coefficients(leaf, threshold_from_raw(raw[layer]), temperature, gate)
+        g = threshold_from_raw(channel_raw[layer]) if channel_raw else None
+        return gated_coefficients(leaf, threshold_from_raw(raw[layer]), temperature, gate, g, channel_temperature)
 
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -223,28 +291,52 @@ def density_layout(records: list[dict], paths: list[str]) -> DensityLayout:
     return DensityLayout(names, index, tuple(paths), constant)
 
 
-def layer_densities(params: Any, raw: dict[str, jax.Array], layout: DensityLayout, temperature: float) -> jax.Array:
-    """Expected coefficient density of every described layer (``float32[L]``), differentiable."""
+def layer_densities(params: Any, raw: dict[str, jax.Array], layout: DensityLayout, temperature: float,
+                    channel_raw: dict[str, jax.Array] | None = None, channel_temperature: float = 0.1) -> jax.Array:
+    """Expected coefficient density of every described layer (``float32[L]``), differentiable.
+
+    With channel thresholds, a coefficient counts with its keep probability times its
+    channel's: ``rho_l = mean_{i,o,j}(p_{ioj} q_o)``.
+    """
     coefs = coefficient_leaves(params)
-    learnt = jnp.stack([expected_density(coefs[p], threshold_from_raw(raw[p]), temperature) for p in layout.paths])
+
+    def one(p):
+        keep = keep_probability(coefs[p], threshold_from_raw(raw[p]), temperature)
+        if channel_raw:
+            keep = keep * channel_keep_probability(coefs[p], threshold_from_raw(channel_raw[p]), channel_temperature)[None, :, None]
+        return jnp.mean(keep)
+
+    learnt = jnp.stack([one(p) for p in layout.paths])
     index = jnp.asarray(layout.decomposed_index, jnp.int32)
     return jnp.asarray(layout.constant).at[index].set(learnt)
+
+
+def layer_live_fractions(params: Any, channel_raw: dict[str, jax.Array], layout: DensityLayout, channel_temperature: float) -> jax.Array:
+    """Expected fraction of live output channels of every described layer (``float32[L]``; 1 where not learnt)."""
+    coefs = coefficient_leaves(params)
+    learnt = jnp.stack([expected_live_fraction(coefs[p], threshold_from_raw(channel_raw[p]), channel_temperature) for p in layout.paths])
+    index = jnp.asarray(layout.decomposed_index, jnp.int32)
+    return jnp.ones(len(layout.names), jnp.float32).at[index].set(learnt)
 
 
 def hardware_aware_loss(
     cost_fn: Callable[[jax.Array], jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float
 ) -> Callable:
-    """``(params, raw, logits_fn) -> (loss, (ce, normalised_cost, densities))`` for one batch.
+    """``(params, raw, logits_fn, labels[, channel_raw]) -> (loss, (ce, cost, densities, extra, logits))`` for one batch.
 
     ``logits_fn(gated_params)`` runs the model; the loss is ``ce + lambda * cost / reference``.
+    With ``channel_raw`` (channel thresholds) the cost is ``cost_fn(densities, live_fractions)``.
     """
 
-    def loss(params, raw, logits_fn, labels):
-        logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate))
+    def loss(params, raw, logits_fn, labels, channel_raw=None):
+        logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate, channel_raw, config.channel_temperature))
         onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, onehot))
-        densities = layer_densities(params, raw, layout, config.temperature)
-        cost = cost_fn(densities) / reference
+        densities = layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
+        if channel_raw:
+            cost = cost_fn(densities, layer_live_fractions(params, channel_raw, layout, config.channel_temperature)) / reference
+        else:
+            cost = cost_fn(densities) / reference
         return ce + config.cost_weight * cost, (ce, cost, densities, extra, logits)
 
     return loss
@@ -254,11 +346,16 @@ def hardware_aware_loss(
 
 
 class HwAwareResult(NamedTuple):
-    """Learnt thresholds ``s_l`` (``path -> float``), their expected densities, and the history."""
+    """Learnt thresholds ``s_l`` (``path -> float``), their expected densities, and the history.
+
+    ``channel_thresholds`` (``g_l``) and ``live_fractions`` are empty without channel gates.
+    """
 
     thresholds: dict[str, float]
     densities: dict[str, float]
     history: list[dict]
+    channel_thresholds: dict[str, float] = {}
+    live_fractions: dict[str, float] = {}
 
 
 def _forward(graphdef, params, stats, rest, x):
@@ -303,11 +400,17 @@ def hwaware_fit(
     if len(images) < config.batch_size:
         raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
     records = describe_layers(model, input_shape=(1, *images.shape[1:])) if records is None else records
-    raw = initial_raw_thresholds(model, config.initial_threshold)
-    layout = density_layout(records, list(raw))
+    # Trainable thresholds: (coefficient raws, channel raws); the second is empty without channel gates.
+    raw = (initial_raw_thresholds(model, config.initial_threshold),
+           initial_raw_thresholds(model, config.initial_channel_threshold) if config.channel_gates else {})
+    layout = density_layout(records, list(raw[0]))
     model.train()
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    reference = float(cost_fn(layer_densities(params, raw, layout, config.temperature)))
+    start_density = layer_densities(params, raw[0], layout, config.temperature, raw[1], config.channel_temperature)
+    if config.channel_gates:
+        reference = float(cost_fn(start_density, layer_live_fractions(params, raw[1], layout, config.channel_temperature)))
+    else:
+        reference = float(cost_fn(start_density))
     if not np.isfinite(reference) or reference <= 0:
         raise ValueError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
     weight_tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(config.learning_rate, momentum=config.momentum or None))
@@ -325,7 +428,7 @@ def hwaware_fit(
         x = normalize(augment(key, x, config.augment_pad) if config.augment_pad > 0 else x)
 
         def objective(p, r):
-            return loss_fn(p, r, lambda gated: _forward(graphdef, gated, stats, rest, x), y)
+            return loss_fn(p, r[0], lambda gated: _forward(graphdef, gated, stats, rest, x), y, r[1])
 
         (loss, (ce, cost, densities, new_stats, logits)), (g_params, g_raw) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, raw)
         if config.train_weights:
@@ -368,19 +471,27 @@ def hwaware_fit(
     bar.close()
     nnx.update(model, params, stats)
     model.eval()
-    densities = np.asarray(layer_densities(params, raw, layout, config.temperature))
+    coef_raw, channel_raw = raw
+    densities = np.asarray(layer_densities(params, coef_raw, layout, config.temperature, channel_raw, config.channel_temperature))
+    live = np.asarray(layer_live_fractions(params, channel_raw, layout, config.channel_temperature)) if channel_raw else None
     return HwAwareResult(
-        thresholds={p: float(threshold_from_raw(r)) for p, r in raw.items()},
+        thresholds={p: float(threshold_from_raw(r)) for p, r in coef_raw.items()},
         densities={layout.names[i]: float(densities[i]) for i in range(len(layout.names))},
         history=history,
+        channel_thresholds={p: float(threshold_from_raw(r)) for p, r in channel_raw.items()},
+        live_fractions={} if live is None else {layout.names[i]: float(live[i]) for i in range(len(layout.names))},
     )
 
 
 # ----------------------------------------------------------------------------- applying thresholds
 
 
-def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | float) -> dict[str, float]:
+def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | float,
+                          channel_thresholds: dict[str, float] | None = None) -> dict[str, float]:
     """Apply PENNI's rule ``|c| < s_l * std(c)`` in place, per layer (one ``s`` for all if a number).
+
+    With ``channel_thresholds`` the channel rule of :func:`channel_mask` (on the same,
+    unpruned coefficients, as in training) also removes whole output channels.
 
     Returns:
       ``layer path -> kept fraction`` of coefficients.
@@ -392,6 +503,10 @@ def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | floa
             raise ValueError(f"thresholds: expected an entry for layer {path!r}, got keys {sorted(thresholds)}")
         c = layer.coefficients[...]
         mask = penni_mask(c, float(s))
+        if channel_thresholds:
+            if path not in channel_thresholds:
+                raise ValueError(f"channel_thresholds: expected an entry for layer {path!r}, got keys {sorted(channel_thresholds)}")
+            mask = mask & channel_mask(c, float(channel_thresholds[path]))[None, :, None]
         layer.coefficients[...] = jnp.where(mask, c, jnp.zeros_like(c))
         kept[path] = float(jnp.mean(mask))
     return kept

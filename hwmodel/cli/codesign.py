@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joint-rounds", type=int, default=None, help="rounds of the joint hardware/compression loop (0: none)")
     parser.add_argument("--threshold-lr", type=float, default=None, help="Adam learning rate of the per-layer thresholds")
     parser.add_argument("--metric", default=None, choices=("latency", "energy", "edp"))
+    parser.add_argument("--no-channel-gates", action="store_true",
+                        help="hardware-aware method learns coefficient thresholds only (no channel thresholds / live-channel cost)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -58,6 +60,8 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = value
+    if getattr(args, "no_channel_gates", False):
+        overrides["channel_gates"] = False
     if args.threshold_lr is not None:
         overrides["threshold_learning_rate"] = args.threshold_lr
     overrides["model"] = args.model

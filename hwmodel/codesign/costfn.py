@@ -1,11 +1,12 @@
 """Differentiable hardware cost of per-layer coefficient densities: the ``cost_fn`` of co-design.
 
 Hardware-aware compression (:mod:`jaxsparse.hwaware`) knows nothing of hardware: it asks
-for a function ``cost_fn(coef_density: float32[L]) -> scalar`` over the layers of the
-model's description (:func:`jaxsparse.penni.count.describe_layers`, in that order). This
-module builds such a function from the description and a design point: shapes, activation
-densities and bit widths are taken from the description and held fixed; the coefficient
-densities are the traced argument.
+for a function ``cost_fn(coef_density: float32[L][, live_out_fraction: float32[L]]) -> scalar``
+over the layers of the model's description (:func:`jaxsparse.penni.count.describe_layers`,
+in that order). This module builds such a function from the description and a design
+point: shapes, activation densities and bit widths are taken from the description and held
+fixed; the coefficient densities (and, when given, the fractions of live output channels)
+are the traced arguments.
 
 Two conventions of the description are adapted here:
 
@@ -13,9 +14,13 @@ Two conventions of the description are adapted here:
   coefficients, 8-bit basis, 8-bit plain weights, the PENNI/ESCALATE setting), because a
   float model under training reports 32 bits (and ``weight_bits = 0`` for decomposed
   layers, which :func:`~hwmodel.workload.workload_from_layers` rejects).
-* All output channels count as live (``live_out_fraction = 1``) while densities are being
-  learnt: a channel dies only when every one of its coefficients is pruned, which a mean
-  density cannot tell. Final models are costed exactly from their own description.
+* Without ``live_out_fraction`` all output channels count as live: a channel dies only when
+  every one of its coefficients is pruned, which a mean density cannot tell. With it (the
+  expected live fractions of a channel-gated relaxation) the cost charges what the design
+  charges: on the ESCALATE-style design the butterfly scan and the dense basis engine work
+  on every *live* output channel whatever its density, so below a density of about 0.3 the
+  latency follows the live channels, not the non-zero coefficients. Final models are
+  costed exactly from their own description (dead channels included).
 
 Example:
     >>> import jax.numpy as jnp
@@ -61,12 +66,24 @@ def deployment_layers(layers: list[dict[str, Any]], bits: dict[str, int] | None 
     return out
 
 
-def density_workload(base: Workload, coef_density: jax.Array) -> Workload:
-    """``base`` with traced coefficient densities (``float32[L]``) and every channel live."""
+def density_workload(base: Workload, coef_density: jax.Array, live_out_fraction: jax.Array | None = None) -> Workload:
+    """``base`` with traced coefficient densities (``float32[L]``) and live output-channel fractions (default: all live).
+
+    ``coef_density`` is the density over *all* coefficients of the layer (as in the
+    description); the cost model divides it by the live fraction for the live channels.
+    """
     density = jnp.asarray(coef_density, jnp.float32)
     if density.shape != base.coef_density.shape:
         raise ValueError(f"coef_density: expected shape {tuple(base.coef_density.shape)} (one per layer), got {tuple(density.shape)}")
-    return base._replace(coef_density=density, live_out_fraction=jnp.ones_like(density))
+    if live_out_fraction is None:
+        live = jnp.ones_like(density)
+    else:
+        live = jnp.asarray(live_out_fraction, jnp.float32)
+        if live.shape != density.shape:
+            raise ValueError(f"live_out_fraction: expected shape {tuple(density.shape)} (one per layer), got {tuple(live.shape)}")
+        # a density can never exceed the live fraction (dead channels hold no coefficients)
+        live = jnp.maximum(live, density)
+    return base._replace(coef_density=density, live_out_fraction=live)
 
 
 def make_cost_fn(
@@ -78,7 +95,7 @@ def make_cost_fn(
     relaxed: bool = True,
     bits: dict[str, int] | None = None,
 ) -> Callable[[jax.Array], jax.Array]:
-    """``coef_density[L] -> latency (s) | energy (J) | EDP`` of the network on design ``hw``.
+    """``(coef_density[L][, live_out_fraction[L]]) -> latency (s) | energy (J) | EDP`` of the network on design ``hw``.
 
     Args:
       layers: the model's per-layer description (dicts with the keys of
@@ -91,8 +108,8 @@ def make_cost_fn(
     check_choice("metric", metric, ("latency", "energy", "edp"))
     base = workload_from_layers(deployment_layers(layers, bits))
 
-    def cost_fn(coef_density: jax.Array) -> jax.Array:
-        return network_metric(density_workload(base, coef_density), hw, options, metric, relaxed=relaxed)
+    def cost_fn(coef_density: jax.Array, live_out_fraction: jax.Array | None = None) -> jax.Array:
+        return network_metric(density_workload(base, coef_density, live_out_fraction), hw, options, metric, relaxed=relaxed)
 
     return cost_fn
 

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from hwmodel.cli import codesign as cli
-from hwmodel.codesign.experiment import CodesignConfig, compare_at_equal_top1, pareto_front, quick_config
+from hwmodel.codesign.experiment import (CodesignConfig, compare_at_equal_top1, compare_interpolated, interpolated_uniform_latency,
+                                         job_order, pareto_front, quick_config)
 
 
 def _u(s, top1, latency):
@@ -18,16 +19,32 @@ def _h(lam, top1, latency):
     return {"method": "hwaware", "cost_weight": lam, "top1": top1, "latency_ms": latency}
 
 
-def test_equal_top1_comparison_takes_the_fastest_uniform_point_that_is_as_accurate():
-    uniform = [_u(0.6, 0.90, 10.0), _u(1.0, 0.88, 8.0), _u(1.4, 0.80, 6.0)]
+def test_equal_top1_comparison_pairs_only_points_within_the_tolerance():
+    uniform = [_u(0.6, 0.90, 10.0), _u(1.0, 0.881, 8.0), _u(1.4, 0.80, 6.0), _u(1.8, 0.879, 9.0)]
     aware = [_h(0.5, 0.882, 6.0), _h(2.0, 0.70, 4.0)]
     result = compare_at_equal_top1(uniform, aware)
-    # lambda=0.5 at 88.2%: uniform points with top-1 >= 87.9% are s=0.6 (10 ms) and s=1.0 (8 ms) -> 8 ms.
-    # lambda=2 at 70%: every uniform point qualifies, the fastest is 6 ms -> 1 - 4/6 = 33%.
-    assert result["uniform"]["threshold"] == 1.4 and result["hwaware"]["cost_weight"] == 2.0
-    assert result["latency_reduction"] == pytest.approx(1 - 4.0 / 6.0)
-    assert result["top1_gap"] == pytest.approx(0.10)
+    # lambda=0.5 at 88.2%: uniform points within 0.3 points are s=1.0 (88.1%, 8 ms) and s=1.8 (87.9%, 9 ms) -> 8 ms.
+    # lambda=2 at 70% has no uniform point within 0.3 points (s=1.4 at 80% is far more accurate: not a pair).
+    assert result["uniform"]["threshold"] == 1.0 and result["hwaware"]["cost_weight"] == 0.5
+    assert result["latency_reduction"] == pytest.approx(1 - 6.0 / 8.0)
+    assert result["top1_gap"] == pytest.approx(-0.001)
     assert compare_at_equal_top1([_u(1.0, 0.5, 1.0)], [_h(1.0, 0.9, 2.0)])["latency_reduction"] is None
+
+
+def test_interpolated_comparison_reads_the_uniform_front_at_the_same_top1():
+    uniform = [_u(0.6, 0.90, 10.0), _u(1.0, 0.88, 8.0), _u(1.4, 0.80, 6.0), _u(2.0, 0.79, 9.0)]  # s=2 is dominated
+    # 0.89 lies halfway between (0.88, 8 ms) and (0.90, 10 ms); 0.82 a quarter of the way from (0.80, 6) to (0.88, 8).
+    assert interpolated_uniform_latency(uniform, 0.89) == pytest.approx(9.0)
+    assert interpolated_uniform_latency(uniform, 0.82) == pytest.approx(6.5)
+    assert interpolated_uniform_latency(uniform, 0.95) is None and interpolated_uniform_latency(uniform, 0.70) is None
+    result = compare_interpolated(uniform, [_h(1.0, 0.89, 6.3), _h(2.0, 0.95, 1.0)])
+    assert result["points"][0]["latency_reduction"] == pytest.approx(0.3)
+    assert result["points"][1]["latency_reduction"] is None and result["best_latency_reduction"] == pytest.approx(0.3)
+
+
+def test_jobs_interleave_the_two_methods():
+    config = quick_config(uniform_thresholds=(0.6, 1.0, 1.4), cost_weights=(0.5,))
+    assert job_order(config) == [("uniform", 0.6), ("hwaware", 0.5), ("uniform", 1.0), ("uniform", 1.4)]
 
 
 def test_pareto_front_drops_dominated_points():

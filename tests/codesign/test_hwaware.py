@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hwmodel.codesign.costfn import make_cost_fn
+from hwmodel.codesign.costfn import deployment_layers, make_cost_fn
+from hwmodel.codesign.search import network_metric
 from hwmodel.hardware import load_hardware
+from hwmodel.workload import workload_from_layers
 from jaxsparse import hwaware
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.digits import DigitsCNN
@@ -123,3 +125,88 @@ def test_bad_settings_name_the_argument():
     x, y = _data(8)
     with pytest.raises(ValueError, match="cost_fn: expected a finite positive cost"):
         hwaware.hwaware_fit(_model(), x, y, lambda d: jnp.sum(d) * 0.0, hwaware.HwAwareConfig(steps=1, batch_size=4), progress=False)
+
+
+def test_channel_gate_forward_is_the_channel_rule_and_prune_matches_it():
+    c = jax.random.normal(jax.random.key(3), (6, 5, 3), jnp.float32) * jnp.asarray([0.05, 1.0, 2.0, 0.3, 1.5], jnp.float32)[None, :, None]
+    s, g = jnp.float32(0.5), jnp.float32(0.6)
+    gated = hwaware.gated_coefficients(c, s, 0.1, "ste", g, 0.1)
+    norms = np.sqrt(np.mean(np.asarray(c) ** 2, axis=(0, 2)))
+    keep_channel = norms >= 0.6 * norms.mean()  # independent count of the channel rule
+    assert 0 < keep_channel.sum() < 5
+    expected = np.where(np.asarray(penni_mask(c, 0.5)) & keep_channel[None, :, None], np.asarray(c), 0.0)
+    np.testing.assert_array_equal(np.asarray(gated), expected)
+    g_grad = jax.grad(lambda t: jnp.sum(jnp.square(hwaware.gated_coefficients(c, s, 0.1, "ste", t, 0.3))))(g)
+    assert np.isfinite(float(g_grad)) and float(g_grad) < 0.0  # a higher channel threshold removes energy
+    # Expected live fraction tends to the counted one for a narrow gate.
+    np.testing.assert_allclose(float(hwaware.expected_live_fraction(c, g, 1e-4)), keep_channel.mean(), atol=1e-3)
+
+    model = _model()
+    paths = [p for p, _ in iter_layers(model, DecomposedConv)]
+    before = {p: layer.coefficients[...] for p, layer in iter_layers(model, DecomposedConv)}
+    hwaware.prune_with_thresholds(model, {p: 0.3 for p in paths}, {p: 0.9 for p in paths})
+    for path, layer in iter_layers(model, DecomposedConv):
+        n = np.sqrt(np.mean(np.asarray(before[path]) ** 2, axis=(0, 2)))
+        dead = n < 0.9 * n.mean()
+        after = np.asarray(layer.coefficients[...])
+        assert np.all(after[:, dead, :] == 0)
+        np.testing.assert_array_equal(after[:, ~dead, :] != 0, np.asarray(penni_mask(before[path], 0.3))[:, ~dead, :])
+    with pytest.raises(ValueError, match="channel_thresholds: expected an entry"):
+        hwaware.prune_with_thresholds(_model(), {p: 0.3 for p in paths}, {paths[0]: 0.5})
+
+
+def test_channel_gated_cost_is_differentiable_and_the_relaxation_counts_what_the_design_charges():
+    model = _model()
+    records = describe_layers(model, input_shape=(1, 8, 8, 3))
+    hw, options = load_hardware(None)
+    cost_fn = make_cost_fn(records, hw, options, metric="latency")
+    config = hwaware.HwAwareConfig(cost_weight=1.0, channel_gates=True, channel_temperature=0.3)
+    raw = hwaware.initial_raw_thresholds(model, 1.0)
+    channel_raw = hwaware.initial_raw_thresholds(model, 0.8)
+    layout = hwaware.density_layout(records, list(raw))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    live = hwaware.layer_live_fractions(params, channel_raw, layout, config.channel_temperature)
+    dens = hwaware.layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
+    reference = float(cost_fn(dens, live))
+    loss = hwaware.hardware_aware_loss(cost_fn, layout, config, reference)
+    x, y = _data(4)
+
+    def logits_fn(gated):
+        return nnx.merge(graphdef, gated, rest)(jnp.asarray(x, jnp.float32) / 255.0), None
+
+    g_raw, g_channel = jax.grad(lambda r, q: loss(params, r, logits_fn, jnp.asarray(y), q)[0], argnums=(0, 1))(raw, channel_raw)
+    for path in raw:
+        assert np.isfinite(float(g_raw[path])) and np.isfinite(float(g_channel[path])) and float(g_channel[path]) != 0.0, path
+
+    # Fewer live channels at the same density never cost more latency, and the exact cost of a
+    # pruned model's own description equals the cost function at its counted densities and live fractions.
+    all_live = float(cost_fn(dens))
+    assert float(cost_fn(dens, live)) <= all_live * (1 + 1e-6)
+    hwaware.prune_with_thresholds(model, {p: 0.5 for p in raw}, {p: 0.8 for p in raw})
+    pruned = describe_layers(model, input_shape=(1, 8, 8, 3))
+    counted = jnp.asarray([r["coef_density"] for r in pruned], jnp.float32)
+    counted_live = jnp.asarray([float(np.mean(np.asarray(r["coef_density_per_out_channel"]) > 0)) for r in pruned], jnp.float32)
+    assert float(jnp.min(counted_live)) < 1.0
+    exact = make_cost_fn(records, hw, options, metric="latency", relaxed=False)
+    direct = float(network_metric(workload_from_layers(deployment_layers(pruned)), hw, options, "latency"))
+    np.testing.assert_allclose(float(exact(counted, counted_live)), direct, rtol=1e-5)
+
+
+def test_channel_thresholds_follow_a_cost_of_live_channels():
+    x, y = _data(64)
+    records = describe_layers(_model(), input_shape=(1, 8, 8, 3))
+    names = [r["name"] for r in records]
+    heavy = "features.1.conv"
+    weights = jnp.asarray([10.0 if n == heavy else 0.1 for n in names], jnp.float32)
+
+    def cost_fn(density, live):  # charges live channels only, as a dense engine does
+        return jnp.sum(weights * live) + 0.0 * jnp.sum(density) + 1.0
+
+    config = hwaware.HwAwareConfig(cost_weight=5.0, steps=8, batch_size=16, threshold_learning_rate=0.1, channel_gates=True,
+                                   channel_temperature=0.3, train_weights=False, augment_pad=1, seed=3)
+    first = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, progress=False)
+    assert set(first.channel_thresholds) == set(first.thresholds)
+    others = [g for p, g in first.channel_thresholds.items() if p != heavy]
+    assert first.channel_thresholds[heavy] > max(others)
+    assert first.live_fractions[heavy] < min(v for n, v in first.live_fractions.items() if n not in (heavy, "classifier"))
+    assert first.live_fractions["classifier"] == 1.0
