@@ -78,12 +78,17 @@ def test_hardware_cost_is_differentiable_end_to_end_from_model_parameters():
         assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0.0, path
 
 
-def test_thresholds_follow_the_cost_and_a_fixed_seed_repeats_exactly():
-    x, y = _data(64)
+def _one_heavy_layer(heavy="features.1.conv"):
+    """Layer records of the test model and per-layer cost weights that make one layer dominate."""
     records = describe_layers(_model(), input_shape=(1, 8, 8, 3))
     names = [r["name"] for r in records]
-    heavy = "features.1.conv"
     weights = jnp.asarray([10.0 if n == heavy else 0.1 for n in names], jnp.float32)
+    return records, names, heavy, weights
+
+
+def test_thresholds_follow_the_cost_and_a_fixed_seed_repeats_exactly():
+    x, y = _data(64)
+    records, names, heavy, weights = _one_heavy_layer()
 
     def cost_fn(density):  # any differentiable function of the per-layer densities
         return jnp.sum(weights * density) + 1.0
@@ -194,10 +199,7 @@ def test_channel_gated_cost_is_differentiable_and_the_relaxation_counts_what_the
 
 def test_channel_thresholds_follow_a_cost_of_live_channels():
     x, y = _data(64)
-    records = describe_layers(_model(), input_shape=(1, 8, 8, 3))
-    names = [r["name"] for r in records]
-    heavy = "features.1.conv"
-    weights = jnp.asarray([10.0 if n == heavy else 0.1 for n in names], jnp.float32)
+    records, names, heavy, weights = _one_heavy_layer()
 
     def cost_fn(density, live):  # charges live channels only, as a dense engine does
         return jnp.sum(weights * live) + 0.0 * jnp.sum(density) + 1.0
