@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hwmodel.codesign.experiment import CodesignConfig, condensed, format_table, quick_config, run_codesign  # noqa: E402
+from hwmodel.codesign.experiment import CodesignConfig, condensed, format_table, job_order, quick_config, run_codesign  # noqa: E402
 from jaxsparse.common import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         "top1_gap_nearest_pair": comparison["top1_gap"],
         "quick": bool(args.quick),
         "test_images": config.test_subset or 10000,
-        "points_done": f"{len(state['points'])}/{len(config.uniform_thresholds) + len(config.cost_weights)}",
+        "points_done": f"{len(state['points'])}/{len(job_order(config))}",
         "cpu_minutes": round(state["resources"]["cpu_seconds"] / 60.0, 1),
         "wall_minutes": round(state["resources"]["wall_seconds"] / 60.0, 1),
     }

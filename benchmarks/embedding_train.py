@@ -406,14 +406,14 @@ def main(argv=None) -> int:
 
     if args.headline_threads == "best":
         # Each peer timing at its fastest thread setting: never flattering to ndp, whatever the load.
-        headline_peer = {}
-        for peer in peers.values():
+        fastest = {}  # timing key -> (torch threads, per-step times); the first setting wins ties
+        for n, peer in peers.items():
             for key, value in peer.items():
                 if key.endswith("_s") and key != "cpu_s" and value:
-                    best = headline_peer.get(key)
-                    headline_peer[key] = value if best is None or median(value) < median(best) else best
-        headline_threads = {key[:-2]: next(n for n, p in peers.items() if p.get(key) is value)
-                            for key, value in headline_peer.items()}  # fmt: skip
+                    if key not in fastest or median(value) < median(fastest[key][1]):
+                        fastest[key] = (n, value)
+        headline_peer = {key: value for key, (_, value) in fastest.items()}
+        headline_threads = {key[:-2]: n for key, (n, _) in fastest.items()}
     else:
         headline_peer = peers[args.headline_threads]
         headline_threads = {
@@ -463,11 +463,9 @@ def main(argv=None) -> int:
               f"peak RSS {o['peak_rss_mb']:.0f} MB, huge pages {o.get('anon_huge_pages_mb')} MB")  # fmt: skip
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; huge pages {args.huge_pages}; "
           f"headline ratios against torch threads {headline_threads}")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    from jaxsparse.common import atomic_write_json  # here, not at the top: the torch workers run in a venv without jax
+
+    atomic_write_json(args.out, report)
     print(json.dumps(headline))
     return 0
 

@@ -91,36 +91,35 @@ def main(argv=None) -> int:
         wl = workload._replace(coef_density=jax.random.uniform(k1, (layers,), jnp.float32, 0.05, 1.0))
         return wl, random_designs(base, args.designs, k2)
 
-    def totals(cost):
-        return jnp.sum(cost.cycles) + 1e-3 * jnp.sum(cost.mac_pj + cost.buffer_pj + cost.dram_pj + cost.network_pj)
+    def total(cycles, energy_pj):
+        return jnp.sum(cycles) + 1e-3 * jnp.sum(energy_pj)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def forward_exact(wl, hw):
         c = evaluate_grid("escalate", wl, hw, options)
-        return c.cycles, c.mac_pj + c.buffer_pj + c.dram_pj + c.network_pj
+        return c.cycles, c.energy_pj
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def forward_relaxed(wl, hw):
         c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
-        return c.cycles, c.mac_pj + c.buffer_pj + c.dram_pj + c.network_pj
+        return c.cycles, c.energy_pj
 
     # differentiable inputs (the co-design variables): the layers' densities and bit widths and
     # the relaxed hardware sizes (memory and ESCALATE sections); layer geometry, the energy
     # table and the baselines' parameters are data
-    def loss(variables, wl, hw):
+    def with_variables(variables, wl, hw):
         densities, bits, memory, escalate = variables
         wl = wl._replace(coef_density=densities[0], act_density=densities[1], coef_bits=bits[0], basis_bits=bits[1])
-        hw = hw._replace(memory=memory, escalate=escalate)
-        return totals(evaluate_grid("escalate", wl, hw, options, relaxed=True, remat=args.remat))
+        return wl, hw._replace(memory=memory, escalate=escalate)
+
+    def loss(variables, wl, hw):
+        c = evaluate_grid("escalate", *with_variables(variables, wl, hw), options, relaxed=True, remat=args.remat)
+        return total(c.cycles, c.energy_pj)
 
     def loss_fused(variables, wl, hw):
-        densities, bits, memory, escalate = variables
-        wl = wl._replace(coef_density=densities[0], act_density=densities[1], coef_bits=bits[0], basis_bits=bits[1])
-        hw = hw._replace(memory=memory, escalate=escalate)
-        cycles, energy = escalate_grid(wl, hw, options.stage_order)
-        return jnp.sum(cycles) + 1e-3 * jnp.sum(energy)
+        return total(*escalate_grid(*with_variables(variables, wl, hw), options.stage_order))
 
     def variables_of(wl, hw):
         return ((wl.coef_density, wl.act_density), (wl.coef_bits, wl.basis_bits), hw.memory, hw.escalate)

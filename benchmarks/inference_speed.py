@@ -47,11 +47,11 @@ from tqdm.auto import tqdm
 
 from jaxsparse.common import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
-from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, iter_layers, set_by_path
+from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
+from jaxsparse.penni.shrink import free_channel_layers, shrink
 
 CANDIDATES = ("dense", "basis_first", "coef_first", "live_basis_first")
-_REPLACEMENTS = {"dense": lambda layer: as_dense_conv(layer), "live_basis_first": lambda layer: LiveBasisFirstConv(layer)}
 
 
 def bake_quantization(model: nnx.Module) -> None:
@@ -68,6 +68,10 @@ def as_dense_conv(layer: DecomposedConv) -> nnx.Conv:
                     padding=layer.padding, use_bias=False, rngs=nnx.Rngs(0))
     conv.kernel[...] = layer.kernel()
     return conv
+
+
+#: Candidates that replace the layer with another module (the rest are forms of the layer itself).
+_REPLACEMENTS = {"dense": as_dense_conv, "live_basis_first": LiveBasisFirstConv}
 
 
 def time_fn(fn, *args, repeats: int) -> float:
@@ -118,9 +122,6 @@ def apply_plan(model: nnx.Module, choice: dict) -> None:
 
 def drop_inner_channels(model: nnx.Module, fraction: float, seed: int = 0) -> None:
     """Zero a random ``fraction`` of the output channels of every layer whose channels can die alone."""
-    from jaxsparse.penni.shrink import free_channel_layers
-    from jaxsparse.penni.layers import get_by_path
-
     rng = np.random.default_rng(seed)
     for path in free_channel_layers(model):
         layer = get_by_path(model, path)
@@ -178,8 +179,6 @@ def main(argv=None) -> int:
     sweep = [float(f) for f in args.channel_sweep.split(",") if f.strip()]
     sweep_macs = {}
     for fraction in sweep:
-        from jaxsparse.penni.shrink import shrink
-
         variant = load_compressed(args.run_dir, shrunk=False)
         drop_inner_channels(variant, fraction)
         shrink(variant)

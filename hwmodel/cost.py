@@ -187,6 +187,21 @@ def _sparse_stage(units_row, reduction, density, hw: Hardware, relaxed: bool) ->
 MATCHER_TO_MULTIPLIER_CYCLES = 1.0
 
 
+def _coefficient_first_head_tail(layer: Workload):
+    """``head`` and ``tail`` of :func:`_pipeline` for input rows streaming into the basis conv."""
+    k = layer.kernel
+    head = jnp.minimum(k - layer.padding, layer.h_in)
+    # output row r needs input rows up to r*s + k - 1 - pad; those reaching the last input row wait for it
+    tail = jnp.clip(layer.h_out - jnp.ceil((layer.h_in - k + layer.padding) / layer.stride), 1.0, layer.h_out)
+    return head, tail
+
+
+def _intermediate_density(layer: Workload):
+    """Density of the basis conv's output: measured when given, else independent activations over the valid taps."""
+    independent = 1.0 - (1.0 - layer.act_density) ** (layer.kernel * layer.kernel * valid_tap_fraction(layer))
+    return jnp.where(layer.window_density >= 0.0, layer.window_density, independent)
+
+
 def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: bool) -> LayerCost:
     m, e, en = hw.memory, hw.escalate, hw.energy
     d, k = layer.basis, layer.kernel
@@ -210,9 +225,7 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         mem_sparse, mem_dense = coef_total + tiles * ifmap, basis_total + ofmap
         t_sparse = relax.maximum(sparse.row_cycles, mem_sparse / (n_sparse * bw), relaxed=relaxed)
         t_dense = relax.maximum(dense_row, mem_dense / (n_dense * bw), relaxed=relaxed)
-        head = jnp.minimum(k - layer.padding, layer.h_in)
-        # output row r needs input rows up to r*s + k - 1 - pad; those reaching the last input row wait for it
-        tail = jnp.clip(layer.h_out - jnp.ceil((layer.h_in - k + layer.padding) / layer.stride), 1.0, layer.h_out)
+        head, tail = _coefficient_first_head_tail(layer)
         cycles = _pipeline(n_sparse, t_sparse, n_dense, t_dense, head, tail, relaxed, finish1=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
         compute = _pipeline(n_sparse, sparse.row_cycles, n_dense, dense_row, head, tail, relaxed, finish1=sparse.finish) + MATCHER_TO_MULTIPLIER_CYCLES
         sparse_mult = _mult_pj(en, layer.coef_bits, act_bits)
@@ -225,8 +238,7 @@ def _escalate_decomposed(layer: Workload, hw: Hardware, order: str, relaxed: boo
         dense_row_macs = layer.w_out * layer.c_in * d * k * k
         n_dense = layer.h_out
         dense_row = relax.ceil(dense_row_macs / e.basis_macs, relaxed=relaxed)
-        independent = 1.0 - (1.0 - pa) ** (k * k * valid_tap_fraction(layer))
-        p_intermediate = jnp.where(layer.window_density >= 0.0, layer.window_density, independent)
+        p_intermediate = _intermediate_density(layer)
         sparse = _sparse_stage(layer.w_out * c_live, layer.c_in * d, pc * p_intermediate, hw, relaxed)
         n_sparse = layer.h_out
         mem_dense, mem_sparse = basis_total + tiles * ifmap, coef_total + ofmap

@@ -51,13 +51,15 @@ import jax
 import jax.numpy as jnp
 
 from hwmodel import relax
-from hwmodel.cost import MATCHER_TO_MULTIPLIER_CYCLES, _live, _sram_bit_pj, evaluate_grid, valid_tap_fraction
+from hwmodel.cost import MATCHER_TO_MULTIPLIER_CYCLES, _coefficient_first_head_tail, _intermediate_density, _live, _sram_bit_pj, evaluate_grid, valid_tap_fraction
 from hwmodel.hardware import STAGE_ORDERS, Hardware, Options
 from hwmodel.workload import Workload
 from jaxsparse.common import check_choice, check_shape
 
 _C = relax.SMOOTH_MAX_TEMPERATURE
 
+# layer fields treated as data (zero cotangent)
+_DATA_FIELDS = ("h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel", "stride", "padding", "basis", "live_out_fraction")
 # per-layer leaves with a gradient, and per-design leaves (all have one)
 _LAYER_LEAVES = ("pc", "pa", "cb", "bb", "wb", "p_int")
 _DESIGN_LEAVES = ("bw", "half", "ab", "acc", "lanes", "mult", "pes", "bmacs", "ts_m8", "ts_a32", "sram_glb", "sram_pe", "ts_sram", "dram_bit", "net_unit")
@@ -133,13 +135,10 @@ _grid.defvjp(_grid_fwd, _grid_bwd)
 
 def _leaves(workload: Workload, designs: Hardware):
     """Differentiable per-layer ``[L]`` and per-design ``[D]`` quantities the grid arithmetic combines."""
-    data = workload._replace(live_out_fraction=jax.lax.stop_gradient(workload.live_out_fraction))
+    data = workload._replace(**{name: jax.lax.stop_gradient(getattr(workload, name)) for name in _DATA_FIELDS})
     _, pc = jax.vmap(_live)(data)
-    pa = workload.act_density
-    taps = jax.lax.stop_gradient(workload.kernel * workload.kernel * jax.vmap(valid_tap_fraction)(workload))
-    independent = 1.0 - (1.0 - pa) ** taps
-    p_int = jnp.where(workload.window_density >= 0.0, workload.window_density, independent)
-    layer = {"pc": pc, "pa": pa, "cb": workload.coef_bits, "bb": workload.basis_bits, "wb": workload.weight_bits, "p_int": p_int}
+    p_int = jax.vmap(_intermediate_density)(data)
+    layer = {"pc": pc, "pa": workload.act_density, "cb": workload.coef_bits, "bb": workload.basis_bits, "wb": workload.weight_bits, "p_int": p_int}
     m, e, en = designs.memory, designs.escalate, designs.energy
     ts = en.technology_scale
     design = {
@@ -155,11 +154,11 @@ def _leaves(workload: Workload, designs: Hardware):
 def _geometry(workload: Workload):
     w = jax.tree.map(jax.lax.stop_gradient, workload)
     k = w.kernel
+    head, tail = _coefficient_first_head_tail(w)
     return {
         "h_in": w.h_in, "w_in": w.w_in, "h_out": w.h_out, "w_out": w.w_out, "c_in": w.c_in, "c_out": w.c_out,
         "k": k, "d": w.basis, "c_live": w.c_out * w.live_out_fraction, "vtf": jax.vmap(valid_tap_fraction)(w),
-        "head": jnp.minimum(k - w.padding, w.h_in),
-        "tail": jnp.clip(w.h_out - jnp.ceil((w.h_in - k + w.padding) / w.stride), 1.0, w.h_out),
+        "head": head, "tail": tail,
     }
 
 

@@ -319,6 +319,15 @@ def layer_live_fractions(params: Any, channel_raw: dict[str, jax.Array], layout:
     return jnp.ones(len(layout.names), jnp.float32).at[index].set(learnt)
 
 
+def relaxed_cost(cost_fn: Callable[..., jax.Array], params: Any, raw: dict[str, jax.Array],
+                 channel_raw: dict[str, jax.Array] | None, layout: DensityLayout, config: HwAwareConfig) -> tuple[jax.Array, jax.Array]:
+    """``(densities, cost)`` of the relaxation: ``cost_fn(densities)``, or ``cost_fn(densities, live_fractions)`` with channel thresholds."""
+    densities = layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
+    if not channel_raw:
+        return densities, cost_fn(densities)
+    return densities, cost_fn(densities, layer_live_fractions(params, channel_raw, layout, config.channel_temperature))
+
+
 def hardware_aware_loss(
     cost_fn: Callable[[jax.Array], jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float
 ) -> Callable:
@@ -332,11 +341,8 @@ def hardware_aware_loss(
         logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate, channel_raw, config.channel_temperature))
         onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, onehot))
-        densities = layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
-        if channel_raw:
-            cost = cost_fn(densities, layer_live_fractions(params, channel_raw, layout, config.channel_temperature)) / reference
-        else:
-            cost = cost_fn(densities) / reference
+        densities, cost = relaxed_cost(cost_fn, params, raw, channel_raw, layout, config)
+        cost = cost / reference
         return ce + config.cost_weight * cost, (ce, cost, densities, extra, logits)
 
     return loss
@@ -406,11 +412,7 @@ def hwaware_fit(
     layout = density_layout(records, list(raw[0]))
     model.train()
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    start_density = layer_densities(params, raw[0], layout, config.temperature, raw[1], config.channel_temperature)
-    if config.channel_gates:
-        reference = float(cost_fn(start_density, layer_live_fractions(params, raw[1], layout, config.channel_temperature)))
-    else:
-        reference = float(cost_fn(start_density))
+    reference = float(relaxed_cost(cost_fn, params, raw[0], raw[1], layout, config)[1])
     if not np.isfinite(reference) or reference <= 0:
         raise ValueError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
     weight_tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(config.learning_rate, momentum=config.momentum or None))

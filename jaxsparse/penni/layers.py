@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxsparse.common import check_choice
@@ -157,8 +158,8 @@ class LiveBasisFirstConv(nnx.Module):
     """
 
     def __init__(self, layer: DecomposedConv):
-        import numpy as np
-
+        if isinstance(layer.padding, str):
+            raise ValueError(f"layer: expected explicit padding pairs, got {layer.padding!r}")
         basis, coefficients = (np.asarray(t, np.float32) for t in layer.effective_tensors())
         cin, cout, d = coefficients.shape
         live = np.any(coefficients != 0, axis=1)  # (Cin, d)
@@ -169,8 +170,6 @@ class LiveBasisFirstConv(nnx.Module):
         self.taps = nnx.Param(jnp.asarray(basis[which]))  # (K, kh, kw)
         self.mixing = nnx.Param(jnp.asarray(coefficients[channel, :, which]))  # (K, Cout)
         self.strides = tuple(layer.strides)
-        if isinstance(layer.padding, str):
-            raise ValueError(f"layer: expected explicit padding pairs, got {layer.padding!r}")
         self.padding = tuple(tuple(p) for p in layer.padding)
         self.in_features, self.out_features = cin, cout
 

@@ -44,9 +44,9 @@ from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
-from jaxsparse.penni.prune import channel_norm_mask, penni_mask
+from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask
 from jaxsparse.penni.quantize import quantize
-from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, shrink
+from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
 
 STAGES = ("dense", "decompose", "retrain", "prune", "finetune", "shrink", "quantize", "count")
@@ -167,13 +167,6 @@ def _train_config(config: CompressConfig, epochs: int, *, l1: float, learning_ra
     )
 
 
-def _module_path(path) -> tuple[str, str]:
-    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
-        keys = keys[:-1]  # a Variable flattens to its value
-    return ".".join(keys[:-1]), keys[-1]
-
-
 def prune_masks(params: Any, *, prune_std: float | jax.Array, channel_sparsity: float | jax.Array = 0.0,
                 channel_layers: tuple[str, ...] = ()) -> Any:
     """Keep-masks like ``params`` (an ``nnx.Param`` state): PENNI's rule on every coefficient tensor.
@@ -182,14 +175,12 @@ def prune_masks(params: Any, *, prune_std: float | jax.Array, channel_sparsity: 
     output channels of smallest coefficient norm (:func:`~jaxsparse.penni.prune.channel_norm_mask`).
     Other leaves are kept whole. Thresholds may be traced (a gradual schedule).
     """
-    use_channels = bool(channel_layers)
-
     def leaf(path, p):
-        module, attr = _module_path(path)
+        module, attr = param_module_path(path)
         if attr != "coefficients":
             return jnp.ones(jnp.shape(p), jnp.bool_)
         keep = penni_mask(p, prune_std)
-        if use_channels and module in channel_layers:
+        if module in channel_layers:
             keep = keep & channel_norm_mask(p, channel_sparsity)
         return keep
 
@@ -398,7 +389,7 @@ def compress(
             params = nnx.state(model, nnx.Param)
             keep = prune_masks(params, prune_std=config.prune_std, channel_sparsity=config.channel_sparsity,
                                channel_layers=_channel_layers(model, config))
-            nnx.update(model, jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, keep))
+            nnx.update(model, apply_masks(params, keep))
             finish(stage, started)
         elif stage == "finetune":
             masks = _coefficient_masks(model)

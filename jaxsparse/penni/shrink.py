@@ -263,16 +263,27 @@ def apply_channel_masks(model: nnx.Module, plan: ShrinkPlan | None = None) -> Sh
     return plan
 
 
+def param_module_path(path) -> tuple[str, str]:
+    """``(module path, attribute)`` of a leaf of an ``nnx.Param`` state, from its pytree key path.
+
+    Example:
+        >>> param_module_path((jax.tree_util.DictKey("layer1"), jax.tree_util.SequenceKey(0), jax.tree_util.DictKey("conv1"),
+        ...                    jax.tree_util.DictKey("coefficients")))
+        ('layer1.0.conv1', 'coefficients')
+    """
+    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+        keys = keys[:-1]  # a Variable flattens to its value
+    return ".".join(keys[:-1]), keys[-1]
+
+
 def param_masks_like(model: nnx.Module, plan: ShrinkPlan | None = None) -> nnx.State:
     """The keep-masks of :func:`channel_param_masks` as a state shaped like ``nnx.state(model, nnx.Param)``."""
     per_module = channel_param_masks(model, plan)
     params = nnx.state(model, nnx.Param)
 
     def mask(path, leaf):
-        keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-        if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
-            keys = keys[:-1]  # a Variable flattens to its value
-        module_path, attr = ".".join(keys[:-1]), keys[-1]
+        module_path, attr = param_module_path(path)
         keep = per_module.get(module_path, {}).get(attr)
         return jnp.ones(jnp.shape(leaf), jnp.bool_) if keep is None else jnp.asarray(keep)
 
