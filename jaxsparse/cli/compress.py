@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel-sparsity", type=float, default=0.0,
                         help="also remove this fraction of the output channels of each block's first conv, by coefficient norm "
                              "(0 = off, as the paper; default: %(default)s)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="weight of distillation from the dense model's softened logits while retraining and "
+                             "fine-tuning (0 = off, as the paper; default: %(default)s)")
+    parser.add_argument("--distill-temperature", type=float, default=4.0,
+                        help="softmax temperature of the distillation term (default: %(default)s)")
     parser.add_argument("--coef-bits", type=int, default=4, help="coefficient bits, 0 = float (default: %(default)s)")
     parser.add_argument("--basis-bits", type=int, default=8, help="basis bits, 0 = float (default: %(default)s)")
     parser.add_argument("--per-channel", action="store_true", help="one coefficient scale per output channel")
@@ -130,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         retrain_epochs=pick("retrain_epochs"), finetune_epochs=pick("finetune_epochs"),
         pretrain_epochs=pick("pretrain_epochs") if pick("pretrain_epochs") is not None else (0 if weights is not None else 30),
         alternate_every=pick("alternate_every"), prune_std=args.prune_std, gradual_prune=args.gradual_prune,
-        channel_sparsity=args.channel_sparsity, coef_bits=args.coef_bits,
+        channel_sparsity=args.channel_sparsity, distill=args.distill, distill_temperature=args.distill_temperature,
+        coef_bits=args.coef_bits,
         basis_bits=args.basis_bits, per_channel=args.per_channel, qat=not args.no_qat, batch_size=pick("batch_size"),
         learning_rate=args.lr, finetune_learning_rate=args.finetune_lr, augment_pad=1 if digits else 4, seed=args.seed,
     )

@@ -84,6 +84,11 @@ class CompressConfig:
       qat: fine-tune with fake-quantization (quantization-aware) instead of quantizing after.
       batch_size, learning_rate, finetune_learning_rate, weight_decay, momentum: the SGD recipe.
       augment_pad: random-crop padding (4 for CIFAR, 1 for 8x8 digits, 0: none).
+      distill: 0 (the paper): cross-entropy only. ``a > 0``: retraining and fine-tuning also
+        match a teacher's softened logits with weight ``a``
+        (:func:`~jaxsparse.penni.train.distillation_loss`); the teacher is the dense
+        model the run starts from unless :func:`compress` is given another.
+      distill_temperature: softmax temperature of the distillation term.
       seed: data order, augmentation and initialisation.
     """
 
@@ -109,6 +114,8 @@ class CompressConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     augment_pad: int = 4
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     seed: int = 0
 
     def __post_init__(self):
@@ -127,6 +134,9 @@ class CompressConfig:
             raise ValueError(f"gradual_prune: expected a fraction of the retraining steps in [0, 1], got {self.gradual_prune!r}")
         if not 0.0 <= self.channel_sparsity < 1.0:
             raise ValueError(f"channel_sparsity: expected a fraction in [0, 1), got {self.channel_sparsity!r}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
+        check_positive("distill_temperature", self.distill_temperature)
 
 
 class Dataset(NamedTuple):
@@ -160,10 +170,12 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
     return model
 
 
-def _train_config(config: CompressConfig, epochs: int, *, l1: float, learning_rate: float, alternate: int) -> TrainConfig:
+def _train_config(config: CompressConfig, epochs: int, *, l1: float, learning_rate: float, alternate: int,
+                  distill: bool = True) -> TrainConfig:
     return TrainConfig(
         epochs=epochs, batch_size=config.batch_size, learning_rate=learning_rate, momentum=config.momentum,
-        weight_decay=config.weight_decay, l1=l1, alternate_every=alternate, augment_pad=config.augment_pad, seed=config.seed,
+        weight_decay=config.weight_decay, l1=l1, alternate_every=alternate, augment_pad=config.augment_pad,
+        distill=config.distill if distill else 0.0, distill_temperature=config.distill_temperature, seed=config.seed,
     )
 
 
@@ -289,6 +301,8 @@ def compress(
     out_dir: str | Path,
     *,
     weights: str | None = None,
+    teacher: nnx.Module | None = None,
+    teacher_name: str = "dense",
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -300,6 +314,10 @@ def compress(
       out_dir: output folder (checkpoints in ``out_dir/checkpoints``).
       weights: PyTorch-layout ``.npz`` of the dense model (None: random init, trained for
         ``config.pretrain_epochs``).
+      teacher: the model distilled from when ``config.distill > 0`` (default: the dense
+        model the run starts from, after any pretraining).
+      teacher_name: how the teacher is named in the saved settings (a resumed run must
+        name the same one).
       progress: progress bars.
       log: where one-line stage messages go.
 
@@ -314,6 +332,8 @@ def compress(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data.name,
                 "train": int(len(data.train_images)), "test": int(len(data.test_images))}
+    if config.distill > 0:
+        settings["teacher"] = teacher_name
     settings_json = json.loads(json.dumps(settings))
 
     done, meta = None, {}
@@ -350,6 +370,19 @@ def compress(
             set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
     model.eval()
 
+    teachers: list[nnx.Module] = [] if teacher is None else [teacher]
+
+    def teacher_model() -> nnx.Module | None:
+        """The distillation teacher: given, or the dense model as saved by the ``dense`` stage."""
+        if config.distill <= 0:
+            return None
+        if not teachers:
+            dense = initial_model(config, weights)
+            state, _ = load_checkpoint(ckpt_dir / "dense.npz", like=nnx.state(dense))
+            nnx.update(dense, state)
+            teachers.append(dense)
+        return teachers[0]
+
     def finish(stage: str, started: float, **extra) -> None:
         top1 = evaluate(model, data.test_images, data.test_labels)
         totals = _totals(model, sample)
@@ -369,7 +402,8 @@ def compress(
         if stage == "dense":
             if weights is None and config.pretrain_epochs > 0:
                 fit(model, data.train_images, data.train_labels,
-                    _train_config(config, config.pretrain_epochs, l1=0.0, learning_rate=config.pretrain_learning_rate, alternate=0),
+                    _train_config(config, config.pretrain_epochs, l1=0.0, learning_rate=config.pretrain_learning_rate, alternate=0,
+                                  distill=False),
                     checkpoint=ckpt_dir / "dense-epoch.npz", description="pretrain", progress=progress)
             finish(stage, started)
         elif stage == "decompose":
@@ -383,7 +417,7 @@ def compress(
                 schedule = gradual_prune_schedule(config, model, total_steps)
             fit(model, data.train_images, data.train_labels,
                 _train_config(config, config.retrain_epochs, l1=config.l1, learning_rate=config.learning_rate, alternate=config.alternate_every),
-                mask_schedule=schedule, checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
+                mask_schedule=schedule, teacher=teacher_model(), checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
             finish(stage, started)
         elif stage == "prune":
             params = nnx.state(model, nnx.Param)
@@ -397,7 +431,7 @@ def compress(
                 set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
             fit(model, data.train_images, data.train_labels,
                 _train_config(config, config.finetune_epochs, l1=0.0, learning_rate=config.finetune_learning_rate, alternate=0),
-                masks=masks, checkpoint=ckpt_dir / "finetune-epoch.npz", description="finetune", progress=progress)
+                masks=masks, teacher=teacher_model(), checkpoint=ckpt_dir / "finetune-epoch.npz", description="finetune", progress=progress)
             finish(stage, started)
         elif stage == "shrink":
             _, plan = shrink(model)

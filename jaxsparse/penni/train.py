@@ -10,6 +10,11 @@ training when 0). BatchNorm and the classifier train in every phase.
 an interrupted run repeats at most the epoch it was in. Epoch ``e`` visits the data in
 an order fixed by ``(seed, e)`` and draws its augmentation from ``(seed, e, step)``, so a
 resumed run computes exactly what an uninterrupted one would.
+
+Knowledge distillation (an option, off by default): with ``distill = a > 0`` and a
+``teacher`` model, the loss is :math:`(1 - a)\\,CE(y, s) + a\\,T^2\\,KL(\\sigma(t/T) \\| \\sigma(s/T))`
+(Hinton et al., 2015) for student logits ``s`` and teacher logits ``t`` on the same
+augmented batch, which lets a compressed model recover from few training images.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class TrainConfig:
       alternate_every: epochs per phase when training basis and coefficients in turn (0: jointly).
       first_group: ``"coefficients"`` or ``"basis"``, the group trained in the first phase.
       augment_pad: random-crop padding of the augmentation (0: no augmentation).
+      distill: weight ``a`` of the distillation term (0: plain cross-entropy; needs a teacher).
+      distill_temperature: softmax temperature ``T`` of the distillation term.
       seed: fixes data order and augmentation.
     """
 
@@ -64,10 +71,15 @@ class TrainConfig:
     alternate_every: int = 2
     first_group: str = "coefficients"
     augment_pad: int = 4
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     seed: int = 0
 
     def __post_init__(self):
         check_positive("epochs", self.epochs, allow_zero=True)
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
+        check_positive("distill_temperature", self.distill_temperature)
         check_positive("batch_size", self.batch_size)
         check_positive("learning_rate", self.learning_rate)
         check_positive("l1", self.l1, allow_zero=True)
@@ -99,8 +111,15 @@ def param_groups(params: Any) -> Any:
 def sgd_recipe(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """Weight decay + SGD (Nesterov) with the step learning-rate schedule of ``config``."""
     total = config.epochs * steps_per_epoch
-    boundaries = {int(round(m * total)): config.lr_decay for m in config.milestones if 0 < int(round(m * total)) < total}
-    schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    boundaries = sorted({int(round(m * total)) for m in config.milestones if 0 < int(round(m * total)) < total})
+
+    def schedule(count):
+        # optax.piecewise_constant_schedule's arithmetic mixes int and float (fails under strict promotion)
+        rate = jnp.asarray(config.learning_rate, jnp.float32)
+        for boundary in boundaries:
+            rate = jnp.where(count >= boundary, rate * config.lr_decay, rate)
+        return rate
+
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0),
@@ -155,6 +174,22 @@ def coefficient_l1(params: Any) -> jax.Array:
     return sum(terms, jnp.zeros((), jnp.float32))
 
 
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+    """Mean over the batch of :math:`T^2\\,KL(\\sigma(t/T) \\| \\sigma(s/T))`.
+
+    The :math:`T^2` factor keeps the gradient's scale independent of ``T``. Zero when the
+    student's logits equal the teacher's (up to a per-example constant).
+
+    Example:
+        >>> s = jnp.asarray([[2.0, 0.0, -1.0]])
+        >>> float(distillation_loss(s, s + 3.0, 4.0))
+        0.0
+    """
+    teacher = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+    log_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    return temperature**2 * jnp.mean(optax.kl_divergence(log_student, teacher))
+
+
 def _prepare(images: jax.Array, key: jax.Array, pad: int) -> jax.Array:
     return normalize(augment(key, images, pad) if pad > 0 else images)
 
@@ -184,6 +219,7 @@ def fit(
     *,
     masks: Any = None,
     mask_schedule=None,
+    teacher: nnx.Module | None = None,
     checkpoint: str | os.PathLike | None = None,
     description: str = "train",
     progress: bool = True,
@@ -197,6 +233,7 @@ def fit(
       masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
       mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
         with the current masks (which only shrink): gradual pruning while training.
+      teacher: model whose (eval-mode) logits the student matches when ``config.distill > 0``.
       checkpoint: file written after every epoch and resumed from when present.
       description: progress bar label.
 
@@ -209,6 +246,12 @@ def fit(
     steps_per_epoch = len(images) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+    if config.distill > 0 and teacher is None:
+        raise ValueError(f"teacher: expected a model to distil from (config.distill = {config.distill}), got None")
+    teacher_graphdef, teacher_state = None, None
+    if config.distill > 0:
+        teacher.eval()
+        teacher_graphdef, teacher_state = nnx.split(teacher)
     model.train()
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     tx = make_optimizer(config, params, steps_per_epoch, masks, mask_schedule)
@@ -219,15 +262,19 @@ def fit(
         start_epoch, history = int(meta["epoch"]), list(meta["history"])
 
     @partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, stats, opt_state, x, y, key):
+    def step(params, stats, opt_state, x, y, key, teacher_state):
         x = _prepare(x, key, config.augment_pad)
+        teacher_logits = nnx.merge(teacher_graphdef, teacher_state)(x) if config.distill > 0 else None
 
         def loss_fn(p, stats):
             logits, new_stats = _forward(graphdef, p, stats, rest, x)
             labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-            ce = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
+            loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
+            if config.distill > 0:
+                kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                loss = (1.0 - config.distill) * loss + config.distill * kd
             penalty = config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32)
-            return ce + penalty, (new_stats, jnp.mean(jnp.argmax(logits, -1) == y))
+            return loss + penalty, (new_stats, jnp.mean(jnp.argmax(logits, -1) == y))
 
         (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -246,7 +293,7 @@ def fit(
         )
         for index, (x, y) in enumerate(bar):
             key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), index)
-            params, stats, opt_state, loss, acc = step(params, stats, opt_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key)
+            params, stats, opt_state, loss, acc = step(params, stats, opt_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key, teacher_state)
             losses.append(loss)
             accs.append(acc)
             if index % 10 == 0:
