@@ -12,10 +12,22 @@ index batches are fed to every framework), sum pooling, loss
 * FBGEMM: ``SplitTableBatchedEmbeddingBagsCodegen`` on CPU with the optimizer fused
   into the backward pass (``EXACT_SGD``, ``EXACT_ROWWISE_ADAGRAD``).
 
-Also measured: ndp's step time with every table 10x smaller (``--small-scale``) to
-show step time does not grow with table rows (``slowdown_at_10x_rows`` = time at
-the full size / time at one tenth), and the peak RSS of the ndp process next to the
-size of the tables and the compiled step's temporary buffers.
+Also measured: ndp's SGD step with every table 10x larger (``--large-scale``: each
+capped size times 10, 55.7M rows, 3.4 GB, index batches drawn from the same Zipf
+law over the larger tables) to show step time does not grow with table rows
+(``slowdown_at_10x_rows`` = step time at 10x the rows / at the headline size, both
+timed in one process after the 10x run's own rounds, their rounds interleaved so
+that both see the same load; the larger tables spread the same law over more rows,
+so a batch touches more distinct rows: 53% of its lookups instead of 40%.
+``slowdown_at_10x_rows_headline_ids`` runs the headline's own lookups on the 10x
+tables, so that only the table size changes); as a
+secondary figure, the headline size over 10x smaller tables (``--small-scale``;
+``slowdown_full_vs_0p1x_rows``: those fit nearly in the L3 cache, so this ratio
+measures cache residency rather than work that grows with rows); and the peak RSS
+of every ndp process next to the size of its tables and the compiled step's
+temporary buffers (``peak_rss_mb`` at the headline size, ``peak_rss_mb_at_10x_rows``).
+The 10x run is skipped, with the reason in the JSON, when the machine lacks the
+memory for it.
 
 PyTorch and FBGEMM are optional (``pip install torch==2.13.0 fbgemm-gpu-cpu==1.8.0``,
 the CPU builds). When they are not importable here, ``--torch-python`` names an
@@ -170,16 +182,19 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
 
 
 def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, steps: int, rounds: int,
-               warmup: int) -> None:
-    """Time ndp's step in a fresh process, so its peak RSS is the step's own (runtime + tables + batch)."""
+               warmup: int, paired: dict[str, str] | None = None) -> None:
+    """Time ndp's step in a fresh process, so its peak RSS is the step's own (runtime + tables + batch).
+
+    ``paired`` (name -> index file) adds configurations timed in the same process after
+    the peak RSS of the first one is taken, their rounds interleaved with its rounds, so
+    that their step-time ratios see the same machine load (``<name>_step_s``,
+    ``<name>_cpu_s``). A paired configuration with the same table sizes reuses the
+    first one's tables with its own index batches.
+    """
     import jax
 
     if devices > 1:
         jax.config.update("jax_num_cpu_devices", devices)
-    with np.load(indices_path) as data:
-        sizes = [int(x) for x in data["sizes"]]
-        batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]
-        dim = int(data["dim"])
     import jax.numpy as jnp
     import optax
     from flax import nnx
@@ -187,6 +202,12 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
     from ndp.embedding import plan_sharding
     from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, shard_batch, storage_mesh
 
+    def load(path):
+        with np.load(path) as data:
+            batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]
+            return [int(x) for x in data["sizes"]], batches, int(data["dim"])
+
+    sizes, batches, dim = load(indices_path)
     jax.block_until_ready(jnp.zeros(()))
     rss_runtime = peak_rss_mb()  # the JAX runtime and the index batches, before any table exists
 
@@ -198,38 +219,62 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
             return 0.5 * self.scale[...] * jnp.sum(pooled * pooled, axis=(1, 2))
 
     mesh = storage_mesh(devices)
-    plan = plan_sharding(sizes, dim, devices, "rw" if devices > 1 else "tw")
     embedding_optimizer = EmbeddingOptimizer(optimizer, LEARNING_RATE, EPS)
     tx = optax.set_to_zero()
-    state, graphdef = init_train_state(mesh, plan, SquaredNormHead(), tx, jax.random.key(0), embedding_optimizer)
-    step = make_train_step(mesh, plan, graphdef, lambda p, y: jnp.mean(p), tx, embedding_optimizer)
-    batch_size, tables = batches[0].shape
-    device_batches = [
-        shard_batch(mesh, Batch(np.zeros((batch_size, 0), np.float32), b.astype(np.int32)[:, :, None],
-                                np.ones((batch_size, tables), np.int32), np.zeros(batch_size, np.float32)))
-        for b in batches
-    ]  # fmt: skip
-    compiled = step.lower(state, device_batches[0]).compile()
-    temp_bytes = compiled.memory_analysis().temp_size_in_bytes
-    holder = {"state": state, "i": 0}
 
-    def run(n):
-        s = holder["state"]
-        for _ in range(n):
-            s, _ = step(s, device_batches[holder["i"] % len(device_batches)])
-            holder["i"] += 1
-        jax.block_until_ready(s.slab)
-        holder["state"] = s
+    def device_batches(batches):
+        batch_size, tables = batches[0].shape
+        return [
+            shard_batch(mesh, Batch(np.zeros((batch_size, 0), np.float32), b.astype(np.int32)[:, :, None],
+                                    np.ones((batch_size, tables), np.int32), np.zeros(batch_size, np.float32)))
+            for b in batches
+        ]  # fmt: skip
 
-    run(warmup)
+    def build(sizes, batches, holder=None):
+        """A ``run(n)`` that takes ``n`` steps, its holder (state and step) and the compiled step's temporaries."""
+        plan = plan_sharding(sizes, dim, devices, "rw" if devices > 1 else "tw")
+        inputs = device_batches(batches)
+        if holder is None:
+            state, graphdef = init_train_state(mesh, plan, SquaredNormHead(), tx, jax.random.key(0),
+                                               embedding_optimizer)  # fmt: skip
+            step = make_train_step(mesh, plan, graphdef, lambda p, y: jnp.mean(p), tx, embedding_optimizer)
+            holder = {"state": state, "step": step, "plan": plan}
+        temp = holder["step"].lower(holder["state"], inputs[0]).compile().memory_analysis().temp_size_in_bytes
+        counter = [0]
+
+        def run(n):
+            s = holder["state"]
+            for _ in range(n):
+                s, _ = holder["step"](s, inputs[counter[0] % len(inputs)])
+                counter[0] += 1
+            jax.block_until_ready(s.slab)
+            holder["state"] = s
+
+        run(warmup)
+        return run, holder, temp
+
+    run, holder, temp_bytes = build(sizes, batches)
     cpu_per_step: list[float] = []
     per_step = timed_rounds(run, steps, rounds, cpu_per_step)
     table_bytes = sum(sizes) * dim * 4
     state_bytes = sum(x.nbytes for x in (holder["state"].slab, holder["state"].slab_state))
     result = {"step_s": per_step, "cpu_s": cpu_per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
               "slab_and_optimizer_state_mb": state_bytes / 2**20, "rows": int(sum(sizes)),
-              "plan_imbalance": plan.imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb(),
+              "plan_imbalance": holder["plan"].imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb(),
               "anon_huge_pages_mb": anon_huge_pages_mb()}  # fmt: skip
+    if paired:
+        runs = {"": run}
+        for name, path in paired.items():
+            other_sizes, other_batches, _ = load(path)
+            runs[f"{name}_"] = build(other_sizes, other_batches, holder if other_sizes == sizes else None)[0]
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        cpu: dict[str, list[float]] = {key: [] for key in runs}
+        for _ in range(rounds):  # interleaved: every configuration sees the same phases of the machine's load
+            for key, fn in runs.items():
+                times[key] += timed_rounds(fn, steps, 1, cpu[key])
+        result["interleaved_step_s"], result["interleaved_cpu_s"] = times.pop(""), cpu.pop("")
+        for key in times:
+            result[f"{key}step_s"], result[f"{key}cpu_s"] = times[key], cpu[key]
     Path(out_path).write_text(json.dumps(result))
 
 
@@ -257,7 +302,7 @@ def load_average() -> list[float]:
 
 
 def merge_repeats(runs):
-    """Pool repeated ``(peers, ours, small)`` worker results: per-step timings are concatenated, load
+    """Pool repeated ``(peers, ours, small, large)`` worker results: per-step timings are concatenated, load
     averages listed per repeat, peak RSS is the largest, everything else is the first run's."""
 
     def merge(results: list[dict]) -> dict:
@@ -279,7 +324,20 @@ def merge_repeats(runs):
     peers = {n: merge([run[0][n] for run in runs]) for n in runs[0][0]}
     ours = {opt: merge([run[1][opt] for run in runs]) for opt in runs[0][1]}
     small = merge([run[2] for run in runs])
-    return peers, ours, small
+    large = merge([run[3] for run in runs]) if runs[0][3] is not None else None
+    return peers, ours, small, large
+
+
+def available_memory_mb() -> float | None:
+    """``MemAvailable`` of the machine (Linux), in MB."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024.0
+    return None
 
 
 def parse_threads(text: str) -> list[int]:
@@ -295,7 +353,10 @@ def parse_threads(text: str) -> list[int]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row-cap", type=int, default=1_000_000)
-    parser.add_argument("--small-scale", type=float, default=0.1, help="table scale of the 'small' ndp run")
+    parser.add_argument("--large-scale", type=float, default=10.0,
+                        help="table scale of the 'large' ndp SGD run (slowdown_at_10x_rows); 0 skips it")
+    parser.add_argument("--small-scale", type=float, default=0.1,
+                        help="table scale of the 'small' ndp SGD run (secondary figure)")
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--zipf", type=float, default=0.9)
@@ -323,12 +384,15 @@ def main(argv=None) -> int:
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--paired", default=None, help=argparse.SUPPRESS)  # name=path,... (ndp worker)
     args = parser.parse_args(argv)
     if args.worker == "torch":
         torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.threads)
         return 0
     if args.worker == "ndp":
-        ndp_worker(args.indices, args.worker_out, args.optimizer, args.devices, args.steps, args.rounds, args.warmup)
+        paired = dict(item.split("=", 1) for item in args.paired.split(",")) if args.paired else None
+        ndp_worker(args.indices, args.worker_out, args.optimizer, args.devices, args.steps, args.rounds, args.warmup,
+                   paired)  # fmt: skip
         return 0
     try:
         threads = [] if args.no_peers else parse_threads(args.torch_threads)
@@ -344,6 +408,16 @@ def main(argv=None) -> int:
 
     sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap)
     small_sizes = scale_table_sizes(sizes, scale=args.small_scale)
+    large_sizes = scale_table_sizes(sizes, scale=args.large_scale) if args.large_scale > 0 else None
+    large_skipped = None if args.large_scale > 0 else "--large-scale 0"
+    if large_sizes is not None:
+        # The slab plus its step's buffers, the runtime and a margin for the other users of the machine.
+        need_mb = sum(large_sizes) * args.dim * 4 / 2**20 * 1.1 + 2048
+        free_mb = available_memory_mb()
+        if free_mb is not None and free_mb < need_mb:
+            large_skipped = f"needs about {need_mb:.0f} MB, {free_mb:.0f} MB available"
+            print(f"skipping the {args.large_scale}x-rows run: {large_skipped}", file=sys.stderr)
+            large_sizes = None
     worker_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if args.huge_pages == "on":
         tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and "malloc.hugetlb" not in t]
@@ -366,10 +440,17 @@ def main(argv=None) -> int:
     load_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         indices, small_indices = Path(tmp) / "indices.npz", Path(tmp) / "small_indices.npz"
-        for path, table_sizes in ((indices, sizes), (small_indices, small_sizes)):
+        large_indices, large_same_indices = Path(tmp) / "large_indices.npz", Path(tmp) / "large_same_indices.npz"
+        for path, table_sizes in ((indices, sizes), (small_indices, small_sizes), (large_indices, large_sizes)):
+            if table_sizes is None:
+                continue
             batches = make_batches(table_sizes, args.batch_size, args.index_batches, 0, args.zipf)
             np.savez(path, sizes=np.asarray(table_sizes), dim=args.dim, count=len(batches),
                      **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
+            if path == indices and large_sizes is not None:
+                # The headline's lookups (all in range of the larger tables) on the 10x tables.
+                np.savez(large_same_indices, sizes=np.asarray(large_sizes), dim=args.dim, count=len(batches),
+                         **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
         # Each framework in its own process, one after the other, on the same index batches; with
         # --repeats the whole sequence runs again, so slow phases of a shared machine hit all alike.
         optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")
@@ -378,8 +459,14 @@ def main(argv=None) -> int:
             peers = {str(n): worker("torch", indices, tmp, "--threads", str(n)) for n in threads}
             ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in optimizers}
             small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
-            runs.append((peers, ours, small))
-        peers, ours, small = merge_repeats(runs)
+            large = None
+            if large_sizes is not None:
+                # 10x tables; the headline tables and the headline's lookups on the 10x tables in the
+                # same process, rounds interleaved, for the ratios.
+                large = worker("ndp", large_indices, tmp, "--optimizer", "sgd", "--paired",
+                               f"headline={indices},headline_ids={large_same_indices}")  # fmt: skip
+            runs.append((peers, ours, small, large))
+        peers, ours, small, large = merge_repeats(runs)
     load_end = load_average()
     median = statistics.median
     ours_ms = {opt: 1e3 * median(o["step_s"]) for opt, o in ours.items()}
@@ -419,33 +506,55 @@ def main(argv=None) -> int:
         headline_threads = {
             key[:-2]: args.headline_threads for key in headline_peer if key.endswith("_s") and key != "cpu_s"
         }
+    small_ms, small_cpu_ms = 1e3 * median(small["step_s"]), 1e3 * median(small["cpu_s"])
+    large_ms = 1e3 * median(large["interleaved_step_s"]) if large else None
+    large_cpu_ms = 1e3 * median(large["interleaved_cpu_s"]) if large else None
+    # In the 10x worker, interleaved with the 10x rounds: the headline tables, and the headline's lookups on
+    # the 10x tables.
+    paired_ms = {k: 1e3 * median(large[f"{k}_step_s"]) for k in ("headline", "headline_ids")} if large else {}
+    paired_cpu_ms = {k: 1e3 * median(large[f"{k}_cpu_s"]) for k in ("headline", "headline_ids")} if large else {}
     headline = {
         **ratios(headline_peer),
-        "slowdown_at_10x_rows": ours_ms["sgd"] / (1e3 * median(small["step_s"])),
+        "slowdown_at_10x_rows": large_ms / paired_ms["headline"] if large else None,
         "peak_rss_mb": ours["sgd"]["peak_rss_mb"],
+        "peak_rss_mb_at_10x_rows": large["peak_rss_mb"] if large else None,
     }
     report = {
         "workload": {"tables": len(sizes), "rows": int(sum(sizes)), "small_rows": int(sum(small_sizes)),
+                     "large_rows": int(sum(large_sizes)) if large_sizes else None, "large_scale": args.large_scale,
+                     "small_scale": args.small_scale, "large_skipped": large_skipped,
                      "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
                      "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
         "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start, "load_avg_end": load_end,
                     "huge_pages": args.huge_pages,
                     "worker_glibc_tunables": worker_env.get("GLIBC_TUNABLES")},  # fmt: skip
         "headline_torch_threads": headline_threads,
-        "ndp": {**ours, "sgd_small_tables": small},
+        "ndp": {**ours, "sgd_small_tables": small, "sgd_large_tables": large},
         "peers_by_torch_threads": peers,
         "median_step_ms": {
             **{f"ndp_{opt}": ms for opt, ms in ours_ms.items()},
-            "ndp_sgd_small_tables": 1e3 * median(small["step_s"]),
+            "ndp_sgd_small_tables": small_ms,
+            **({"ndp_sgd_large_tables": large_ms, "ndp_sgd_headline_tables_in_10x_process": paired_ms["headline"],
+                "ndp_sgd_large_tables_headline_ids": paired_ms["headline_ids"]} if large else {}),
             **{f"{k[:-2]}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.items()
                if k.endswith("_s") and k != "cpu_s"},
         },  # fmt: skip
         "median_cpu_ms_per_step": {
             **{f"ndp_{opt}": ms for opt, ms in ours_cpu_ms.items()},
-            "ndp_sgd_small_tables": 1e3 * median(small["cpu_s"]),
+            "ndp_sgd_small_tables": small_cpu_ms,
+            **({"ndp_sgd_large_tables": large_cpu_ms, "ndp_sgd_headline_tables_in_10x_process": paired_cpu_ms["headline"],
+                "ndp_sgd_large_tables_headline_ids": paired_cpu_ms["headline_ids"]} if large else {}),
             **{f"{k}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.get("cpu_s", {}).items()},
         },  # fmt: skip
-        "slowdown_at_10x_rows_cpu_time": ours_cpu_ms["sgd"] / (1e3 * median(small["cpu_s"])),
+        "slowdown_at_10x_rows_cpu_time": large_cpu_ms / paired_cpu_ms["headline"] if large else None,
+        # The same lookups as the headline on the 10x tables: only the table size changes (the
+        # headline figure draws new Zipf ids over the larger tables, which touch more distinct rows).
+        "slowdown_at_10x_rows_headline_ids": paired_ms["headline_ids"] / paired_ms["headline"] if large else None,
+        # The 10x worker's own rounds over the headline worker's (separate processes, not interleaved).
+        "slowdown_at_10x_rows_separate_processes": 1e3 * median(large["step_s"]) / ours_ms["sgd"] if large else None,
+        # Secondary: headline tables (340 MB) over 10x smaller ones (34 MB, about the L3 cache).
+        "slowdown_full_vs_0p1x_rows": ours_ms["sgd"] / small_ms,
+        "slowdown_full_vs_0p1x_rows_cpu_time": ours_cpu_ms["sgd"] / small_cpu_ms,
         "speedups_by_torch_threads": {
             n: {"wall": ratios(p), "cpu_time": ratios(p, cpu=True)} for n, p in peers.items()
         },
@@ -457,7 +566,10 @@ def main(argv=None) -> int:
         wall = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["wall"].items() if v)
         cpu = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["cpu_time"].items() if v)
         print(f"torch/FBGEMM with {n} thread(s): wall {wall} | CPU time {cpu}")
-    for opt, o in ours.items():
+    sized = {**ours, "sgd at 10x rows": large} if large else ours
+    if large_skipped:
+        print(f"ndp at {args.large_scale}x rows: skipped ({large_skipped})")
+    for opt, o in sized.items():
         print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (with optimizer state {o['slab_and_optimizer_state_mb']:.0f} MB), "
               f"step temporaries {o['temp_bytes'] / 2**20:.1f} MB, runtime RSS {o['rss_runtime_mb']:.0f} MB, "
               f"peak RSS {o['peak_rss_mb']:.0f} MB, huge pages {o.get('anon_huge_pages_mb')} MB")  # fmt: skip

@@ -326,9 +326,14 @@ def _local_rows(routing, ids, lengths, local_rows):
     """Local slab row of every lookup this device owns, ``local_rows`` (out of range) for the others.
 
     ``routing``: ``(S, 3, T)`` (replicated); ``ids``: ``(B, T, L)``; ``lengths``: ``(B, T)``.
-    Lookups past a bag's length and rows held by other devices both get the
-    out-of-range row, which gathers read as zeros (``mode="fill"``) and scatters drop
-    (``mode="drop"``), so no per-lookup weights are needed for sum pooling.
+    Returns the rows flattened to ``(B * T * L,)``. Lookups past a bag's length and
+    rows held by other devices both get the out-of-range row, which
+    :func:`_gather_rows` reads as zeros and scatters drop (``mode="drop"``), so no
+    per-lookup weights are needed for sum pooling.
+
+    The result is materialised: fused into its consumers,
+    XLA:CPU would redo this index arithmetic for every element of every gathered or
+    scattered row, which costs more than the memory traffic of the rows themselves.
     """
     mine = routing[jax.lax.axis_index(AXIS)]
     start, end, offset = mine[0], mine[1], mine[2]
@@ -336,7 +341,23 @@ def _local_rows(routing, ids, lengths, local_rows):
     position = jnp.arange(length_cap, dtype=jnp.int32).reshape(1, 1, length_cap)
     valid = position < lengths[:, :, None]
     hit = valid & (ids >= start[None, :, None]) & (ids < end[None, :, None])
-    return jnp.where(hit, ids - start[None, :, None] + offset[None, :, None], local_rows)
+    local = jnp.where(hit, ids - start[None, :, None] + offset[None, :, None], local_rows).reshape(-1)
+    # ``min(local, local_rows)`` is ``local``; written as a reduction, it is materialised once.
+    return jnp.min(jnp.stack([local, jnp.full_like(local, local_rows)]), axis=0)
+
+
+def _gather_rows(table, rows):
+    """``table[rows]`` with out-of-range ``rows`` (the ``table.shape[0]`` sentinel) read as zeros.
+
+    Clamping and masking row-wise is cheaper on XLA:CPU than ``mode="fill"``, whose
+    bounds test is emitted per element.
+    """
+    size = table.shape[0]
+    gathered = table.at[jnp.minimum(rows, size - 1)].get(mode="promise_in_bounds")
+    inside = rows < size
+    if gathered.ndim == 1:
+        return jnp.where(inside, gathered, 0.0)
+    return jnp.where(inside[:, None], gathered, 0.0)
 
 
 def _bag_scale(lengths):
@@ -358,7 +379,7 @@ def _gather_batch(x):
 def _lookup_local(kind, pooling, slab, routing, ids, lengths):
     ids, lengths = _gather_batch(ids), _gather_batch(lengths)
     local = _local_rows(routing, ids, lengths, slab.shape[0])
-    rows = slab.at[local].get(mode="fill", fill_value=0.0)  # (B, T, L, W); not mine / past the bag: 0
+    rows = _gather_rows(slab, local).reshape(*ids.shape, slab.shape[1])  # not mine / past the bag: 0
     partial = rows[:, :, 0] if rows.shape[2] == 1 else jnp.sum(rows, axis=2)  # (B, T, W)
     if pooling == "mean":
         partial = partial * _bag_scale(lengths)[:, :, None]
@@ -377,9 +398,12 @@ def _update_local(kind, pooling, optimizer, dim, eps, slab, state, routing, ids,
         grad = _gather_batch(grad)  # (B, T, D)
     if pooling == "mean":
         grad = grad * _bag_scale(lengths)[:, :, None]
-    rows = _local_rows(routing, ids, lengths, slab.shape[0]).reshape(-1)  # not mine / past the bag: dropped
+    rows = _local_rows(routing, ids, lengths, slab.shape[0])  # not mine / past the bag: dropped
     width = slab.shape[1]
-    row_grads = jnp.broadcast_to(grad[:, :, None, :], (*ids.shape, width)).reshape(-1, width)
+    if ids.shape[2] == 1:
+        row_grads = grad.reshape(-1, width)
+    else:
+        row_grads = jnp.broadcast_to(grad[:, :, None, :], (*ids.shape, width)).reshape(-1, width)
     if optimizer == "sgd":
         # SGD is linear in the gradient: a scatter-add sums duplicate rows exactly, no de-duplication.
         return slab.at[rows].add(-lr * row_grads, mode="drop"), state
@@ -407,12 +431,13 @@ def _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr):
     if size >= 2**24:
         raise ValueError(f"ids: expected fewer than 2**24 lookups per device and step, got {size}")
     slots = jnp.arange(size, dtype=jnp.int32)
-    old = state.at[rows].get(mode="fill", fill_value=0.0)
+    old = _gather_rows(state, rows)
     # The marks depend on ``old`` so that this read is ordered before the in-place write
     # (otherwise XLA keeps a copy of the accumulators alive).
     marks = -1.0 - slots.astype(jnp.float32) + 0.0 * old
     marked = state.at[rows].min(marks, mode="drop")
-    representative = (-1.0 - marked.at[rows].get(mode="fill", fill_value=-1.0 - size)).astype(jnp.int32)
+    elected = marked.at[jnp.minimum(rows, state.shape[0] - 1)].get(mode="promise_in_bounds")
+    representative = jnp.where(rows < state.shape[0], (-1.0 - elected).astype(jnp.int32), size)
     # Each row's gradients summed in its representative's slot (which starts from its own gradient).
     others = jnp.where(representative == slots, size, representative)
     summed = row_grads.at[others].add(row_grads, mode="drop")
