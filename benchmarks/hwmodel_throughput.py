@@ -5,10 +5,16 @@ All ResNet-56 layers (56) x D random design points in one jitted, doubly vmapped
 and gradient in one call) with respect to the layers' densities and bit widths and the
 relaxed memory/ESCALATE sizes of every design: once with the fused hand-written backward
 pass of ``hwmodel.fastgrad.escalate_grid`` (the headline) and once by plain autodiff of
-``evaluate_grid`` (same loss, same inputs), whose gradients must agree. Each function is
-wrapped in ``chex.assert_max_traces(n=1)`` and called repeatedly with fresh inputs of the
-same shape, so a second compilation would fail the run. The compiled programs' loops over
-the [designs x layers] grid (fusions with that output shape) are counted from the HLO.
+``evaluate_grid`` (same loss, same inputs), whose gradients must agree. The fused backward
+pass runs over blocks of design points (``fastgrad.DESIGN_BLOCK``), and so does its forward
+pass (``evaluate_grid`` per block); the relaxed forward is timed both over the whole grid
+(``evaluate_grid``) and over blocks (``escalate_grid``), and the gradient is compared with
+the faster of the two. Each function is wrapped in
+``chex.assert_max_traces(n=1)`` and called repeatedly with fresh inputs of the same shape,
+so a second compilation would fail the run. The compiled programs' loops over the
+[designs x layers] grid, and over [block x layers] inside the loop over blocks, are counted
+from the HLO. Wall time (best of interleaved rounds) is the headline; process CPU time
+(also best of rounds) is recorded beside it, as the machine is shared.
 
     python benchmarks/hwmodel_throughput.py [--designs 4096] [--repeats 10]
 
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import time
 
 import chex
@@ -28,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from hwmodel.cost import evaluate_grid
-from hwmodel.fastgrad import escalate_grid
+from hwmodel.fastgrad import DESIGN_BLOCK, design_block_rows, escalate_grid
 from hwmodel.hardware import load_hardware
 from hwmodel.workload import model_layers, workload_from_layers
 from jaxsparse.common import atomic_write_json
@@ -45,31 +52,42 @@ def random_designs(base, count: int, key) -> object:
 
 
 def _time_interleaved(functions, make_inputs, repeats):
-    """Best-of-``repeats`` seconds per call of each function, measured in interleaved rounds.
+    """Best-of-``repeats`` wall seconds and median process CPU seconds per call of each function,
+    in interleaved rounds.
 
     The machine is shared: interleaving exposes every function to the same background load,
-    and the minimum over rounds is the least disturbed measurement.
+    and the minimum over rounds is the least disturbed measurement (CPU time, which a busy
+    machine disturbs less, takes the median: its minimum is noisy at this resolution).
     """
     for fn in functions:
         jax.block_until_ready(fn(*make_inputs(0)))  # compile + warm up
     inputs = [make_inputs(i + 1) for i in range(repeats)]
     jax.block_until_ready(inputs)
     best = [float("inf")] * len(functions)
+    cpu_times = [[] for _ in functions]
     for x in inputs:
         for j, fn in enumerate(functions):
-            start = time.perf_counter()
+            cpu, start = time.process_time(), time.perf_counter()
             jax.block_until_ready(fn(*x))
             best[j] = min(best[j], time.perf_counter() - start)
-    return best
+            cpu_times[j].append(time.process_time() - cpu)
+    return best, [statistics.median(times) for times in cpu_times]
 
 
-def grid_loops(fn, args, grid_shape) -> dict[str, int]:
-    """Fusions (loops) in the compiled entry computation, and those writing a full grid array."""
+def grid_loops(fn, args, grid_shape, block_shape) -> dict[str, int]:
+    """Fusions (loops) of the compiled program: in the entry computation, those writing a full
+    grid array, and those writing a [block x layers] array (in the body of a loop over blocks,
+    so each runs once per block)."""
     text = fn.lower(*args).compile().as_text()
     entry = text[text.index("\nENTRY"):]
-    fusions = re.findall(r"= (\S+) fusion\(", entry)
+    shapes = lambda code: re.findall(r"= (\S+) fusion\(", code)
     full = "f32[" + ",".join(str(n) for n in grid_shape) + "]"
-    return {"fusions": len(fusions), "grid_loops": sum(shape.startswith(full) for shape in fusions)}
+    part = "f32[" + ",".join(str(n) for n in block_shape) + "]"
+    body = text[:text.index("\nENTRY")]
+    counts = {"fusions": len(shapes(entry)), "grid_loops": sum(s.startswith(full) for s in shapes(entry))}
+    if block_shape != grid_shape:
+        counts["block_loops"] = sum(s.startswith(part) for s in shapes(body))
+    return counts
 
 
 def main(argv=None) -> int:
@@ -91,8 +109,14 @@ def main(argv=None) -> int:
         wl = workload._replace(coef_density=jax.random.uniform(k1, (layers,), jnp.float32, 0.05, 1.0))
         return wl, random_designs(base, args.designs, k2)
 
+    def grid_sum(x):
+        # the same sum as jnp.sum, as two matrix-vector products: XLA:CPU's full reduction of a
+        # [D, L] array is scalar code and costs a third of the relaxed forward pass here
+        exact = jax.lax.Precision.HIGHEST
+        return jnp.matmul(jnp.ones((x.shape[0],), x.dtype), jnp.matmul(x, jnp.ones((x.shape[1],), x.dtype), precision=exact), precision=exact)
+
     def total(cycles, energy_pj):
-        return jnp.sum(cycles) + 1e-3 * jnp.sum(energy_pj)
+        return grid_sum(cycles) + 1e-3 * grid_sum(energy_pj)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -100,11 +124,21 @@ def main(argv=None) -> int:
         c = evaluate_grid("escalate", wl, hw, options)
         return c.cycles, c.energy_pj
 
+    def relaxed(wl, hw):
+        c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
+        return c.cycles, c.energy_pj
+
     @jax.jit
     @chex.assert_max_traces(n=1)
     def forward_relaxed(wl, hw):
-        c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
-        return c.cycles, c.energy_pj
+        return relaxed(wl, hw)
+
+    block = design_block_rows(args.designs, DESIGN_BLOCK)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward_relaxed_blocked(wl, hw):
+        return escalate_grid(wl, hw, options.stage_order)  # evaluate_grid over blocks of designs
 
     # differentiable inputs (the co-design variables): the layers' densities and bit widths and
     # the relaxed hardware sizes (memory and ESCALATE sections); layer geometry, the energy
@@ -135,19 +169,27 @@ def main(argv=None) -> int:
         return jax.value_and_grad(loss)(variables_of(wl, hw), wl, hw)
 
     chex.clear_trace_counter()
-    functions = [forward_exact, forward_relaxed, value_and_grad, value_and_grad_autodiff]
-    t_exact, t_relaxed, t_grad, t_autodiff = _time_interleaved(functions, make_inputs, args.repeats)
+    functions = [forward_exact, forward_relaxed, forward_relaxed_blocked, value_and_grad, value_and_grad_autodiff]
+    (t_exact, t_whole, t_blocked, t_grad, t_autodiff), cpu = _time_interleaved(functions, make_inputs, args.repeats)
+    cpu_exact, cpu_whole, cpu_blocked, cpu_grad, cpu_autodiff = cpu
+    # the reference forward is the faster of the two relaxed forwards (CPU: median per call)
+    t_relaxed, cpu_relaxed = min(t_whole, t_blocked), min(cpu_whole, cpu_blocked)
     check = make_inputs(99)
     (value, grads), (value_ref, grads_ref) = value_and_grad(*check), value_and_grad_autodiff(*check)
     finite = all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     # largest difference per gradient leaf, relative to that leaf's largest magnitude
     grad_diff = max(float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)))
     grid = (args.designs, layers)
-    loops = {name: grid_loops(fn, check, grid) for name, fn in [("forward_relaxed", forward_relaxed), ("value_and_grad", value_and_grad), ("value_and_grad_autodiff", value_and_grad_autodiff)]}
+    loops = {name: grid_loops(fn, check, grid, (block, layers)) for name, fn in [("forward_relaxed", forward_relaxed), ("forward_relaxed_blocked", forward_relaxed_blocked), ("value_and_grad", value_and_grad), ("value_and_grad_autodiff", value_and_grad_autodiff)]}
 
     result = {
-        "layers": layers, "designs": args.designs, "timing": "best of --repeats interleaved rounds", "evaluations_per_call": evals,
-        "forward_exact_s": t_exact, "forward_relaxed_s": t_relaxed, "value_and_grad_s": t_grad, "value_and_grad_autodiff_s": t_autodiff,
+        "layers": layers, "designs": args.designs, "timing": "best of --repeats interleaved rounds (cpu_s: median process CPU time per call)", "evaluations_per_call": evals,
+        "design_block": block,
+        "forward_exact_s": t_exact, "forward_relaxed_whole_grid_s": t_whole, "forward_relaxed_blocked_s": t_blocked, "forward_relaxed_s": t_relaxed,
+        "value_and_grad_s": t_grad, "value_and_grad_autodiff_s": t_autodiff,
+        "cpu_s": {"forward_exact": cpu_exact, "forward_relaxed_whole_grid": cpu_whole, "forward_relaxed_blocked": cpu_blocked,
+                  "value_and_grad": cpu_grad, "value_and_grad_autodiff": cpu_autodiff},
+        "grad_over_relaxed_forward_cpu": cpu_grad / cpu_relaxed,
         "forward_exact_evals_per_s": evals / t_exact, "forward_relaxed_evals_per_s": evals / t_relaxed,
         "grad_evals_per_s": evals / t_grad, "grad_over_relaxed_forward": t_grad / t_relaxed,
         "grad_over_exact_forward": t_grad / t_exact, "autodiff_grad_over_relaxed_forward": t_autodiff / t_relaxed,
@@ -155,15 +197,18 @@ def main(argv=None) -> int:
         "fused_vs_autodiff_rel_value_diff": abs(float(value) - float(value_ref)) / abs(float(value_ref)),
         "hlo_loops": loops, "gradients_finite": finite, "compilations_per_function": 1, "remat": args.remat,
         "differentiated": "coef/act density and coef/basis bits of every layer; memory and escalate sections of every design (11 sizes)",
-        "gradient": "value_and_grad: hwmodel.fastgrad.escalate_grid (fused hand-written backward); value_and_grad_autodiff: jax.value_and_grad of evaluate_grid (remat as --remat)",
+        "gradient": "value_and_grad: hwmodel.fastgrad.escalate_grid (fused hand-written backward over blocks of design_block designs); value_and_grad_autodiff: jax.value_and_grad of evaluate_grid (remat as --remat)",
+        "loss": "sum(cycles) + 1e-3 * sum(energy_pj) over the grid, each sum as two matrix-vector products",
+        "forward_reference": "forward_relaxed_s is the faster of forward_relaxed_whole_grid_s and forward_relaxed_blocked_s",
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg(), "jax_backend": jax.default_backend(), "devices": len(jax.devices())},
         "scalesim_reference": "SCALE-Sim 3.0.0 took 0.71 s per ResNet-20 layer and dataflow on this shared machine (benchmarks/results/hwmodel_vs_scalesim.json)",
     }
-    for key in ("forward_exact_evals_per_s", "forward_relaxed_evals_per_s", "grad_evals_per_s", "grad_over_relaxed_forward",
+    for key in ("forward_exact_evals_per_s", "forward_relaxed_evals_per_s", "grad_evals_per_s", "grad_over_relaxed_forward", "grad_over_relaxed_forward_cpu",
                 "autodiff_grad_over_relaxed_forward", "fused_vs_autodiff_speedup", "fused_vs_autodiff_max_rel_grad_diff"):
         print(f"{key:>36}: {result[key]:.4g}")
     for name, counts in loops.items():
-        print(f"{name:>36}: {counts['grid_loops']} loops over the grid, {counts['fusions']} fusions")
+        per_block = f", {counts['block_loops']} per block" if "block_loops" in counts else ""
+        print(f"{name:>36}: {counts['grid_loops']} loops over the grid{per_block}, {counts['fusions']} fusions")
     print(f"load average during the run: {result['machine']['load_average']}")
     headline = {"forward_evals_per_s": result["forward_exact_evals_per_s"], "grad_over_forward": result["grad_over_relaxed_forward"]}
     atomic_write_json(args.out, {"headline": headline, **result})
