@@ -16,12 +16,23 @@ shape on XLA:CPU, so not candidates: im2col + matmul, a sum of 9 shifted 1x1 mat
 NCHW layout, and the depthwise step as a batch-folded 1-input-channel conv.)
 
 Each candidate is timed alone on the layer's real input shape (batch ``--batch``, after
-warm-up, ``block_until_ready``); the fastest is kept. The whole models are then timed in
-alternation (median of ``--repeats``). Also reported: every model with one form for all
-layers, the realised speedup over the counted (sparse-effective) MAC reduction, and a
-channel sweep: the compressed model with a further random fraction of every block's inner
-channels removed (``--channel-sweep``), timed the same way, which shows how wall-clock time
-follows dense-shape MACs on this backend. The load average is recorded next to the figures.
+warm-up, ``block_until_ready``; a candidate whose first call is over 3x the best so far is
+not repeated). Whole-model plans are then chosen by whole-model timing in a phase of their
+own: the per-layer forms or dense convs everywhere, each with the shrunk model's channel
+spaces padded with zero channels to a multiple of m (``--pad-multiples``; odd channel
+counts left by shrinking can make XLA:CPU's conv slower than the full-width one, see the
+conv-efficiency table in the output). Inference-only rewrites that are not about
+compression are applied to BOTH models: BatchNorm folded into the conv before it
+(``--fold-bn``, default on) and any ``--compiler-options`` (XLA options passed per compiled
+function). The whole models are then timed in alternation (median of ``--repeats``).
+
+Also reported: the time breakdown of both models (convs vs everything else, by timing the
+model with every conv replaced by a shape-only stand-in; BatchNorm folded vs not), every
+model with one form for all layers, the realised speedup over the counted
+(sparse-effective) MAC reduction, and a channel sweep: the compressed model with a further
+random fraction of every block's inner channels removed (``--channel-sweep``), timed the
+same way, which shows how wall-clock time follows dense-shape MACs on this backend. The
+load average is recorded next to the figures.
 
 Example::
 
@@ -47,36 +58,30 @@ from tqdm.auto import tqdm
 
 from jaxsparse.common import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
+from jaxsparse.penni.inference import PLAN_FORMS, apply_plan, bake_quantization, fold_batchnorm, pad_channels, plan_module
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
 from jaxsparse.penni.shrink import free_channel_layers, shrink
 
 CANDIDATES = ("dense", "basis_first", "coef_first", "live_basis_first")
+assert set(CANDIDATES) <= set(PLAN_FORMS)
+
+#: ``(H, Cin, Cout)`` of the 3x3 convs (batch ``--batch``) timed for the conv-efficiency table.
+EFFICIENCY_SHAPES = ((32, 16, 16), (32, 16, 13), (32, 16, 12), (32, 16, 8), (32, 16, 4), (32, 13, 16),
+                     (16, 32, 32), (16, 31, 31), (16, 32, 24), (8, 64, 64), (8, 63, 63), (8, 64, 56))
 
 
-def bake_quantization(model: nnx.Module) -> None:
-    """Store the fake-quantized tensors as plain float32 values (what a deployed model holds)."""
-    for _, layer in iter_layers(model, DecomposedConv):
-        basis, coefficients = layer.effective_tensors()
-        layer.basis[...], layer.coefficients[...] = basis, coefficients
-        layer.coef_bits = layer.basis_bits = 0
+def time_fn(fn, *args, repeats: int, give_up_above: float = float("inf")) -> float:
+    """Median seconds of ``fn(*args)`` after one warm-up call.
 
-
-def as_dense_conv(layer: DecomposedConv) -> nnx.Conv:
-    """The layer as one ``nnx.Conv`` holding the rebuilt kernel."""
-    conv = nnx.Conv(layer.in_features, layer.out_features, kernel_size=layer.kernel_size, strides=layer.strides,
-                    padding=layer.padding, use_bias=False, rngs=nnx.Rngs(0))
-    conv.kernel[...] = layer.kernel()
-    return conv
-
-
-#: Candidates that replace the layer with another module (the rest are forms of the layer itself).
-_REPLACEMENTS = {"dense": as_dense_conv, "live_basis_first": LiveBasisFirstConv}
-
-
-def time_fn(fn, *args, repeats: int) -> float:
-    """Median seconds of ``fn(*args)`` after one warm-up call."""
+    When the warm-up call alone takes over ``give_up_above`` seconds, its time is returned
+    without repeats (a candidate that far behind cannot win; this keeps the plan search short).
+    """
+    t = time.perf_counter()
     jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t
+    if first > give_up_above:
+        return first
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -85,14 +90,43 @@ def time_fn(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jitted_forward(model: nnx.Module):
+def compile_fn(fn, *args, options: dict):
+    """``fn`` jitted and compiled for ``args`` with the given XLA compiler options."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+
+
+def jitted_forward(model: nnx.Module, x: jax.Array, options: dict):
     model.eval()
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    return lambda x: forward(state, x)
+    forward = compile_fn(lambda s, v: nnx.merge(graphdef, s)(v), state, x, options=options)
+    return lambda v: forward(state, v)
 
 
-def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candidates=CANDIDATES) -> tuple[dict, dict]:
+class ShapeOnlyConv(nnx.Module):
+    """Stands in for a conv in the time breakdown: output of the conv's shape, (almost) no work."""
+
+    def __init__(self, layer):
+        self.out_features = int(layer.out_features)
+        strides = layer.strides if layer.strides is not None else 1
+        self.stride = int(strides[0] if isinstance(strides, (tuple, list)) else strides)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x[:, :: self.stride, :: self.stride, :]
+        c = x.shape[-1]
+        if c >= self.out_features:
+            return x[..., : self.out_features]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.out_features - c)))
+
+
+def without_convs(model: nnx.Module) -> nnx.Module:
+    """The model with every 3x3 conv replaced by :class:`ShapeOnlyConv` (times everything else)."""
+    for path, layer in list(iter_layers(model, (nnx.Conv, DecomposedConv, LiveBasisFirstConv))):
+        set_by_path(model, path, ShapeOnlyConv(layer))
+    return model
+
+
+def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candidates=CANDIDATES,
+               options: dict | None = None) -> tuple[dict, dict]:
     """Time every candidate of every decomposed layer on its input shape; return (choice, timings)."""
     records = {r["name"]: r for r in describe_layers(model, input_shape=(1, *image_shape))}
     choice, timings = {}, {}
@@ -102,22 +136,27 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candida
         x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, r["h_in"], r["w_in"], r["c_in"])))
         per = {}
         for form in candidates:
-            replaced = form in _REPLACEMENTS
-            module = _REPLACEMENTS[form](layer) if replaced else layer
-            graphdef, state = nnx.split(module)
-            fn = jax.jit(lambda s, v, f=form, g=graphdef, r=replaced: nnx.merge(g, s)(v) if r else nnx.merge(g, s)(v, f))
-            per[form] = time_fn(fn, state, x, repeats=repeats)
+            graphdef, state = nnx.split(plan_module(layer, form))
+            fn = compile_fn(lambda s, v, g=graphdef: nnx.merge(g, s)(v), state, x, options=options or {})
+            per[form] = time_fn(fn, state, x, repeats=repeats, give_up_above=3.0 * min(per.values(), default=np.inf))
         timings[path] = per
         choice[path] = min(per, key=per.get)
     return choice, timings
 
 
-def apply_plan(model: nnx.Module, choice: dict) -> None:
-    for path, layer in list(iter_layers(model, DecomposedConv)):
-        if choice[path] in _REPLACEMENTS:
-            set_by_path(model, path, _REPLACEMENTS[choice[path]](layer))
-        else:
-            layer.form = choice[path]
+def conv_efficiency(batch: int, repeats: int, options: dict) -> list[dict]:
+    """GMAC/s of single 3x3 convs (stride 1, padding 1) at the channel counts of :data:`EFFICIENCY_SHAPES`."""
+    rows = []
+    for h, cin, cout in EFFICIENCY_SHAPES:
+        x = jax.random.normal(jax.random.key(0), (batch, h, h, cin))
+        kernel = jax.random.normal(jax.random.key(1), (3, 3, cin, cout))
+        fn = compile_fn(lambda v, k: jax.lax.conv_general_dilated(v, k, (1, 1), ((1, 1), (1, 1)),
+                                                                   dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                        x, kernel, options=options)
+        seconds = min(time_fn(fn, x, kernel, repeats=repeats) for _ in range(2))
+        macs = batch * h * h * 9 * cin * cout
+        rows.append({"hw": h, "c_in": cin, "c_out": cout, "ms": 1e3 * seconds, "gmac_per_s": macs / seconds / 1e9})
+    return rows
 
 
 def drop_inner_channels(model: nnx.Module, fraction: float, seed: int = 0) -> None:
@@ -132,6 +171,17 @@ def drop_inner_channels(model: nnx.Module, fraction: float, seed: int = 0) -> No
             layer.coefficients[...] = jnp.asarray(c)
 
 
+def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -> dict:
+    """Median seconds per call of every forward, timed in alternation so load changes hit all alike."""
+    samples = {name: [] for name in forwards}
+    for _ in tqdm(range(repeats), desc=desc, file=sys.stderr):
+        for name, fn in forwards.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(x))
+            samples[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/penni_cifar-resnet56-cpu/pipeline"),
@@ -141,11 +191,21 @@ def main(argv=None) -> int:
     parser.add_argument("--layer-repeats", type=int, default=5)
     parser.add_argument("--candidates", default=",".join(CANDIDATES),
                         help="forms the per-layer plan chooses among (default: %(default)s)")
-    parser.add_argument("--uniform-forms", default=",".join(CANDIDATES),
-                        help="forms also timed as a whole model with that form in every layer (default: %(default)s)")
+    parser.add_argument("--uniform-forms", default="dense",
+                        help="forms also timed as a whole model with that form in every layer "
+                             f"(subset of {','.join(CANDIDATES)}; default: %(default)s)")
+    parser.add_argument("--pad-multiples", default="1,8,16",
+                        help="channel-padding candidates of the plan: every channel space of the shrunk model rounded "
+                             "up to a multiple of m with zero channels (1 = none; default: %(default)s)")
+    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold BatchNorm into the convs of BOTH models for the headline (default: on)")
+    parser.add_argument("--compiler-options", type=json.loads, default={},
+                        help='XLA compiler options for every compiled function of both models, as JSON '
+                             '(e.g. \'{"xla_cpu_enable_fast_math": true}\'; default: none)')
     parser.add_argument("--channel-sweep", default="0.5,0.75",
                         help="fractions of inner channels additionally removed at random for the sweep ('' = none; default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference_speed.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default: benchmarks/results/inference_speed_<model>.json)")
     args = parser.parse_args(argv)
     candidates = tuple(f for f in args.candidates.split(",") if f)
     uniform = tuple(f for f in args.uniform_forms.split(",") if f)
@@ -153,29 +213,66 @@ def main(argv=None) -> int:
         unknown = [f for f in forms if f not in CANDIDATES]
         if unknown or not forms and name == "--candidates":
             parser.error(f"{name}: expected a comma-separated subset of {list(CANDIDATES)}, got {','.join(forms)!r}")
+    try:
+        pad_multiples = tuple(int(m) for m in args.pad_multiples.split(",") if m.strip())
+    except ValueError:
+        pad_multiples = (0,)
+    if not pad_multiples or min(pad_multiples) < 1:
+        parser.error(f"--pad-multiples: expected comma-separated positive integers, got {args.pad_multiples!r}")
+    if not isinstance(args.compiler_options, dict):
+        parser.error(f"--compiler-options: expected a JSON object, got {args.compiler_options!r}")
+    options = args.compiler_options
 
     _, meta = load_checkpoint(args.run_dir / "checkpoints" / "finetune.npz")
     config = CompressConfig(**meta["settings"]["config"])
     weights = meta["settings"]["weights"]
+    out_path = args.out or Path(f"benchmarks/results/inference_speed_{config.model}.json")
     image_shape = (8, 8, 3) if config.model == "digits-cnn" else (32, 32, 3)
+    padding_applies = config.model.startswith("resnet")
+    if not padding_applies:
+        pad_multiples = (1,)
     dense = initial_model(config, weights)
-    compressed = load_compressed(args.run_dir)
-    bake_quantization(compressed)
+    compressed = bake_quantization(load_compressed(args.run_dir))
     dense_totals = summarize(describe_layers(dense, input_shape=(1, *image_shape)))
     compressed_totals = summarize(describe_layers(compressed, input_shape=(1, *image_shape)))
-
-    choice, layer_timings = layer_plan(compressed, args.batch, args.layer_repeats, image_shape, candidates)
     x = jax.random.normal(jax.random.key(1), (args.batch, *image_shape))
-    variants = {"dense model": dense}
+    fold = fold_batchnorm if args.fold_bn else (lambda m: m)
+
+    def compressed_model(plan, pad: int = 1, *, fold_bn: bool = args.fold_bn) -> nnx.Module:
+        model = bake_quantization(load_compressed(args.run_dir))
+        if pad > 1:
+            pad_channels(model, pad)
+        apply_plan(model, plan)
+        return fold_batchnorm(model) if fold_bn else model
+
+    efficiency = conv_efficiency(args.batch, args.layer_repeats, options) if image_shape[0] == 32 else []
+
+    # Per-layer forms are timed on the shrunk layers; the whole-model plan (those forms or all dense
+    # convs, at each channel padding) is then chosen by whole-model timing in a phase of its own, so
+    # the headline figures below come from fresh samples.
+    choice, layer_timings = layer_plan(compressed, args.batch, args.layer_repeats, image_shape, candidates, options)
+    plans = {}
+    for m in pad_multiples:
+        plans[f"all dense, channels to x{m}"] = (m, "dense")
+        if any(f != "dense" for f in choice.values()):
+            plans[f"per-layer forms, channels to x{m}"] = (m, choice)
+    plan_seconds = {}
+    if len(plans) > 1:
+        plan_forwards = {name: jitted_forward(compressed_model(form, m), x, options) for name, (m, form) in plans.items()}
+        plan_seconds = interleaved_seconds(plan_forwards, x, max(3, args.repeats // 2), "whole-model plan candidates")
+    chosen = min(plan_seconds, key=plan_seconds.get) if plan_seconds else next(iter(plans))
+    pad, plan = plans[chosen]
+    choice = {path: plan if isinstance(plan, str) else plan[path] for path in choice}
+
+    variants = {"dense model": fold(initial_model(config, weights)),
+                "compressed, measured plan": compressed_model(choice, pad)}
+    if args.fold_bn:
+        variants["dense model, BatchNorm not folded"] = initial_model(config, weights)
+        variants["compressed, measured plan, BatchNorm not folded"] = compressed_model(choice, pad, fold_bn=False)
     for form in uniform:
-        variant = load_compressed(args.run_dir)
-        bake_quantization(variant)
-        apply_plan(variant, {p: form for p in choice})
-        variants[f"compressed, all {form}"] = variant
-    planned = load_compressed(args.run_dir)
-    bake_quantization(planned)
-    apply_plan(planned, choice)
-    variants["compressed, measured plan"] = planned
+        variants[f"compressed, all {form}"] = compressed_model(form)
+    variants["dense model, convs removed"] = without_convs(fold(initial_model(config, weights)))
+    variants["compressed, measured plan, convs removed"] = without_convs(compressed_model(choice, pad))
     sweep = [float(f) for f in args.channel_sweep.split(",") if f.strip()]
     sweep_macs = {}
     for fraction in sweep:
@@ -184,40 +281,54 @@ def main(argv=None) -> int:
         shrink(variant)
         bake_quantization(variant)
         name = f"sweep: {int(round(100 * fraction))}% inner channels dropped, dense convs"
-        apply_plan(variant, {p: "dense" for p, _ in iter_layers(variant, DecomposedConv)})
         sweep_macs[name] = summarize(describe_layers(variant, input_shape=(1, *image_shape)))["macs_dense"]
-        variants[name] = variant
+        variants[name] = fold(apply_plan(variant, "dense"))
 
-    forwards = {name: jitted_forward(m) for name, m in variants.items()}
-    reference = np.asarray(forwards["compressed, measured plan"](x))
-    for name, fn in forwards.items():  # warm-up + the variants of one model agree
+    forwards = {name: jitted_forward(m, x, options) for name, m in variants.items()}
+    reference = {"dense": np.asarray(forwards["dense model"](x)), "compressed": np.asarray(forwards["compressed, measured plan"](x))}
+    for name, fn in forwards.items():  # warm-up + every variant of one model computes that model
         out = np.asarray(fn(x))
-        if name != "dense model" and not name.startswith("sweep"):
-            np.testing.assert_allclose(out, reference, rtol=1e-3, atol=1e-3 * float(np.abs(reference).max()))
-    samples = {name: [] for name in forwards}
-    for _ in tqdm(range(args.repeats), desc="whole models", file=sys.stderr):
-        for name, fn in forwards.items():  # interleaved, so load changes hit every variant alike
-            t = time.perf_counter()
-            jax.block_until_ready(fn(x))
-            samples[name].append(time.perf_counter() - t)
+        if "convs removed" not in name and not name.startswith("sweep"):
+            ref = reference["dense" if name.startswith("dense") else "compressed"]
+            np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()), err_msg=name)
+    seconds = interleaved_seconds(forwards, x, args.repeats, "whole models")
     load_during = list(os.getloadavg())
-    seconds = {name: statistics.median(v) for name, v in samples.items()}
     throughput = {name: args.batch / s for name, s in seconds.items()}
     speedup = seconds["dense model"] / seconds["compressed, measured plan"]
     mac_factor = dense_totals["macs_dense"] / compressed_totals["macs_sparse"]
 
+    breakdown = {}
+    for model_name, prefix in (("dense", "dense model"), ("compressed", "compressed, measured plan")):
+        total, rest = seconds[prefix], seconds[f"{prefix}, convs removed"]
+        breakdown[model_name] = {"total_s": total, "without_convs_s": rest, "convs_s": total - rest,
+                                 "conv_share": (total - rest) / total}
+        if args.fold_bn:
+            unfolded = seconds[f"{prefix}, BatchNorm not folded"]
+            breakdown[model_name].update(bn_not_folded_s=unfolded, bn_folding_gain=unfolded / total)
+
     device = jax.devices()[0]
-    print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)")
-    print(f"{'variant':<52} {'images/s':>10} {'vs dense':>9} {'dense-shape MACs':>17}")
-    shape_macs = {"dense model": dense_totals["macs_dense"], **sweep_macs}
+    print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)"
+          f"{', BatchNorm folded into convs (both models)' if args.fold_bn else ''}")
+    if efficiency:
+        print("3x3 conv efficiency: " + ", ".join(f"{r['hw']}px {r['c_in']}->{r['c_out']}: {r['gmac_per_s']:.1f}" for r in efficiency)
+              + " GMAC/s")
+    if plan_seconds:
+        print("whole-model plan candidates (s/batch): " + ", ".join(f"{n}: {s:.3f}" for n, s in plan_seconds.items())
+              + f" -> {chosen}")
+    print(f"{'variant':<58} {'images/s':>10} {'vs dense':>9} {'dense-shape MACs':>17}")
+    shape_macs = {"dense model": dense_totals["macs_dense"], "dense model, BatchNorm not folded": dense_totals["macs_dense"], **sweep_macs}
     for name in forwards:
         macs = shape_macs.get(name, compressed_totals["macs_dense"])
-        print(f"{name:<52} {throughput[name]:>10.1f} {seconds['dense model'] / seconds[name]:>8.2f}x "
-              f"{dense_totals['macs_dense'] / macs:>16.2f}x")
+        print(f"{name:<58} {throughput[name]:>10.1f} {seconds['dense model'] / seconds[name]:>8.2f}x "
+              f"{'' if 'removed' in name else format(dense_totals['macs_dense'] / macs, '16.2f') + 'x'}")
+    for model_name, b in breakdown.items():
+        print(f"time breakdown, {model_name}: convs {b['convs_s']:.3f} s ({100 * b['conv_share']:.0f}%), "
+              f"everything else {b['without_convs_s']:.3f} s"
+              + (f"; BatchNorm folding {b['bn_folding_gain']:.2f}x" if args.fold_bn else ""))
     print(f"load average during timing: {load_during}")
     counts = {f: sum(1 for c in choice.values() if c == f) for f in CANDIDATES}
-    print(f"plan: {counts}; MACs dense {dense_totals['macs_dense']:,} -> sparse-effective {compressed_totals['macs_sparse']:,} "
-          f"({mac_factor:.2f}x fewer); realised/theoretical = {speedup / mac_factor:.2f}")
+    print(f"plan: {counts}, channels padded to x{pad}; MACs dense {dense_totals['macs_dense']:,} -> sparse-effective "
+          f"{compressed_totals['macs_sparse']:,} ({mac_factor:.2f}x fewer); realised/theoretical = {speedup / mac_factor:.2f}")
     headline = {
         "speedup": speedup,
         "realised_over_theoretical": speedup / mac_factor,
@@ -229,11 +340,17 @@ def main(argv=None) -> int:
         "platform": device.platform,
         "batch": args.batch,
         "plan": counts,
+        "channel_padding": pad,
+        "batchnorm_folded": args.fold_bn,
+        "conv_share_dense": breakdown["dense"]["conv_share"],
         "candidates": list(candidates),
         "load_average": [round(v, 2) for v in load_during],
         "cpus_visible": os.cpu_count(),
     }
-    atomic_write_json(args.out, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
+    atomic_write_json(out_path, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
+                                 "time_breakdown": breakdown, "compiler_options": options,
+                                 "plan_candidates_seconds": plan_seconds,
+                                 "conv_efficiency": efficiency,
                                  "layer_choice": choice, "layer_seconds": layer_timings, "run_dir": str(args.run_dir),
                                  "macs": {"dense": dense_totals, "compressed": compressed_totals},
                                  "channel_sweep": {name: {"speedup": seconds["dense model"] / seconds[name],

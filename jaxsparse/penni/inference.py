@@ -1,0 +1,232 @@
+"""Inference-only rewrites of a (compressed) model: an execution plan, BatchNorm folding, channel padding.
+
+All functions edit an NNX model in place and keep its outputs (up to float rounding);
+they are meant for a model in ``eval()`` mode that will not be trained again.
+
+* :func:`bake_quantization` stores fake-quantized tensors as the plain float32 values a
+  deployed model holds (later rewrites then scale the values actually used).
+* :func:`apply_plan` runs each :class:`~jaxsparse.penni.layers.DecomposedConv` in the form
+  a plan names: one of its own forms, ``"dense"`` (the kernel rebuilt once, one
+  ``nnx.Conv``) or ``"live_basis_first"`` (:class:`~jaxsparse.penni.layers.LiveBasisFirstConv`).
+* :func:`fold_batchnorm` folds every inference BatchNorm into the conv before it:
+  ``bn(conv(x)) = conv_s(x) + b`` with the conv's output channel ``o`` scaled by
+  ``s_o = gamma_o / sqrt(var_o + eps)`` and ``b_o = beta_o - mean_o * s_o``; the BatchNorm
+  becomes a :class:`ChannelBias`. It applies to dense models just as well (it is not about
+  compression), so a fair speed comparison folds both.
+* :func:`pad_channels` pads every channel space of a shrunk CIFAR ResNet with zero
+  channels up to a multiple of ``m``: odd channel counts left by shrinking can make a
+  convolution slower than the full-width one on some backends.
+
+Example::
+
+    model = load_compressed("runs/r56")
+    bake_quantization(model)
+    apply_plan(model, "dense")
+    fold_batchnorm(model)
+    logits = model(images)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxsparse.common import check_choice, check_positive
+from jaxsparse.models import CifarResNet
+from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
+from jaxsparse.penni.shrink import CompactBasicBlock
+
+#: Forms an execution plan can name for a decomposed layer.
+PLAN_FORMS = ("dense", *FORMS[1:], "live_basis_first")
+
+
+class ChannelBias(nnx.Module):
+    """``y = x + bias`` over the last axis: what an inference BatchNorm becomes once folded.
+
+    Example:
+        >>> ChannelBias(jnp.arange(3.0))(jnp.zeros((1, 2, 2, 3)))[0, 0, 0]
+        Array([0., 1., 2.], dtype=float32)
+    """
+
+    def __init__(self, bias: jax.Array):
+        self.bias = nnx.Param(jnp.asarray(bias, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + jnp.reshape(self.bias[...].astype(x.dtype), (1,) * (x.ndim - 1) + (-1,))
+
+
+def bake_quantization(model: nnx.Module) -> nnx.Module:
+    """Store every :class:`DecomposedConv`'s fake-quantized tensors as plain float32 values (bits set to 0)."""
+    for _, layer in iter_layers(model, DecomposedConv):
+        basis, coefficients = layer.effective_tensors()
+        layer.basis[...], layer.coefficients[...] = basis, coefficients
+        layer.coef_bits = layer.basis_bits = 0
+    return model
+
+
+def as_dense_conv(layer: DecomposedConv) -> nnx.Conv:
+    """The layer as one ``nnx.Conv`` holding its rebuilt (effective) kernel."""
+    kernel = layer.kernel()
+    return nnx.Conv(layer.in_features, layer.out_features, kernel_size=layer.kernel_size, strides=layer.strides,
+                    padding=layer.padding, use_bias=False, kernel_init=_given(kernel), rngs=nnx.Rngs(0))
+
+
+def _given(value: jax.Array):
+    """An initializer that returns ``value`` (skips a random draw that would be overwritten anyway)."""
+    return lambda key, shape, dtype=jnp.float32: jnp.asarray(value, dtype)
+
+
+def plan_module(layer: DecomposedConv, form: str) -> nnx.Module:
+    """The module that runs ``layer`` in ``form`` (one of :data:`PLAN_FORMS`)."""
+    check_choice("form", form, PLAN_FORMS)
+    if form == "dense":
+        return as_dense_conv(layer)
+    if form == "live_basis_first":
+        return LiveBasisFirstConv(layer)
+    return DecomposedConv(*layer.effective_tensors(), strides=layer.strides, padding=layer.padding, form=form)
+
+
+def apply_plan(model: nnx.Module, plan: str | dict[str, str]) -> nnx.Module:
+    """Run every :class:`DecomposedConv` in the form ``plan`` names (one form, or layer path -> form).
+
+    Layers a dict plan does not name are left as they are.
+    """
+    for path, layer in list(iter_layers(model, DecomposedConv)):
+        form = plan if isinstance(plan, str) else plan.get(path)
+        if form is not None:
+            set_by_path(model, path, plan_module(layer, form))
+    return model
+
+
+def _conv_bn_pairs(model: nnx.Module) -> list[tuple[str, str]]:
+    """``(conv path, bn path)`` for every BatchNorm whose sibling ``convK``/``conv`` feeds it directly."""
+    pairs = []
+    for path, _ in iter_layers(model, nnx.BatchNorm):
+        parent, _, name = path.rpartition(".")
+        if not name.startswith("bn"):
+            raise ValueError(f"model: expected every BatchNorm to be named bn* beside its conv, got {path!r}")
+        conv = (parent + "." if parent else "") + "conv" + name[2:]
+        try:
+            get_by_path(model, conv)
+        except (AttributeError, IndexError, KeyError) as err:
+            raise ValueError(f"model: BatchNorm {path!r} has no conv {conv!r} beside it to fold into") from err
+        pairs.append((conv, path))
+    return pairs
+
+
+def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
+    if isinstance(layer, DecomposedConv):
+        if layer.coef_bits or layer.basis_bits:
+            raise ValueError("layer: expected baked (float) tensors; call bake_quantization(model) before folding")
+        layer.coefficients[...] = layer.coefficients[...] * jnp.asarray(scale)[None, :, None]
+    elif isinstance(layer, LiveBasisFirstConv):
+        layer.mixing[...] = layer.mixing[...] * jnp.asarray(scale)[None, :]
+    elif isinstance(layer, nnx.Conv):
+        kernel = layer.kernel[...]
+        layer.kernel[...] = kernel * jnp.reshape(jnp.asarray(scale), (1,) * (kernel.ndim - 1) + (-1,))
+    else:
+        raise ValueError(f"layer: expected a conv layer before a BatchNorm, got {type(layer).__name__}")
+
+
+def fold_batchnorm(model: nnx.Module) -> nnx.Module:
+    """Fold every inference BatchNorm into the conv that feeds it (see the module notes).
+
+    Quantized :class:`DecomposedConv` layers are baked first (:func:`bake_quantization`),
+    since scaling fake-quantized coefficients would move them off their grid.
+
+    Returns:
+      the model, whose outputs equal the eval-mode outputs of the original.
+    """
+    bake_quantization(model)
+    for conv_path, bn_path in _conv_bn_pairs(model):
+        bn, conv = get_by_path(model, bn_path), get_by_path(model, conv_path)
+        if getattr(conv, "use_bias", False):
+            raise ValueError(f"model: conv {conv_path!r} has a bias; only bias-free convs before BatchNorm are folded")
+        mean, var = (np.asarray(bn.mean[...], np.float64), np.asarray(bn.var[...], np.float64))
+        gamma = np.asarray(bn.scale[...], np.float64) if bn.scale is not None else np.ones_like(mean)
+        beta = np.asarray(bn.bias[...], np.float64) if bn.bias is not None else np.zeros_like(mean)
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        _scale_outputs(conv, scale.astype(np.float32))
+        set_by_path(model, bn_path, ChannelBias((beta - mean * scale).astype(np.float32)))
+    return model
+
+
+def _pad_axis(value: jax.Array, axis: int, size: int, fill: float = 0.0) -> jax.Array:
+    value = np.asarray(value)
+    widths = [(0, 0)] * value.ndim
+    widths[axis] = (0, size - value.shape[axis])
+    return jnp.asarray(np.pad(value, widths, constant_values=fill))
+
+
+def _padded_layer(layer: nnx.Module, cin: int, cout: int) -> nnx.Module:
+    if isinstance(layer, DecomposedConv):
+        coefficients = _pad_axis(_pad_axis(layer.coefficients[...], 0, cin), 1, cout)
+        return DecomposedConv(layer.basis[...], coefficients, strides=layer.strides, padding=layer.padding, form=layer.form,
+                              coef_bits=layer.coef_bits, basis_bits=layer.basis_bits, per_channel=layer.per_channel)
+    if isinstance(layer, nnx.Conv) and not layer.use_bias:
+        kernel = _pad_axis(_pad_axis(layer.kernel[...], 2, cin), 3, cout)
+        return nnx.Conv(cin, cout, kernel_size=layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                        use_bias=False, kernel_init=_given(kernel), rngs=nnx.Rngs(0))
+    raise ValueError(f"layer: expected a DecomposedConv or a bias-free nnx.Conv, got {type(layer).__name__}")
+
+
+def _padded_norm(norm: nnx.Module, size: int) -> nnx.Module:
+    if isinstance(norm, ChannelBias):
+        return ChannelBias(_pad_axis(norm.bias[...], 0, size))
+    new = nnx.BatchNorm(size, epsilon=norm.epsilon, momentum=norm.momentum, use_running_average=True, rngs=nnx.Rngs(0))
+    for name, fill in (("scale", 0.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.0)):
+        getattr(new, name)[...] = _pad_axis(getattr(norm, name)[...], 0, size, fill)
+    return new
+
+
+def pad_channels(model: CifarResNet, multiple: int) -> CifarResNet:
+    """Pad every channel space of a shrunk CIFAR ResNet with zero channels up to a multiple of ``multiple``.
+
+    Padded channels get zero weights, zero BatchNorm scale and shift (or zero folded bias)
+    and no shortcut source, so they stay exactly zero and the logits are unchanged. Call it
+    before :func:`apply_plan` (it pads :class:`DecomposedConv` coefficients or dense kernels).
+
+    Args:
+      model: a :class:`~jaxsparse.models.CifarResNet` after :func:`~jaxsparse.penni.shrink.shrink`.
+      multiple: channel counts are rounded up to a multiple of this (1: unchanged).
+
+    Example:
+        >>> pad_channels(shrunk_model, 8)  # doctest: +SKIP
+    """
+    check_positive("multiple", multiple)
+    if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
+        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+
+    def up(n: int) -> int:
+        return -(-n // multiple) * multiple
+
+    def pad_unit(conv_path: str, norm_path: str, cin: int) -> int:
+        conv = get_by_path(model, conv_path)
+        cout = up(int(conv.out_features))
+        set_by_path(model, conv_path, _padded_layer(conv, cin, cout))
+        set_by_path(model, norm_path, _padded_norm(get_by_path(model, norm_path), cout))
+        return cout
+
+    original = int(model.conv1.out_features)
+    current = pad_unit("conv1", "bn1", int(model.conv1.in_features))
+    for s, stage in enumerate(model.stages, start=1):
+        for b, block in enumerate(stage):
+            prefix = f"layer{s}.{b}"
+            mid = pad_unit(f"{prefix}.conv1", f"{prefix}.bn1", current)
+            out = pad_unit(f"{prefix}.conv2", f"{prefix}.bn2", mid)
+            # A padded output channel may read any padded (all-zero) input channel; reading the one at
+            # the same index keeps an identity shortcut an identity (no gather).
+            source = block.source + tuple(k if original <= k < current else -1 for k in range(len(block.source), out))
+            original = len(block.source)
+            stage[b] = CompactBasicBlock(get_by_path(model, f"{prefix}.conv1"), get_by_path(model, f"{prefix}.bn1"),
+                                         get_by_path(model, f"{prefix}.conv2"), get_by_path(model, f"{prefix}.bn2"),
+                                         subsample=block.subsample, source=source)
+            current = out
+    linear = model.linear
+    model.linear = nnx.Linear(current, linear.out_features, use_bias=linear.use_bias,
+                              kernel_init=_given(_pad_axis(linear.kernel[...], 0, current)),
+                              bias_init=_given(linear.bias[...]) if linear.use_bias else nnx.initializers.zeros_init(),
+                              rngs=nnx.Rngs(0))
+    return model
