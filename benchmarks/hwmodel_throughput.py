@@ -77,7 +77,8 @@ def _time_interleaved(functions, make_inputs, repeats):
 def grid_loops(fn, args, grid_shape, block_shape) -> dict[str, int]:
     """Fusions (loops) of the compiled program: in the entry computation, those writing a full
     grid array, and those writing a [block x layers] array (in the body of a loop over blocks,
-    so each runs once per block)."""
+    so each runs once per block; counted in every branch of a conditional, including branches
+    a given workload does not take)."""
     text = fn.lower(*args).compile().as_text()
     entry = text[text.index("\nENTRY"):]
     shapes = lambda code: re.findall(r"= (\S+) fusion\(", code)

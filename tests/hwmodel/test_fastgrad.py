@@ -102,6 +102,39 @@ def test_gradients_match_autodiff_random(seed, edges):
     _assert_grads_match(autodiff(wl, hw, weights)[1], fused(wl, hw, weights)[1], rtol=2e-4)
 
 
+def _assert_matches_autodiff(wl, hw, weights, order):
+    autodiff, fused = _grads(order)
+    value_ref, grads_ref = autodiff(wl, hw, weights)
+    value, grads = fused(wl, hw, weights)
+    assert float(value) == pytest.approx(float(value_ref), rel=1e-6)
+    _assert_grads_match(grads_ref, grads, rtol=2e-4)
+
+
+@pytest.mark.parametrize("order", ["coefficient_first", "basis_first"])
+def test_fixed_stage_order_matches_autodiff(order):
+    """One stage order for every layer (the backward pass without the per-element choice)."""
+    chex.clear_trace_counter()  # a new order compiles its own (trace-counted) function
+    _assert_matches_autodiff(*_inputs(6), order)
+
+
+@pytest.mark.parametrize("plain", ["none", "first_and_last", "all"])
+def test_undecomposed_layers_match_autodiff(plain):
+    """Undecomposed layers' backward pass on their own columns: none of them (the classifier
+    decomposed too); the first and the last (the gathered columns are padded with copies of
+    column 0, itself undecomposed here); all 20 (more than PLAIN_COLUMNS: the whole grid, masked)."""
+    wl, hw, weights = _inputs(7)
+    n = wl.c_in.shape[0]
+    if plain == "none":
+        wl = wl._replace(basis=wl.basis.at[n - 1].set(2.0))
+        assert bool(jnp.all(wl.basis > 0))
+    elif plain == "first_and_last":
+        wl = wl._replace(basis=wl.basis.at[0].set(0.0))
+    else:
+        wl = wl._replace(basis=jnp.zeros_like(wl.basis))
+        assert n > fastgrad.PLAIN_COLUMNS
+    _assert_matches_autodiff(wl, hw, weights, "best")
+
+
 @pytest.mark.parametrize("order", ["best", "coefficient_first"])
 def test_directional_derivative_matches_finite_differences(order):
     """Central differences along parameters the relaxed model is smooth in (no straight-through
