@@ -287,16 +287,26 @@ def make_batches(sizes, batch_size, count, seed, zipf):
     return [np.stack([t.values for t in batch_at(cfg, i).tables], axis=1) for i in range(count)]
 
 
-def anon_huge_pages_mb() -> float | None:
-    """Transparent huge pages backing this process's anonymous memory (Linux), in MB."""
+def proc_field_mb(path: str, field: str) -> float | None:
+    """A ``<field>: <n> kB`` line of a ``/proc`` file (Linux), in MB; None where it cannot be read."""
     try:
-        text = Path("/proc/self/smaps_rollup").read_text()
+        text = Path(path).read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("AnonHugePages:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return None
+
+
+def anon_huge_pages_mb() -> float | None:
+    """Transparent huge pages backing this process's anonymous memory (Linux), in MB."""
+    return proc_field_mb("/proc/self/smaps_rollup", "AnonHugePages")
+
+
+def save_indices(path, sizes, dim: int, batches) -> None:
+    """The index batches of a run and its table sizes, as the workers read them."""
+    np.savez(path, sizes=np.asarray(sizes), dim=dim, count=len(batches), **{f"batch_{i}": b for i, b in enumerate(batches)})
 
 
 def load_average() -> list[float]:
@@ -332,14 +342,7 @@ def merge_repeats(runs):
 
 def available_memory_mb() -> float | None:
     """``MemAvailable`` of the machine (Linux), in MB."""
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024.0
-    return None
+    return proc_field_mb("/proc/meminfo", "MemAvailable")
 
 
 def parse_threads(text: str) -> list[int]:
@@ -447,12 +450,10 @@ def main(argv=None) -> int:
             if table_sizes is None:
                 continue
             batches = make_batches(table_sizes, args.batch_size, args.index_batches, 0, args.zipf)
-            np.savez(path, sizes=np.asarray(table_sizes), dim=args.dim, count=len(batches),
-                     **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
+            save_indices(path, table_sizes, args.dim, batches)
             if path == indices and large_sizes is not None:
                 # The headline's lookups (all in range of the larger tables) on the 10x tables.
-                np.savez(large_same_indices, sizes=np.asarray(large_sizes), dim=args.dim, count=len(batches),
-                         **{f"batch_{i}": b for i, b in enumerate(batches)})  # fmt: skip
+                save_indices(large_same_indices, large_sizes, args.dim, batches)
         # Each framework in its own process, one after the other, on the same index batches; with
         # --repeats the whole sequence runs again, so slow phases of a shared machine hit all alike.
         optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")

@@ -14,7 +14,7 @@ the faster of the two. Each function is wrapped in
 so a second compilation would fail the run. The compiled programs' loops over the
 [designs x layers] grid, and over [block x layers] inside the loop over blocks, are counted
 from the HLO. Wall time (best of interleaved rounds) is the headline; process CPU time
-(also best of rounds) is recorded beside it, as the machine is shared.
+(median of rounds) is recorded beside it, as the machine is shared.
 
     python benchmarks/hwmodel_throughput.py [--designs 4096] [--repeats 10]
 
@@ -80,11 +80,11 @@ def grid_loops(fn, args, grid_shape, block_shape) -> dict[str, int]:
     so each runs once per block; counted in every branch of a conditional, including branches
     a given workload does not take)."""
     text = fn.lower(*args).compile().as_text()
-    entry = text[text.index("\nENTRY"):]
+    split = text.index("\nENTRY")
+    body, entry = text[:split], text[split:]
     shapes = lambda code: re.findall(r"= (\S+) fusion\(", code)
     full = "f32[" + ",".join(str(n) for n in grid_shape) + "]"
     part = "f32[" + ",".join(str(n) for n in block_shape) + "]"
-    body = text[:text.index("\nENTRY")]
     counts = {"fusions": len(shapes(entry)), "grid_loops": sum(s.startswith(full) for s in shapes(entry))}
     if block_shape != grid_shape:
         counts["block_loops"] = sum(s.startswith(part) for s in shapes(body))
@@ -125,14 +125,11 @@ def main(argv=None) -> int:
         c = evaluate_grid("escalate", wl, hw, options)
         return c.cycles, c.energy_pj
 
-    def relaxed(wl, hw):
-        c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
-        return c.cycles, c.energy_pj
-
     @jax.jit
     @chex.assert_max_traces(n=1)
     def forward_relaxed(wl, hw):
-        return relaxed(wl, hw)
+        c = evaluate_grid("escalate", wl, hw, options, relaxed=True)
+        return c.cycles, c.energy_pj
 
     block = design_block_rows(args.designs, DESIGN_BLOCK)
 

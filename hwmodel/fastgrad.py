@@ -574,10 +574,9 @@ def _leaf_sums(adj, n_designs, n_layers):
     # adjoint's elementwise arithmetic into the reduction and materialise each of its inputs.
     full = (n_designs, n_layers)
     exact = jax.lax.Precision.HIGHEST
-    per_layer = {k: jnp.matmul(jnp.ones((n_designs,), jnp.float32), jnp.broadcast_to(adj[k], full), precision=exact) for k in _LAYER_LEAVES if k in adj}
-    per_design = {k: jnp.matmul(jnp.broadcast_to(adj[k], full), jnp.ones((n_layers,), jnp.float32), precision=exact) for k in _DESIGN_LEAVES if k in adj}
-    g_layer = {k: per_layer.get(k, jnp.zeros((n_layers,), jnp.float32)) for k in _LAYER_LEAVES}
-    g_design = {k: per_design.get(k, jnp.zeros((n_designs,), jnp.float32)) for k in _DESIGN_LEAVES}
+    ones_d, ones_l = jnp.ones((n_designs,), jnp.float32), jnp.ones((n_layers,), jnp.float32)
+    g_layer = {k: jnp.matmul(ones_d, jnp.broadcast_to(adj[k], full), precision=exact) if k in adj else jnp.zeros((n_layers,), jnp.float32) for k in _LAYER_LEAVES}
+    g_design = {k: jnp.matmul(jnp.broadcast_to(adj[k], full), ones_l, precision=exact) if k in adj else jnp.zeros((n_designs,), jnp.float32) for k in _DESIGN_LEAVES}
     return g_layer, g_design
 
 

@@ -354,10 +354,8 @@ def _gather_rows(table, rows):
     """
     size = table.shape[0]
     gathered = table.at[jnp.minimum(rows, size - 1)].get(mode="promise_in_bounds")
-    inside = rows < size
-    if gathered.ndim == 1:
-        return jnp.where(inside, gathered, 0.0)
-    return jnp.where(inside[:, None], gathered, 0.0)
+    inside = jnp.expand_dims(rows < size, tuple(range(1, gathered.ndim)))
+    return jnp.where(inside, gathered, 0.0)
 
 
 def _bag_scale(lengths):

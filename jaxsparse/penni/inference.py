@@ -68,9 +68,14 @@ def bake_quantization(model: nnx.Module) -> nnx.Module:
 
 def as_dense_conv(layer: DecomposedConv) -> nnx.Conv:
     """The layer as one ``nnx.Conv`` holding its rebuilt (effective) kernel."""
-    kernel = layer.kernel()
-    return nnx.Conv(layer.in_features, layer.out_features, kernel_size=layer.kernel_size, strides=layer.strides,
-                    padding=layer.padding, use_bias=False, kernel_init=_given(kernel), rngs=nnx.Rngs(0))
+    return _bias_free_conv(layer.kernel(), layer.strides, layer.padding)
+
+
+def _bias_free_conv(kernel: jax.Array, strides, padding) -> nnx.Conv:
+    """A bias-free ``nnx.Conv`` holding ``kernel`` (``(kh, kw, Cin, Cout)``)."""
+    kh, kw, cin, cout = kernel.shape
+    return nnx.Conv(cin, cout, kernel_size=(kh, kw), strides=strides, padding=padding, use_bias=False,
+                    kernel_init=_given(kernel), rngs=nnx.Rngs(0))
 
 
 def _given(value: jax.Array):
@@ -117,9 +122,7 @@ def _conv_bn_pairs(model: nnx.Module) -> list[tuple[str, str]]:
 
 
 def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
-    if isinstance(layer, DecomposedConv):
-        if layer.coef_bits or layer.basis_bits:
-            raise ValueError("layer: expected baked (float) tensors; call bake_quantization(model) before folding")
+    if isinstance(layer, DecomposedConv):  # baked by fold_batchnorm: the stored tensors are the ones used
         layer.coefficients[...] = layer.coefficients[...] * jnp.asarray(scale)[None, :, None]
     elif isinstance(layer, LiveBasisFirstConv):
         layer.mixing[...] = layer.mixing[...] * jnp.asarray(scale)[None, :]
@@ -166,9 +169,7 @@ def _padded_layer(layer: nnx.Module, cin: int, cout: int) -> nnx.Module:
         return DecomposedConv(layer.basis[...], coefficients, strides=layer.strides, padding=layer.padding, form=layer.form,
                               coef_bits=layer.coef_bits, basis_bits=layer.basis_bits, per_channel=layer.per_channel)
     if isinstance(layer, nnx.Conv) and not layer.use_bias:
-        kernel = _pad_axis(_pad_axis(layer.kernel[...], 2, cin), 3, cout)
-        return nnx.Conv(cin, cout, kernel_size=layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                        use_bias=False, kernel_init=_given(kernel), rngs=nnx.Rngs(0))
+        return _bias_free_conv(_pad_axis(_pad_axis(layer.kernel[...], 2, cin), 3, cout), layer.strides, layer.padding)
     raise ValueError(f"layer: expected a DecomposedConv or a bias-free nnx.Conv, got {type(layer).__name__}")
 
 
@@ -220,9 +221,7 @@ def pad_channels(model: CifarResNet, multiple: int) -> CifarResNet:
             # the same index keeps an identity shortcut an identity (no gather).
             source = block.source + tuple(k if original <= k < current else -1 for k in range(len(block.source), out))
             original = len(block.source)
-            stage[b] = CompactBasicBlock(get_by_path(model, f"{prefix}.conv1"), get_by_path(model, f"{prefix}.bn1"),
-                                         get_by_path(model, f"{prefix}.conv2"), get_by_path(model, f"{prefix}.bn2"),
-                                         subsample=block.subsample, source=source)
+            block.source = source  # pad_unit already swapped the block's padded layers in
             current = out
     linear = model.linear
     model.linear = nnx.Linear(current, linear.out_features, use_bias=linear.use_bias,

@@ -26,6 +26,7 @@ checkpoints hold that state and they are replayed when resuming.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -370,18 +371,17 @@ def compress(
             set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
     model.eval()
 
-    teachers: list[nnx.Module] = [] if teacher is None else [teacher]
-
+    @functools.cache
     def teacher_model() -> nnx.Module | None:
         """The distillation teacher: given, or the dense model as saved by the ``dense`` stage."""
         if config.distill <= 0:
             return None
-        if not teachers:
-            dense = initial_model(config, weights)
-            state, _ = load_checkpoint(ckpt_dir / "dense.npz", like=nnx.state(dense))
-            nnx.update(dense, state)
-            teachers.append(dense)
-        return teachers[0]
+        if teacher is not None:
+            return teacher
+        dense = initial_model(config, weights)
+        state, _ = load_checkpoint(ckpt_dir / "dense.npz", like=nnx.state(dense))
+        nnx.update(dense, state)
+        return dense
 
     def finish(stage: str, started: float, **extra) -> None:
         top1 = evaluate(model, data.test_images, data.test_labels)

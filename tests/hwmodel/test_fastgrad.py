@@ -128,6 +128,7 @@ def test_undecomposed_layers_match_autodiff(plain):
         wl = wl._replace(basis=wl.basis.at[n - 1].set(2.0))
         assert bool(jnp.all(wl.basis > 0))
     elif plain == "first_and_last":
+        assert float(wl.basis[n - 1]) == 0.0  # the classifier
         wl = wl._replace(basis=wl.basis.at[0].set(0.0))
     else:
         wl = wl._replace(basis=jnp.zeros_like(wl.basis))
