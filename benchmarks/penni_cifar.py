@@ -106,8 +106,13 @@ def main(argv=None) -> int:
                             batch_size=args.batch_size, seed=args.seed)
     dense = initial_model(config, str(weights))
     top1_pretrained = evaluate(dense, xte, yte)
+    baseline_run = {"model": args.model, "train_images": int(len(xtr)), "epochs": total_epochs,
+                    "batch_size": args.batch_size, "seed": args.seed}
     if baseline_file.is_file():
         state, meta = load_checkpoint(baseline_file, like=nnx.state(dense))
+        if meta.get("run", baseline_run) != baseline_run:
+            raise ValueError(f"work-dir: {str(baseline_file)!r} holds a baseline of other settings ({meta['run']}), "
+                             f"expected {baseline_run}; use another --work-dir or delete it")
         nnx.update(dense, state)
         baseline_seconds, baseline_cpu = meta["seconds"], meta.get("cpu_seconds")
     else:
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
         fit(dense, xtr, ytr, TrainConfig(epochs=total_epochs, batch_size=args.batch_size, alternate_every=0, seed=args.seed),
             checkpoint=work / "baseline-epoch.npz", description="dense baseline")
         baseline_seconds, baseline_cpu = time.time() - t, time.process_time() - c
-        save_checkpoint(baseline_file, nnx.state(dense), {"seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
+        save_checkpoint(baseline_file, nnx.state(dense), {"run": baseline_run, "seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
                                                           "load_average": list(os.getloadavg())})
     top1_baseline = evaluate(dense, xte, yte)
 

@@ -20,6 +20,7 @@ augmented batch, which lets a compressed model recover from few training images.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from functools import partial
@@ -234,7 +235,8 @@ def fit(
       mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
         with the current masks (which only shrink): gradual pruning while training.
       teacher: model whose (eval-mode) logits the student matches when ``config.distill > 0``.
-      checkpoint: file written after every epoch and resumed from when present.
+      checkpoint: file written after every epoch and resumed from when present (a file
+        written for another config, data size or masking is refused with an error).
       description: progress bar label.
 
     Returns:
@@ -257,8 +259,17 @@ def fit(
     tx = make_optimizer(config, params, steps_per_epoch, masks, mask_schedule)
     opt_state = tx.init(params)
     start_epoch, history = 0, []
+    # What the epoch checkpoint was written for: resuming one written for other settings or other
+    # data would silently mix two runs.
+    run = json.loads(json.dumps({"config": dataclasses.asdict(config), "examples": int(len(images)),
+                                 "masks": masks is not None, "mask_schedule": mask_schedule is not None}))
     if checkpoint is not None and Path(checkpoint).is_file():
         (params, stats, opt_state), meta = load_checkpoint(checkpoint, like=(params, stats, opt_state))
+        if "run" in meta and meta["run"] != run:
+            raise ValueError(
+                f"checkpoint: {str(checkpoint)!r} was written by a run with other settings ({meta['run']}), "
+                f"expected {run}; delete it or pass another path"
+            )
         start_epoch, history = int(meta["epoch"]), list(meta["history"])
 
     @partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -301,7 +312,7 @@ def fit(
         bar.close()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(jax.device_get(losses))), "train_top1": float(np.mean(jax.device_get(accs)))})
         if checkpoint is not None:
-            save_checkpoint(checkpoint, (params, stats, opt_state), {"epoch": epoch + 1, "history": history})
+            save_checkpoint(checkpoint, (params, stats, opt_state), {"epoch": epoch + 1, "history": history, "run": run})
     nnx.update(model, params, stats)
     model.eval()
     return history

@@ -1,5 +1,6 @@
-"""Knowledge distillation in the training loop: the loss against an independent formula, and
-a student that learns a teacher's function from the distillation term alone."""
+"""Training-loop options: knowledge distillation (the loss against an independent formula, a
+student that learns a teacher's function from the distillation term alone), and epoch
+checkpoints that refuse to resume a run of other settings."""
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,23 @@ def test_pipeline_distils_from_its_dense_model_and_records_the_teacher(tmp_path)
     # resuming under another teacher's name is refused, not silently mixed
     with pytest.raises(ValueError, match="other settings"):
         compress(config, data, tmp_path / "run", teacher_name="another", progress=False, log=lambda message: None)
+
+
+def test_fit_refuses_an_epoch_checkpoint_of_other_settings(tmp_path):
+    xtr, ytr, _, _ = load_digits_rgb()
+    checkpoint = tmp_path / "epoch.npz"
+    config = TrainConfig(epochs=1, batch_size=64, alternate_every=0, augment_pad=0)
+    model = DigitsCNN(widths=(4, 4, 4), rngs=nnx.Rngs(0))
+    fit(model, xtr[:128], ytr[:128], config, checkpoint=checkpoint, progress=False)
+    # the same settings resume (nothing left to train) ...
+    history = fit(DigitsCNN(widths=(4, 4, 4), rngs=nnx.Rngs(0)), xtr[:128], ytr[:128], config, checkpoint=checkpoint,
+                  progress=False)
+    assert [h["epoch"] for h in history] == [1]
+    # ... other settings or other data do not
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(DigitsCNN(widths=(4, 4, 4), rngs=nnx.Rngs(0)), xtr[:128], ytr[:128],
+            TrainConfig(epochs=1, batch_size=64, alternate_every=0, augment_pad=0, learning_rate=0.05),
+            checkpoint=checkpoint, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(DigitsCNN(widths=(4, 4, 4), rngs=nnx.Rngs(0)), xtr[:192], ytr[:192], config, checkpoint=checkpoint,
+            progress=False)
