@@ -22,6 +22,7 @@ from jaxsparse.penni.inference import (
 )
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, decompose_model, iter_layers, set_quantization
 from jaxsparse.penni.shrink import shrink
+from tests.jaxsparse.helpers import randomise_batchnorm
 
 
 def _forward(model, x):
@@ -37,12 +38,7 @@ def _assert_close(out, reference, rtol=1e-4):
 
 def _randomise_batchnorm(model, rng):
     """BatchNorm statistics and affine terms far from the identity, so folding has something to fold."""
-    for _, bn in iter_layers(model, nnx.BatchNorm):
-        n = bn.num_features
-        bn.mean[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
-        bn.var[...] = jnp.asarray(rng.uniform(0.3, 3.0, size=n), jnp.float32)
-        bn.scale[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
-        bn.bias[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
+    randomise_batchnorm(model, rng, var_range=(0.3, 3.0))
 
 
 def _compressed_resnet(seed, *, quantized):

@@ -9,6 +9,7 @@ from flax import nnx
 from jaxsparse.models import build_model
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers
 from jaxsparse.penni.shrink import CompactBasicBlock, apply_channel_masks, plan_shrink, shrink
+from tests.jaxsparse.helpers import randomise_batchnorm
 
 
 def _forward(model, x):
@@ -25,12 +26,7 @@ def _randomise(model, seed, dead_fraction):
         c[rng.random(c.shape[0]) < dead_fraction, :, :] = 0
         c[np.abs(c) < 0.5 * c.std()] = 0
         layer.coefficients[...] = jnp.asarray(c)
-    for _, bn in iter_layers(model, nnx.BatchNorm):
-        n = bn.num_features
-        bn.mean[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
-        bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=n), jnp.float32)
-        bn.scale[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
-        bn.bias[...] = jnp.asarray(rng.normal(size=n), jnp.float32)
+    randomise_batchnorm(model, rng, var_range=(0.5, 2.0))
 
 
 def _num_params(model):
