@@ -9,7 +9,10 @@ per layer by measurement. Candidates for each decomposed conv layer:
 * ``coef_first``: 1x1 coefficient conv into ``Cout * d`` maps, then a grouped basis conv;
 * ``live_basis_first``: :class:`~jaxsparse.penni.layers.LiveBasisFirstConv`, the basis-first
   order with the depthwise step as ``kh*kw`` shifted multiply-adds (fused by XLA) over only
-  the live ``(input channel, basis)`` pairs, then one matmul over those pairs.
+  the live ``(input channel, basis)`` pairs, then one matmul over those pairs;
+* ``sparse_cpu``: :class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a compiled CPU
+  kernel (an XLA custom call) that runs the basis-first order over the live pairs and then
+  visits only the non-zero coefficients (3x3 stride-1 layers; elsewhere it is not a candidate).
 
 (Also measured while choosing these, and slower than a dense conv at every ResNet layer
 shape on XLA:CPU, so not candidates: im2col + matmul, a sum of 9 shifted 1x1 matmuls,
@@ -18,7 +21,11 @@ NCHW layout, and the depthwise step as a batch-folded 1-input-channel conv.)
 Each candidate is timed alone on the layer's real input shape (batch ``--batch``, after
 warm-up, ``block_until_ready``; a candidate whose first call is over 3x the best so far is
 not repeated). Whole-model plans are then chosen by whole-model timing in a phase of their
-own: the per-layer forms or dense convs everywhere, each with the shrunk model's channel
+own: the per-layer forms, the sparse kernel wherever it applies, or dense convs everywhere.
+With BatchNorm folded, a model with sparse-kernel layers runs as
+:class:`~jaxsparse.penni.inference.PlanarResNet`: the kernels hand channel-planar
+activations to each other and apply the folded biases, residual additions and ReLUs in
+their epilogues. The per-layer forms and dense convs are tried with the shrunk model's channel
 spaces padded with zero channels to a multiple of m (``--pad-multiples``; odd channel
 counts left by shrinking can make XLA:CPU's conv slower than the full-width one, see the
 conv-efficiency table in the output). Inference-only rewrites that are not about
@@ -58,10 +65,20 @@ from tqdm.auto import tqdm
 
 from jaxsparse.common import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
-from jaxsparse.penni.inference import PLAN_FORMS, apply_plan, bake_quantization, fold_batchnorm, pad_channels, plan_module
+from jaxsparse.models import CifarResNet
+from jaxsparse.penni.inference import (
+    PLAN_FORMS,
+    apply_plan,
+    bake_quantization,
+    fold_batchnorm,
+    fuse_sparse_resnet,
+    pad_channels,
+    plan_module,
+)
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
 from jaxsparse.penni.shrink import free_channel_layers, shrink
+from jaxsparse.penni.sparse_cpu import SparseCoefficientConv, available, supports
 
 #: Plan forms timed per layer ("train" rebuilds the kernel on every call; "dense" rebuilds it once).
 CANDIDATES = tuple(f for f in PLAN_FORMS if f != "train")
@@ -103,24 +120,34 @@ def jitted_forward(model: nnx.Module, x: jax.Array, options: dict):
 
 
 class ShapeOnlyConv(nnx.Module):
-    """Stands in for a conv in the time breakdown: output of the conv's shape, (almost) no work."""
+    """Stands in for a conv in the time breakdown: output of the conv's shape and layout, (almost) no work."""
 
     def __init__(self, layer):
         self.out_features = int(layer.out_features)
         strides = layer.strides if layer.strides is not None else 1
         self.stride = int(strides[0] if isinstance(strides, (tuple, list)) else strides)
+        self.planar_in = getattr(layer, "layout_in", "NHWC") == "NCHW"
+        self.planar_out = getattr(layer, "layout_out", "NHWC") == "NCHW"
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x[:, :: self.stride, :: self.stride, :]
-        c = x.shape[-1]
+    def __call__(self, x: jax.Array, *residual, **residual_options) -> jax.Array:
+        del residual, residual_options  # a fused kernel's epilogue counts as conv time
+        axis = 1 if self.planar_in else 3
+        x = x[:, :, :: self.stride, :: self.stride] if self.planar_in else x[:, :: self.stride, :: self.stride, :]
+        c = x.shape[axis]
         if c >= self.out_features:
-            return x[..., : self.out_features]
-        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.out_features - c)))
+            x = jax.lax.slice_in_dim(x, 0, self.out_features, axis=axis)
+        else:
+            widths = [(0, 0)] * 4
+            widths[axis] = (0, self.out_features - c)
+            x = jnp.pad(x, widths)
+        if self.planar_in != self.planar_out:
+            x = jnp.transpose(x, (0, 2, 3, 1) if self.planar_in else (0, 3, 1, 2))
+        return x
 
 
 def without_convs(model: nnx.Module) -> nnx.Module:
     """The model with every 3x3 conv replaced by :class:`ShapeOnlyConv` (times everything else)."""
-    for path, layer in list(iter_layers(model, (nnx.Conv, DecomposedConv, LiveBasisFirstConv))):
+    for path, layer in list(iter_layers(model, (nnx.Conv, DecomposedConv, LiveBasisFirstConv, SparseCoefficientConv))):
         set_by_path(model, path, ShapeOnlyConv(layer))
     return model
 
@@ -136,7 +163,11 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candida
         x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, r["h_in"], r["w_in"], r["c_in"])))
         per = {}
         for form in candidates:
-            graphdef, state = nnx.split(plan_module(layer, form))
+            try:
+                module = plan_module(layer, form)
+            except ValueError:  # a form that cannot run this layer (e.g. the CPU kernel on a stride-2 conv)
+                continue
+            graphdef, state = nnx.split(module)
             fn = compile_fn(lambda s, v, g=graphdef: nnx.merge(g, s)(v), state, x, options=options or {})
             per[form] = time_fn(fn, state, x, repeats=repeats, give_up_above=3.0 * min(per.values(), default=np.inf))
         timings[path] = per
@@ -169,6 +200,15 @@ def drop_inner_channels(model: nnx.Module, fraction: float, seed: int = 0) -> No
             dead = rng.permutation(c.shape[1])[: int(round(fraction * c.shape[1]))]
             c[:, dead, :] = 0.0
             layer.coefficients[...] = jnp.asarray(c)
+
+
+def runnable_plan(model: nnx.Module, plan) -> dict:
+    """``plan`` as layer path -> form, with ``"dense"`` for every layer its form cannot run."""
+    runnable = {}
+    for path, layer in iter_layers(model, DecomposedConv):
+        form = plan if isinstance(plan, str) else plan.get(path, "dense")
+        runnable[path] = form if form != "sparse_cpu" or supports(layer)[0] else "dense"
+    return runnable
 
 
 def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -> dict:
@@ -239,11 +279,21 @@ def main(argv=None) -> int:
     fold = fold_batchnorm if args.fold_bn else (lambda m: m)
 
     def compressed_model(plan, pad: int = 1, *, fold_bn: bool = args.fold_bn) -> nnx.Module:
+        """The compressed model run by ``plan`` (a form, or layer path -> form; layers a form cannot run stay dense).
+
+        With BatchNorm folded, a ResNet with sparse-kernel layers is chained channel-planar with the
+        biases, residual additions and ReLUs in the kernels' epilogues (``fuse_sparse_resnet``).
+        """
         model = bake_quantization(load_compressed(args.run_dir))
         if pad > 1:
             pad_channels(model, pad)
-        apply_plan(model, plan)
-        return fold_batchnorm(model) if fold_bn else model
+        apply_plan(model, runnable_plan(model, plan))
+        if not fold_bn:
+            return model
+        fold_batchnorm(model)
+        if isinstance(model, CifarResNet) and any(True for _ in iter_layers(model, SparseCoefficientConv)):
+            return fuse_sparse_resnet(model)
+        return model
 
     efficiency = conv_efficiency(args.batch, args.layer_repeats, options) if image_shape[0] == 32 else []
 
@@ -256,13 +306,16 @@ def main(argv=None) -> int:
         plans[f"all dense, channels to x{m}"] = (m, "dense")
         if any(f != "dense" for f in choice.values()):
             plans[f"per-layer forms, channels to x{m}"] = (m, choice)
+    if "sparse_cpu" in candidates and available()[0]:
+        # The kernel skips zero channels whatever their number: no padding variants.
+        plans["sparse kernel wherever it applies"] = (1, "sparse_cpu")
     plan_seconds = {}
     if len(plans) > 1:
         plan_forwards = {name: jitted_forward(compressed_model(form, m), x, options) for name, (m, form) in plans.items()}
         plan_seconds = interleaved_seconds(plan_forwards, x, max(3, args.repeats // 2), "whole-model plan candidates")
     chosen = min(plan_seconds, key=plan_seconds.get) if plan_seconds else next(iter(plans))
     pad, plan = plans[chosen]
-    choice = {path: plan if isinstance(plan, str) else plan[path] for path in choice}
+    choice = runnable_plan(compressed, plan)
 
     variants = {"dense model": fold(initial_model(config, weights)),
                 "compressed, measured plan": compressed_model(choice, pad)}

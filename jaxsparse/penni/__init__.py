@@ -11,6 +11,10 @@ Stages, each usable alone:
 7. :mod:`~jaxsparse.penni.count` — :func:`describe_layers`, the per-layer description other packages consume.
 
 :func:`~jaxsparse.penni.pipeline.compress` chains them with checkpoints (``python -m jaxsparse compress``).
+
+Inference: :mod:`~jaxsparse.penni.inference` (execution plans, BatchNorm folding, channel padding,
+:class:`~jaxsparse.penni.inference.PlanarResNet`) and :mod:`~jaxsparse.penni.sparse_cpu`, a CPU kernel
+(an XLA custom call) that visits only the non-zero coefficients.
 """
 
 from jaxsparse.penni.count import LAYER_KEYS, describe_layers, summarize

@@ -7,12 +7,19 @@ they are meant for a model in ``eval()`` mode that will not be trained again.
   deployed model holds (later rewrites then scale the values actually used).
 * :func:`apply_plan` runs each :class:`~jaxsparse.penni.layers.DecomposedConv` in the form
   a plan names: one of its own forms, ``"dense"`` (the kernel rebuilt once, one
-  ``nnx.Conv``) or ``"live_basis_first"`` (:class:`~jaxsparse.penni.layers.LiveBasisFirstConv`).
+  ``nnx.Conv``), ``"live_basis_first"`` (:class:`~jaxsparse.penni.layers.LiveBasisFirstConv`)
+  or ``"sparse_cpu"`` (:class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a CPU
+  kernel that skips zero coefficients; 3x3 stride-1 layers, see
+  :func:`~jaxsparse.penni.sparse_cpu.supports`).
 * :func:`fold_batchnorm` folds every inference BatchNorm into the conv before it:
   ``bn(conv(x)) = conv_s(x) + b`` with the conv's output channel ``o`` scaled by
   ``s_o = gamma_o / sqrt(var_o + eps)`` and ``b_o = beta_o - mean_o * s_o``; the BatchNorm
   becomes a :class:`ChannelBias`. It applies to dense models just as well (it is not about
   compression), so a fair speed comparison folds both.
+* :func:`fuse_sparse_resnet` turns a shrunk CIFAR ResNet whose convs run the sparse CPU
+  kernel (:class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`) into a
+  :class:`PlanarResNet`: activations stay channel-planar from kernel to kernel, and the
+  folded biases, residual additions and ReLUs run in the kernels' epilogues.
 * :func:`pad_channels` pads every channel space of a shrunk CIFAR ResNet with zero
   channels up to a multiple of ``m``: odd channel counts left by shrinking can make a
   convolution slower than the full-width one on some backends.
@@ -24,6 +31,9 @@ Example::
     apply_plan(model, "dense")
     fold_batchnorm(model)
     logits = model(images)
+
+    fast = fuse_sparse_resnet(fold_batchnorm(apply_plan(model2, "sparse_cpu")))  # on CPU
+    logits = fast(images)
 """
 
 from __future__ import annotations
@@ -37,9 +47,10 @@ from jaxsparse.common import check_choice, check_positive
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.shrink import CompactBasicBlock
+from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
 
 #: Forms an execution plan can name for a decomposed layer.
-PLAN_FORMS = ("dense", *FORMS[1:], "live_basis_first")
+PLAN_FORMS = ("dense", *FORMS[1:], "live_basis_first", "sparse_cpu")
 
 
 class ChannelBias(nnx.Module):
@@ -84,10 +95,17 @@ def _given(value: jax.Array):
 
 
 def plan_module(layer: DecomposedConv, form: str) -> nnx.Module:
-    """The module that runs ``layer`` in ``form`` (one of :data:`PLAN_FORMS`)."""
+    """The module that runs ``layer`` in ``form`` (one of :data:`PLAN_FORMS`).
+
+    Raises:
+      ValueError: for a form that cannot run this layer (``"sparse_cpu"`` off the CPU backend,
+        without numba, or for a layer that is not 3x3 stride 1), with the reason.
+    """
     check_choice("form", form, PLAN_FORMS)
     if form == "dense":
         return as_dense_conv(layer)
+    if form == "sparse_cpu":
+        return SparseCoefficientConv(layer)
     if form == "live_basis_first":
         return LiveBasisFirstConv(layer)
     return DecomposedConv(*layer.effective_tensors(), strides=layer.strides, padding=layer.padding, form=form)
@@ -126,6 +144,8 @@ def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
         layer.coefficients[...] = layer.coefficients[...] * jnp.asarray(scale)[None, :, None]
     elif isinstance(layer, LiveBasisFirstConv):
         layer.mixing[...] = layer.mixing[...] * jnp.asarray(scale)[None, :]
+    elif isinstance(layer, SparseCoefficientConv):
+        layer.scale_outputs(scale)
     elif isinstance(layer, nnx.Conv):
         kernel = layer.kernel[...]
         layer.kernel[...] = kernel * jnp.reshape(jnp.asarray(scale), (1,) * (kernel.ndim - 1) + (-1,))
@@ -154,6 +174,103 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
         _scale_outputs(conv, scale.astype(np.float32))
         set_by_path(model, bn_path, ChannelBias((beta - mean * scale).astype(np.float32)))
     return model
+
+
+def _to_planar(x: jax.Array) -> jax.Array:
+    return jnp.transpose(x, (0, 3, 1, 2))
+
+
+def _to_nhwc(x: jax.Array) -> jax.Array:
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
+class PlanarResidualBlock(nnx.Module):
+    """A folded :class:`~jaxsparse.penni.shrink.CompactBasicBlock` on channel-planar (NCHW) activations.
+
+    When its second conv is a :class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`,
+    ``relu(conv2'(h) + shortcut(x))`` (prime: BatchNorm folded) is one kernel call: its
+    epilogue adds the bias, the shortcut (a channel map of ``x``, subsampled by 2 in a
+    downsampling block) and applies the ReLU. The first conv, when it is a kernel too (stride
+    1 or 2), carries its bias and ReLU the same way. Any other layer runs in XLA between
+    transpositions to NHWC and back.
+    """
+
+    def __init__(self, block: CompactBasicBlock):
+        if not isinstance(block.bn1, ChannelBias) or not isinstance(block.bn2, ChannelBias):
+            raise ValueError("block: expected folded BatchNorms (fold_batchnorm first), got "
+                             f"{type(block.bn1).__name__} and {type(block.bn2).__name__}")
+        self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
+        self.subsample, self.source = block.subsample, block.source
+        self.fused1 = isinstance(self.conv1, SparseCoefficientConv)
+        self.fused2 = isinstance(self.conv2, SparseCoefficientConv)
+        if self.fused1:
+            self.conv1.set_layouts("NCHW", "NCHW")
+            self.conv1.set_epilogue(self.bn1.bias[...], relu=True)
+        if self.fused2:
+            self.conv2.set_layouts("NCHW", "NCHW")
+            self.conv2.set_epilogue(self.bn2.bias[...], relu=True)
+
+    def shortcut(self, x: jax.Array) -> jax.Array:
+        """The block's shortcut of planar ``x``, planar."""
+        if self.subsample:
+            x = x[:, :, ::2, ::2]
+        if self.source == tuple(range(x.shape[1])):
+            return x
+        padded = jnp.concatenate([x, jnp.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype)], axis=1)
+        return jnp.take(padded, np.asarray([k if k >= 0 else x.shape[1] for k in self.source], np.int32), axis=1)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.fused1:
+            h = self.conv1(x)
+        else:
+            h = _to_planar(nnx.relu(self.bn1(self.conv1(_to_nhwc(x)))))
+        if self.fused2:
+            identity = self.source == tuple(range(x.shape[1])) and not self.subsample
+            return self.conv2(h, x, residual_source=None if identity else self.source,
+                              residual_stride=2 if self.subsample else 1)
+        return nnx.relu(_to_planar(self.bn2(self.conv2(_to_nhwc(h)))) + self.shortcut(x))
+
+
+class PlanarResNet(nnx.Module):
+    """A shrunk, folded CIFAR ResNet whose sparse CPU kernels hand channel-planar activations to each other.
+
+    Built by :func:`fuse_sparse_resnet`. Input: NHWC images, like the model it came from;
+    every activation after the stem is NCHW, so consecutive kernels skip the NHWC
+    transposition, and every bias, residual addition and ReLU after a kernel happens in that
+    kernel's epilogue.
+    """
+
+    def __init__(self, model: CifarResNet):
+        if not isinstance(model.bn1, ChannelBias):
+            raise ValueError(f"model: expected a folded stem BatchNorm (fold_batchnorm first), got {type(model.bn1).__name__}")
+        self.conv1, self.bn1, self.linear = model.conv1, model.bn1, model.linear
+        self.fused_stem = isinstance(self.conv1, SparseCoefficientConv)
+        if self.fused_stem:
+            self.conv1.set_layouts("NHWC", "NCHW")
+            self.conv1.set_epilogue(self.bn1.bias[...], relu=True)
+        self.blocks = nnx.List([PlanarResidualBlock(block) for stage in model.stages for block in stage])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = self.conv1(x) if self.fused_stem else _to_planar(nnx.relu(self.bn1(self.conv1(x))))
+        for block in self.blocks:
+            out = block(out)
+        return self.linear(jnp.mean(out, axis=(2, 3)))
+
+
+def fuse_sparse_resnet(model: CifarResNet) -> PlanarResNet:
+    """The shrunk CIFAR ResNet as a :class:`PlanarResNet`: sparse kernels chained channel-planar, epilogues fused.
+
+    Call it after :func:`apply_plan` (some or all layers ``"sparse_cpu"``) and
+    :func:`fold_batchnorm`. The logits equal the model's (up to float rounding). The layers
+    are shared with ``model``, which should not be called afterwards (its kernels now
+    expect planar activations and apply their own biases).
+
+    Example:
+        >>> fast = fuse_sparse_resnet(fold_batchnorm(apply_plan(shrunk_model, "sparse_cpu")))  # doctest: +SKIP
+    """
+    if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
+        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+    return PlanarResNet(model)
 
 
 def _pad_axis(value: jax.Array, axis: int, size: int, fill: float = 0.0) -> jax.Array:

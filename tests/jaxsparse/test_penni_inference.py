@@ -17,11 +17,13 @@ from jaxsparse.penni.inference import (
     apply_plan,
     bake_quantization,
     fold_batchnorm,
+    fuse_sparse_resnet,
     pad_channels,
     plan_module,
 )
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, decompose_model, iter_layers, set_quantization
 from jaxsparse.penni.shrink import shrink
+from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
 from tests.jaxsparse.helpers import randomise_batchnorm
 
 
@@ -74,8 +76,9 @@ def test_plan_and_folding_keep_compressed_outputs(form, quantized, fold, seed):
     apply_plan(model, form)
     if fold:
         fold_batchnorm(model)
-    expected = {"dense": nnx.Conv, "live_basis_first": LiveBasisFirstConv}.get(form, DecomposedConv)
-    assert all(isinstance(layer, expected) for _, layer in iter_layers(model, (nnx.Conv, DecomposedConv, LiveBasisFirstConv)))
+    expected = {"dense": nnx.Conv, "live_basis_first": LiveBasisFirstConv, "sparse_cpu": SparseCoefficientConv}.get(form, DecomposedConv)
+    kinds = (nnx.Conv, DecomposedConv, LiveBasisFirstConv, SparseCoefficientConv)
+    assert all(isinstance(layer, expected) for _, layer in iter_layers(model, kinds))
     _assert_close(_forward(model, x), reference)
 
 
@@ -121,3 +124,25 @@ def test_plan_by_layer_and_errors():
     fold_batchnorm(model)  # every kind of layer a plan makes takes the BatchNorm scale
     assert not list(iter_layers(model, nnx.BatchNorm)) and len(list(iter_layers(model, ChannelBias))) == 7
     _assert_close(_forward(model, x), reference)
+
+
+@settings(max_examples=4)
+@given(quantized=st.booleans(), seed=st.integers(0, 2), sparse_fraction=st.sampled_from([0.0, 0.5, 1.0]))
+def test_planar_sparse_resnet_keeps_outputs(quantized, seed, sparse_fraction):
+    """Kernels chained channel-planar, epilogues fused, mixed with dense layers: the logits do not change."""
+    model = _compressed_resnet(seed, quantized=quantized)
+    x = jax.nn.relu(jax.random.normal(jax.random.key(seed), (3, 8, 8, 3)))
+    reference = _forward(model, x)
+    paths = [path for path, _ in iter_layers(model, DecomposedConv)]
+    chosen = np.random.default_rng(seed).random(len(paths)) < sparse_fraction
+    apply_plan(model, {path: "sparse_cpu" if pick else "dense" for path, pick in zip(paths, chosen)})
+    fast = fuse_sparse_resnet(fold_batchnorm(model))
+    assert sum(1 for _ in iter_layers(fast, SparseCoefficientConv)) == int(chosen.sum())
+    _assert_close(_forward(fast, x), reference)
+
+
+def test_fuse_sparse_resnet_errors():
+    with pytest.raises(ValueError, match="model"):
+        fuse_sparse_resnet(CifarResNet(8, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="folded"):
+        fuse_sparse_resnet(apply_plan(_compressed_resnet(0, quantized=False), "sparse_cpu"))
