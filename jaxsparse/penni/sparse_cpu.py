@@ -211,7 +211,26 @@ if not _NUMBA_MISSING:
                                     col = left + w
                                     value = x[n, c, h, w] if planar_in else x[n, h, w, c]
                                     window[start + (col % 2) * plane + col // 2] = value
-                    for p in range(p0, p1):
+                    p = p0
+                    while stride == 1 and p + 1 < p1:  # two bases per pass share the nine tap loads
+                        j, i = pair_basis[p], pair_basis[p + 1]
+                        k0, k1, k2 = basis[j, 0, 0], basis[j, 0, 1], basis[j, 0, 2]
+                        k3, k4, k5 = basis[j, 1, 0], basis[j, 1, 1], basis[j, 1, 2]
+                        k6, k7, k8 = basis[j, 2, 0], basis[j, 2, 1], basis[j, 2, 2]
+                        l0, l1, l2 = basis[i, 0, 0], basis[i, 0, 1], basis[i, 0, 2]
+                        l3, l4, l5 = basis[i, 1, 0], basis[i, 1, 1], basis[i, 1, 2]
+                        l6, l7, l8 = basis[i, 2, 0], basis[i, 2, 1], basis[i, 2, 2]
+                        m = maps[p, b * lanes:(b + 1) * lanes]
+                        mm = maps[p + 1, b * lanes:(b + 1) * lanes]
+                        for q in range(lanes_u):
+                            t0, t1, t2 = window[q], window[q + one], window[q + two]
+                            t3, t4, t5 = window[q + pitch_u], window[q + pitch_u + one], window[q + pitch_u + two]
+                            t6, t7 = window[q + two * pitch_u], window[q + two * pitch_u + one]
+                            t8 = window[q + two * pitch_u + two]
+                            m[q] = k0 * t0 + k1 * t1 + k2 * t2 + k3 * t3 + k4 * t4 + k5 * t5 + k6 * t6 + k7 * t7 + k8 * t8
+                            mm[q] = l0 * t0 + l1 * t1 + l2 * t2 + l3 * t3 + l4 * t4 + l5 * t5 + l6 * t6 + l7 * t7 + l8 * t8
+                        p += 2
+                    while p < p1:
                         j = pair_basis[p]
                         k0, k1, k2 = basis[j, 0, 0], basis[j, 0, 1], basis[j, 0, 2]
                         k3, k4, k5 = basis[j, 1, 0], basis[j, 1, 1], basis[j, 1, 2]
@@ -229,6 +248,7 @@ if not _NUMBA_MISSING:
                                         + k3 * window[p10 + q] + k4 * window[p11 + q] + k5 * window[p10 + q + one]
                                         + k6 * window[q + pitch_u] + k7 * window[p01 + q + pitch_u]
                                         + k8 * window[q + pitch_u + one])
+                        p += 1
             used = _unsigned(count * lanes)
             for o in range(cout):
                 a = acc[o]
