@@ -12,7 +12,7 @@ per layer by measurement. Candidates for each decomposed conv layer:
   the live ``(input channel, basis)`` pairs, then one matmul over those pairs;
 * ``sparse_cpu``: :class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a compiled CPU
   kernel (an XLA custom call) that runs the basis-first order over the live pairs and then
-  visits only the non-zero coefficients (3x3 stride-1 layers; elsewhere it is not a candidate).
+  visits only the non-zero coefficients (3x3 layers of stride 1 or 2; elsewhere it is not a candidate).
 
 (Also measured while choosing these, and slower than a dense conv at every ResNet layer
 shape on XLA:CPU, so not candidates: im2col + matmul, a sum of 9 shifted 1x1 matmuls,
@@ -34,12 +34,12 @@ compression are applied to BOTH models: BatchNorm folded into the conv before it
 function). The whole models are then timed in alternation (median of ``--repeats``).
 
 Also reported: the time breakdown of both models (convs vs everything else, by timing the
-model with every conv replaced by a shape-only stand-in; BatchNorm folded vs not), every
-model with one form for all layers, the realised speedup over the counted
-(sparse-effective) MAC reduction, and a channel sweep: the compressed model with a further
-random fraction of every block's inner channels removed (``--channel-sweep``), timed the
-same way, which shows how wall-clock time follows dense-shape MACs on this backend. The
-load average is recorded next to the figures.
+model with every conv replaced by a shape-only stand-in, so a sparse kernel's fused epilogue
+counts as conv time; BatchNorm folded vs not), every model with one form for all layers,
+the realised speedup over the counted (sparse-effective) MAC reduction, and a channel
+sweep: the compressed model with a further random fraction of every block's inner channels
+removed (``--channel-sweep``), timed the same way, which shows how wall-clock time follows
+dense-shape MACs on this backend. The load average is recorded next to the figures.
 
 Example::
 
@@ -165,7 +165,7 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candida
         for form in candidates:
             try:
                 module = plan_module(layer, form)
-            except ValueError:  # a form that cannot run this layer (e.g. the CPU kernel on a stride-2 conv)
+            except ValueError:  # a form that cannot run this layer (e.g. the CPU kernel on a conv that is not 3x3)
                 continue
             graphdef, state = nnx.split(module)
             fn = compile_fn(lambda s, v, g=graphdef: nnx.merge(g, s)(v), state, x, options=options or {})
@@ -291,7 +291,7 @@ def main(argv=None) -> int:
         if not fold_bn:
             return model
         fold_batchnorm(model)
-        if isinstance(model, CifarResNet) and any(True for _ in iter_layers(model, SparseCoefficientConv)):
+        if isinstance(model, CifarResNet) and any(iter_layers(model, SparseCoefficientConv)):
             return fuse_sparse_resnet(model)
         return model
 

@@ -9,7 +9,7 @@ they are meant for a model in ``eval()`` mode that will not be trained again.
   a plan names: one of its own forms, ``"dense"`` (the kernel rebuilt once, one
   ``nnx.Conv``), ``"live_basis_first"`` (:class:`~jaxsparse.penni.layers.LiveBasisFirstConv`)
   or ``"sparse_cpu"`` (:class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a CPU
-  kernel that skips zero coefficients; 3x3 stride-1 layers, see
+  kernel that skips zero coefficients; 3x3 layers of stride 1 or 2, see
   :func:`~jaxsparse.penni.sparse_cpu.supports`).
 * :func:`fold_batchnorm` folds every inference BatchNorm into the conv before it:
   ``bn(conv(x)) = conv_s(x) + b`` with the conv's output channel ``o`` scaled by
@@ -99,7 +99,7 @@ def plan_module(layer: DecomposedConv, form: str) -> nnx.Module:
 
     Raises:
       ValueError: for a form that cannot run this layer (``"sparse_cpu"`` off the CPU backend,
-        without numba, or for a layer that is not 3x3 stride 1), with the reason.
+        without numba, or for a layer :func:`~jaxsparse.penni.sparse_cpu.supports` rejects), with the reason.
     """
     check_choice("form", form, PLAN_FORMS)
     if form == "dense":
@@ -225,9 +225,7 @@ class PlanarResidualBlock(nnx.Module):
         else:
             h = _to_planar(nnx.relu(self.bn1(self.conv1(_to_nhwc(x)))))
         if self.fused2:
-            identity = self.source == tuple(range(x.shape[1])) and not self.subsample
-            return self.conv2(h, x, residual_source=None if identity else self.source,
-                              residual_stride=2 if self.subsample else 1)
+            return self.conv2(h, x, residual_source=self.source, residual_stride=2 if self.subsample else 1)
         return nnx.relu(_to_planar(self.bn2(self.conv2(_to_nhwc(h)))) + self.shortcut(x))
 
 

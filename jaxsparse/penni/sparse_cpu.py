@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxsparse.common import check_choice, check_shape
+
 try:
     from numba import carray, cfunc, njit, prange, types
     from numba.core import cgutils
@@ -103,8 +105,9 @@ def pack_coefficients(coefficients: np.ndarray) -> PackedCoefficients:
 
 def supports(layer) -> tuple[bool, str]:
     """``(True, "")`` when the kernel can run ``layer`` (a DecomposedConv), else ``(False, reason)``."""
-    if not available()[0]:
-        return False, available()[1]
+    ok, reason = available()
+    if not ok:
+        return False, reason
     basis = layer.basis[...]
     if tuple(basis.shape[1:]) != (3, 3):
         return False, f"kernel {tuple(basis.shape[1:])}, the kernel handles 3x3"
@@ -137,8 +140,20 @@ def _register() -> None:
     import numba
 
     # The kernel may be entered from several XLA threads at once; the default workqueue layer is not
-    # thread-safe, the OpenMP/TBB layers are.
+    # thread-safe, the OpenMP/TBB layers are. Threads are started here, so a missing layer is a clear
+    # error now rather than an abort inside a custom call later.
     numba.config.THREADING_LAYER = "threadsafe"
+    from numba.np.ufunc.parallel import _launch_threads
+
+    try:
+        _launch_threads()
+        layer = numba.threading_layer()
+    except (ValueError, RuntimeError) as err:
+        raise RuntimeError("SparseCoefficientConv: numba found no thread-safe threading layer (OpenMP or TBB); "
+                           "install one, e.g. `pip install tbb`") from err
+    if layer == "workqueue":
+        raise RuntimeError("SparseCoefficientConv: numba's threads were already started with the workqueue layer, "
+                           "which is not thread-safe; set NUMBA_THREADING_LAYER=omp (or tbb) before using numba")
     handler = cfunc(types.voidptr(types.voidptr))(_handler)
     capsule_new = ctypes.pythonapi.PyCapsule_New
     capsule_new.restype = ctypes.py_object
@@ -423,8 +438,7 @@ class SparseCoefficientConv(nnx.Module):
     def scale_outputs(self, scale: np.ndarray) -> None:
         """Multiply output channel ``o`` by ``scale[o]`` (BatchNorm folding; the bias is scaled too)."""
         scale = np.asarray(scale, np.float32)
-        if scale.shape != (self.out_features,):
-            raise ValueError(f"scale: expected shape ({self.out_features},), got {scale.shape}")
+        check_shape("scale", scale.shape, (self.out_features,))
         counts = np.diff(np.asarray(self.row_start[...]))
         self.values[...] = self.values[...] * jnp.asarray(np.repeat(scale, counts))
         self.bias[...] = self.bias[...] * jnp.asarray(scale)
@@ -435,17 +449,14 @@ class SparseCoefficientConv(nnx.Module):
         A chain of kernels that keeps activations channel-planar saves the transposition
         between the two layouts (every kernel works channel-planar inside).
         """
-        for name, value in (("layout_in", layout_in), ("layout_out", layout_out)):
-            if value not in ("NHWC", "NCHW"):
-                raise ValueError(f"{name}: expected 'NHWC' or 'NCHW', got {value!r}")
-        self.layout_in, self.layout_out = layout_in, layout_out
+        layouts = ("NHWC", "NCHW")
+        self.layout_in, self.layout_out = check_choice("layout_in", layout_in, layouts), check_choice("layout_out", layout_out, layouts)
 
     def set_epilogue(self, bias: jax.Array | None = None, relu: bool = False) -> None:
         """Add ``bias`` (shape ``(Cout,)``) to every output and apply a ReLU when ``relu`` (in the kernel)."""
         if bias is not None:
             bias = jnp.asarray(bias, jnp.float32)
-            if bias.shape != (self.out_features,):
-                raise ValueError(f"bias: expected shape ({self.out_features},), got {bias.shape}")
+            check_shape("bias", bias.shape, (self.out_features,))
             self.bias[...] = bias
         self.relu = bool(relu)
 
@@ -466,7 +477,7 @@ class SparseCoefficientConv(nnx.Module):
           ``(N, Ho, Wo, Cout)`` (``(N, Cout, Ho, Wo)`` when ``layout_out`` is NCHW).
         """
         planar_in, planar_out = self.layout_in == "NCHW", self.layout_out == "NCHW"
-        channels = x.shape[1] if planar_in and x.ndim == 4 else x.shape[-1]
+        channels = (x.shape[1] if planar_in else x.shape[-1]) if x.ndim == 4 else None
         if x.ndim != 4 or channels != self.in_features or x.dtype != jnp.float32:
             raise ValueError(f"x: expected float32 {self.layout_in} with {self.in_features} channels, got {x.dtype} {x.shape}")
         _register()
