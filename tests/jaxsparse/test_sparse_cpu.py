@@ -38,7 +38,7 @@ def _to(layout, x):
     return jnp.transpose(x, (0, 3, 1, 2)) if layout == "NCHW" else x
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(case=conv_cases())
 def test_kernel_equals_training_form(case):
     """conv + bias (+ residual channel map, subsampled) (+ ReLU), against an independent XLA computation."""
