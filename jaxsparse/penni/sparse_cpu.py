@@ -180,15 +180,22 @@ if not _NUMBA_MISSING:
             _, out_h, out_w, cout = out.shape
         pairs = pair_channel.shape[0]
         pitch_in = width + 2 * left  # one padded input row (symmetric padding: checked by the caller)
-        # Lane q = r * pitch + w of an image holds output (r, w); columns w >= out_w are junk lanes. At stride 1
-        # the window is the padded input rows, pitch = pitch_in, and tap (dy, dx) is window[q + dy*pitch + dx].
-        # At stride 2 the window is split into four planes by row and column parity (pitch_in is even, pitch =
-        # pitch_in / 2): tap (dy, dx) is plane (dy % 2, dx % 2) at q + (dy // 2) * pitch + dx // 2. Either way
-        # every tap is one contiguous shifted load.
-        pitch = pitch_in // stride
+        # Lane q = r * pitch + b * image_offset + w holds output (r, w) of image b of the item; other lanes are
+        # junk. At stride 1 the window holds the item's images side by side, each row of one image followed by
+        # `left` zero columns that pad both neighbours (pitch = images * (width + left) + left), and tap (dy, dx)
+        # is window[q + dy*pitch + dx]. At stride 2 each image has its own window, split into four planes by row
+        # and column parity (pitch_in is even, pitch = pitch_in / 2): tap (dy, dx) is plane (dy % 2, dx % 2) at
+        # q + (dy // 2) * pitch + dx // 2. Either way every tap is one contiguous shifted load.
+        if stride == 1:
+            pitch = images * (width + left) + left
+            image_offset = width + left
+        else:
+            pitch = pitch_in // 2
+            image_offset = tile_rows * pitch
         plane_rows = tile_rows + 2 if stride == 1 else tile_rows + 1
         plane = plane_rows * pitch + 4
-        lanes = tile_rows * pitch
+        lanes = tile_rows * pitch  # of one stencil pass: the whole item at stride 1, one image at stride 2
+        item_lanes = lanes if stride == 1 else images * lanes
         row_tiles = (out_h + tile_rows - 1) // tile_rows
         image_groups = (n_images + images - 1) // images
         lanes_u, pitch_u, one, two = _unsigned(lanes), _unsigned(pitch), _unsigned(1), _unsigned(2)
@@ -198,10 +205,10 @@ if not _NUMBA_MISSING:
             count = min(images, n_images - first)
             h0 = (job % row_tiles) * tile_rows
             rows = min(tile_rows, out_h - h0)
-            maps = np.empty((pairs, images * lanes), np.float32)
+            maps = np.empty((pairs, item_lanes), np.float32)
             window = np.zeros(stride * stride * plane, np.float32)
-            acc = np.empty((cout, images * lanes), np.float32)
-            for b in range(count):
+            acc = np.empty((cout, item_lanes), np.float32)
+            for b in range(1 if stride == 1 else count):  # stencil passes: one for all images at stride 1
                 n = first + b
                 for g in range(channel_start.shape[0] - 1):
                     p0, p1 = channel_start[g], channel_start[g + 1]
@@ -212,11 +219,13 @@ if not _NUMBA_MISSING:
                             start = rr * pitch
                             window[start:start + pitch] = 0.0
                             if 0 <= h < height:
-                                if planar_in:
-                                    window[start + left:start + left + width] = x[n, c, h, :]
-                                else:
-                                    for w in range(width):
-                                        window[start + left + w] = x[n, h, w, c]
+                                for bb in range(count):
+                                    at = start + bb * image_offset + left
+                                    if planar_in:
+                                        window[at:at + width] = x[first + bb, c, h, :]
+                                    else:
+                                        for w in range(width):
+                                            window[at + w] = x[first + bb, h, w, c]
                         else:
                             start = (rr % 2) * 2 * plane + (rr // 2) * pitch
                             window[start:start + pitch] = 0.0
@@ -264,7 +273,7 @@ if not _NUMBA_MISSING:
                                         + k6 * window[q + pitch_u] + k7 * window[p01 + q + pitch_u]
                                         + k8 * window[q + pitch_u + one])
                         p += 1
-            used = _unsigned(count * lanes)
+            used = _unsigned(lanes if stride == 1 else count * lanes)
             for o in range(cout):
                 a = acc[o]
                 start_value = bias[o]
@@ -300,7 +309,7 @@ if not _NUMBA_MISSING:
                 for b in range(count):
                     n = first + b
                     for r in range(rows):
-                        base = b * lanes + r * pitch
+                        base = b * image_offset + r * pitch
                         hr = (h0 + r) * residual_stride
                         if planar_out:
                             row = out[n, o, h0 + r]
