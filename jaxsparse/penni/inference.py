@@ -46,7 +46,7 @@ from flax import nnx
 from jaxsparse.common import check_choice, check_positive
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
-from jaxsparse.penni.shrink import CompactBasicBlock
+from jaxsparse.penni.shrink import CompactBasicBlock, channel_shortcut
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
 
 #: Forms an execution plan can name for a decomposed layer.
@@ -176,6 +176,11 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
     return model
 
 
+def _require_shrunk_resnet(model) -> None:
+    if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
+        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+
+
 def _to_planar(x: jax.Array) -> jax.Array:
     return jnp.transpose(x, (0, 3, 1, 2))
 
@@ -212,12 +217,7 @@ class PlanarResidualBlock(nnx.Module):
 
     def shortcut(self, x: jax.Array) -> jax.Array:
         """The block's shortcut of planar ``x``, planar."""
-        if self.subsample:
-            x = x[:, :, ::2, ::2]
-        if self.source == tuple(range(x.shape[1])):
-            return x
-        padded = jnp.concatenate([x, jnp.zeros((x.shape[0], 1, *x.shape[2:]), x.dtype)], axis=1)
-        return jnp.take(padded, np.asarray([k if k >= 0 else x.shape[1] for k in self.source], np.int32), axis=1)
+        return channel_shortcut(x, self.source, self.subsample, planar=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.fused1:
@@ -266,8 +266,7 @@ def fuse_sparse_resnet(model: CifarResNet) -> PlanarResNet:
     Example:
         >>> fast = fuse_sparse_resnet(fold_batchnorm(apply_plan(shrunk_model, "sparse_cpu")))  # doctest: +SKIP
     """
-    if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
-        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+    _require_shrunk_resnet(model)
     return PlanarResNet(model)
 
 
@@ -312,8 +311,7 @@ def pad_channels(model: CifarResNet, multiple: int) -> CifarResNet:
         >>> pad_channels(shrunk_model, 8)  # doctest: +SKIP
     """
     check_positive("multiple", multiple)
-    if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
-        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+    _require_shrunk_resnet(model)
 
     def up(n: int) -> int:
         return -(-n // multiple) * multiple

@@ -290,6 +290,28 @@ def param_masks_like(model: nnx.Module, plan: ShrinkPlan | None = None) -> nnx.S
     return jax.tree_util.tree_map_with_path(mask, params)
 
 
+def channel_shortcut(x: jax.Array, source: tuple[int, ...], subsample: bool, *, planar: bool = False) -> jax.Array:
+    """A shrunk block's shortcut: ``x`` (every second row and column when ``subsample``) with its
+    channel ``source[k]`` at output channel ``k`` (``-1``: a zero channel).
+
+    Args:
+      x: ``(N, H, W, C)``, or ``(N, C, H, W)`` when ``planar``.
+      source: per output channel, the input channel it takes, or ``-1``.
+      subsample: take every second row and column (a downsampling block).
+      planar: channels on axis 1 instead of the last axis.
+    """
+    axis = 1 if planar else 3
+    if subsample:
+        x = x[:, :, ::2, ::2] if planar else x[:, ::2, ::2, :]
+    channels = x.shape[axis]
+    if tuple(source) == tuple(range(channels)):
+        return x
+    zero_shape = list(x.shape)
+    zero_shape[axis] = 1
+    padded = jnp.concatenate([x, jnp.zeros(zero_shape, x.dtype)], axis=axis)
+    return jnp.take(padded, np.asarray([s if s >= 0 else channels for s in source], np.int32), axis=axis)
+
+
 class CompactBasicBlock(nnx.Module):
     """A shrunk residual block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + gather(x))``.
 
@@ -304,13 +326,7 @@ class CompactBasicBlock(nnx.Module):
         self.source = tuple(int(s) for s in source)
 
     def shortcut(self, x: jax.Array) -> jax.Array:
-        if self.subsample:
-            x = x[:, ::2, ::2, :]
-        if self.source == tuple(range(x.shape[-1])):
-            return x
-        padded = jnp.concatenate([x, jnp.zeros((*x.shape[:-1], 1), x.dtype)], axis=-1)
-        index = np.asarray([s if s >= 0 else x.shape[-1] for s in self.source], np.int32)
-        return jnp.take(padded, index, axis=-1)
+        return channel_shortcut(x, self.source, self.subsample)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out = nnx.relu(self.bn1(self.conv1(x)))
