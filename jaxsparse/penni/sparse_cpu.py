@@ -200,6 +200,7 @@ if not _NUMBA_MISSING:
         image_groups = (n_images + images - 1) // images
         lanes_u, pitch_u, one, two = _unsigned(lanes), _unsigned(pitch), _unsigned(1), _unsigned(2)
         p01, p10, p11 = _unsigned(plane), _unsigned(2 * plane), _unsigned(3 * plane)
+        width_u = _unsigned(width)
         for job in prange(image_groups * row_tiles):
             first = (job // row_tiles) * images
             count = min(images, n_images - first)
@@ -215,21 +216,21 @@ if not _NUMBA_MISSING:
                     c = pair_channel[p0]
                     for rr in range((tile_rows - 1) * stride + 3):
                         h = h0 * stride - top + rr
+                        # Padding rows and columns are never written: they keep the zeros the window
+                        # started the item with, so only the image pixels are copied for each channel.
                         if stride == 1:
-                            start = rr * pitch
-                            window[start:start + pitch] = 0.0
                             if 0 <= h < height:
                                 for bb in range(count):
-                                    at = start + bb * image_offset + left
+                                    at = _unsigned(rr * pitch + bb * image_offset + left)
                                     if planar_in:
-                                        window[at:at + width] = x[first + bb, c, h, :]
+                                        source_row = x[first + bb, c, h]
+                                        for w in range(width_u):
+                                            window[at + w] = source_row[w]
                                     else:
                                         for w in range(width):
                                             window[at + w] = x[first + bb, h, w, c]
                         else:
                             start = (rr % 2) * 2 * plane + (rr // 2) * pitch
-                            window[start:start + pitch] = 0.0
-                            window[start + plane:start + plane + pitch] = 0.0
                             if 0 <= h < height:
                                 for w in range(width):
                                     col = left + w
@@ -303,28 +304,39 @@ if not _NUMBA_MISSING:
                     for q in range(used):
                         a[q] += v0 * m0[q]
                     k += 1
+            out_w_u = _unsigned(out_w)
             for o in range(cout):
                 a = acc[o]
                 src = source[o] if residual_stride > 0 else -1
                 for b in range(count):
                     n = first + b
                     for r in range(rows):
-                        base = b * image_offset + r * pitch
+                        base = _unsigned(b * image_offset + r * pitch)
                         hr = (h0 + r) * residual_stride
                         if planar_out:
+                            # one pass per row with the residual and the ReLU fused in: rows are short (8-32
+                            # pixels), so separate passes cost more in loop overhead than in arithmetic
                             row = out[n, o, h0 + r]
-                            for w in range(out_w):
-                                row[w] = a[base + w]
-                            if src >= 0:
-                                if planar_in:
-                                    for w in range(out_w):
-                                        row[w] += residual[n, src, hr, w * residual_stride]
+                            if src < 0:
+                                if relu:
+                                    for w in range(out_w_u):
+                                        row[w] = max(a[base + w], 0.0)
                                 else:
-                                    for w in range(out_w):
-                                        row[w] += residual[n, hr, w * residual_stride, src]
-                            if relu:
+                                    for w in range(out_w_u):
+                                        row[w] = a[base + w]
+                            elif planar_in and residual_stride == 1:
+                                residual_row = residual[n, src, hr]
+                                if relu:
+                                    for w in range(out_w_u):
+                                        row[w] = max(a[base + w] + residual_row[w], 0.0)
+                                else:
+                                    for w in range(out_w_u):
+                                        row[w] = a[base + w] + residual_row[w]
+                            else:
                                 for w in range(out_w):
-                                    row[w] = max(row[w], 0.0)
+                                    value = a[base + w] + (residual[n, src, hr, w * residual_stride] if planar_in
+                                                           else residual[n, hr, w * residual_stride, src])
+                                    row[w] = max(value, 0.0) if relu else value
                         else:
                             for w in range(out_w):
                                 value = a[base + w]
