@@ -52,7 +52,7 @@ from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
 
 SCHEDULES = {
-    "cpu": dict(train_subset=10000, test_subset=None, retrain_epochs=4, finetune_epochs=2, alternate_every=0, gradual_prune=2 / 3,
+    "cpu": dict(train_subset=10000, test_subset=None, retrain_epochs=5, finetune_epochs=2, alternate_every=0, gradual_prune=2 / 3,
                 channel_sparsity=0.0, prune_std=1.15, distill=0.7),
     "full": dict(train_subset=None, test_subset=None, retrain_epochs=100, finetune_epochs=30, alternate_every=2, gradual_prune=0.0,
                  channel_sparsity=0.0, prune_std=1.0, distill=0.0),
