@@ -1,28 +1,22 @@
 """Embedding tables sharded over a ``storage`` mesh axis, looked up, pooled and updated where they live.
 
-All tables are packed into one *slab* per storage device, like FBGEMM's
-table-batched embeddings: a global ``float32 (S * R, W)`` array sharded by rows
-over the mesh axis ``storage`` (``S`` devices, ``R`` rows per device, width
-``W``). A :class:`ShardingPlan` says where every table's rows and columns sit:
+The tables live in one *slab* per storage device laid out by a
+:class:`~ndp.plan.ShardingPlan` (``tw``, ``rw``, ``cw``, ``twrw``; see
+:mod:`ndp.plan`). A training step (:func:`lookup` then
+:func:`apply_sparse_update`) never leaves the devices that hold the rows, and each
+device works only on its own share of the batch's lookups:
 
-* ``"tw"`` (table-wise): each table whole on one device; tables are placed
-  greedily, largest first, on the device with the fewest rows (memory balance).
-* ``"rw"`` (row-wise): each table split into ``S`` contiguous row blocks, block
-  ``s`` on device ``s``.
-* ``"cw"`` (column-wise): each table split into ``S`` column blocks of width
-  ``D / S``, block ``s`` on device ``s`` (``W = D / S``).
-
-A training step (:func:`lookup` then :func:`apply_sparse_update`) never leaves
-the devices that hold the rows:
-
-1. every storage device sees the batch's ids (all-gathered; they are small),
-   gathers the rows it owns and pools them into a partial ``(B, T, W)`` result;
-2. partial results are reduce-scattered (``tw``/``rw``) or all-to-all'ed
-   (``cw``) so each device ends with its data-parallel slice ``(B / S, T, D)``
-   of the pooled embeddings, the input of the MLPs;
-3. the gradient w.r.t. the pooled embeddings travels back the same way and each
-   device applies a sparse row update (SGD, or row-wise Adagrad as in
-   FBGEMM/DLRM) to its own rows with ``.at[rows].add``.
+1. ``tw``, ``rw`` and ``twrw``: every device sends each of its lookups to the one
+   device that owns the row (an all-to-all of bucketed ids, :mod:`ndp.routing`);
+   the owner gathers its rows, pools them per bag and sends the partial pools
+   back (a second all-to-all), so each device ends with the pooled embeddings
+   ``(B / S, T, D)`` of its data-parallel slice of the batch, the input of the MLPs.
+   ``cw``: every row is spread over all devices, ``D / S`` columns each, so every
+   device gathers every lookup on its columns (ids all-gathered) and the pooled
+   columns are exchanged by an all-to-all.
+2. The gradient w.r.t. the pooled embeddings travels back the same way and each
+   owner applies a sparse row update (SGD, or row-wise Adagrad as in FBGEMM/DLRM)
+   to its own rows with ``.at[rows].add``.
 
 No dense table gradient is formed and, with the slab donated, no table is copied.
 
@@ -45,205 +39,52 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxsparse.common import check_choice, check_positive
+from ndp.plan import (
+    AXIS,
+    ROUTED_KINDS,
+    SHARDING_KINDS,
+    ShardingPlan,
+    TablePiece,
+    default_group_size,
+    pack_tables,
+    plan_sharding,
+    unpack_tables,
+)
+from ndp.routing import Capacity, Routed, pool_routed, route_capacity, route_local, route_stats, routed, row_grads_routed
 
-AXIS = "storage"
-SHARDING_KINDS = ("tw", "rw", "cw")
+__all__ = [
+    "AXIS",
+    "OPTIMIZERS",
+    "POOLINGS",
+    "ROUTED_KINDS",
+    "SHARDING_KINDS",
+    "Capacity",
+    "ShardingPlan",
+    "TablePiece",
+    "apply_sparse_update",
+    "batch_capacity",
+    "default_group_size",
+    "init_rowwise_state",
+    "init_slab",
+    "lookup",
+    "pack_tables",
+    "plan_sharding",
+    "put_slab",
+    "route_capacity",
+    "route_stats",
+    "slab_sharding",
+    "unpack_tables",
+]
+
 POOLINGS = ("sum", "mean")
 OPTIMIZERS = ("sgd", "rowwise_adagrad")
-
-
-class TablePiece(NamedTuple):
-    """Rows ``[row_start, row_end)`` and columns ``[col_start, col_end)`` of ``table``,
-    stored on ``shard`` from slab row ``slab_offset`` on."""
-
-    table: int
-    shard: int
-    row_start: int
-    row_end: int
-    col_start: int
-    col_end: int
-    slab_offset: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardingPlan:
-    """Where every table's rows and columns live on the ``storage`` devices.
-
-    Build one with :func:`plan_sharding`. ``slab_rows`` (``R``) and ``slab_width``
-    (``W``) give each device's slab shape; the global slab is ``(S * R, W)``.
-    """
-
-    table_sizes: tuple[int, ...]
-    embedding_dim: int
-    num_shards: int
-    kind: str
-    pieces: tuple[TablePiece, ...]
-    slab_rows: int
-    slab_width: int
-
-    @property
-    def num_tables(self) -> int:
-        return len(self.table_sizes)
-
-    def _per_shard(self, field: str) -> np.ndarray:
-        out = np.zeros((self.num_shards, self.num_tables), np.int32)
-        for p in self.pieces:
-            out[p.shard, p.table] = getattr(p, field)
-        return out
-
-    def routing(self) -> np.ndarray:
-        """``int32 (S, 3, T)``: per device and table, first row, end row and slab offset it holds
-        (all zero where the device holds none of the table)."""
-        return np.stack(
-            [self._per_shard("row_start"), self._per_shard("row_end"), self._per_shard("slab_offset")], axis=1
-        )
-
-    def rows_per_shard(self) -> list[int]:
-        """Table rows each device holds (without padding)."""
-        rows = [0] * self.num_shards
-        for p in self.pieces:
-            rows[p.shard] += p.row_end - p.row_start
-        return rows
-
-    def bytes_per_shard(self, bytes_per_value: int = 4) -> list[int]:
-        return [r * self.slab_width * bytes_per_value for r in self.rows_per_shard()]
-
-    def imbalance(self) -> float:
-        """Largest device's rows over the mean (1.0 is perfect balance)."""
-        rows = self.rows_per_shard()
-        mean = sum(rows) / len(rows)
-        return float(max(rows) / mean) if mean else 1.0
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "num_shards": self.num_shards,
-            "embedding_dim": self.embedding_dim,
-            "slab_rows": self.slab_rows,
-            "slab_width": self.slab_width,
-            "rows_per_shard": self.rows_per_shard(),
-            "mb_per_shard": [round(b / 2**20, 3) for b in self.bytes_per_shard()],
-            "imbalance": round(self.imbalance(), 4),
-            "tables": [
-                {"table": t, "rows": n, "pieces": [p._asdict() for p in self.pieces if p.table == t]}
-                for t, n in enumerate(self.table_sizes)
-            ],
-        }
-
-    def describe(self) -> str:
-        """A human-readable summary: rows and MB per device, and where each table lives."""
-        lines = [
-            f"{self.kind} sharding of {self.num_tables} tables (dim {self.embedding_dim}) over "
-            f"{self.num_shards} storage device(s); slab {self.slab_rows} x {self.slab_width} per device, "
-            f"imbalance {self.imbalance():.3f}"
-        ]
-        for s, (rows, nbytes) in enumerate(zip(self.rows_per_shard(), self.bytes_per_shard())):
-            tables = sorted({p.table for p in self.pieces if p.shard == s})
-            shown = ",".join(map(str, tables[:12])) + ("..." if len(tables) > 12 else "")
-            lines.append(f"  device {s}: {rows} rows, {nbytes / 2**20:.2f} MB, tables [{shown}]")
-        return "\n".join(lines)
-
-
-def plan_sharding(table_sizes: Sequence[int], embedding_dim: int, num_shards: int, kind: str = "rw") -> ShardingPlan:
-    """Plan how tables are cut and placed over ``num_shards`` storage devices.
-
-    Args:
-      table_sizes: rows of each table.
-      embedding_dim: ``D``, the width of every table.
-      num_shards: ``S``, the size of the ``storage`` mesh axis.
-      kind: ``"tw"`` (table-wise, greedy memory balance), ``"rw"`` (row-wise) or
-        ``"cw"`` (column-wise; needs ``D % S == 0``).
-
-    Returns:
-      A :class:`ShardingPlan`.
-
-    Example:
-        >>> plan = plan_sharding((100, 60, 50, 10), embedding_dim=8, num_shards=2, kind="tw")
-        >>> plan.rows_per_shard()
-        [110, 110]
-    """
-    table_sizes = tuple(int(n) for n in table_sizes)
-    if not table_sizes:
-        raise ValueError("table_sizes: expected at least one table, got ()")
-    for n in table_sizes:
-        check_positive("table size", n)
-    check_positive("embedding_dim", embedding_dim)
-    check_positive("num_shards", num_shards)
-    check_choice("kind", kind, SHARDING_KINDS)
-    d, s_count = int(embedding_dim), int(num_shards)
-    pieces: list[TablePiece] = []
-    fill = [0] * s_count
-    if kind == "tw":
-        for t in sorted(range(len(table_sizes)), key=lambda t: (-table_sizes[t], t)):
-            s = min(range(s_count), key=lambda s: (fill[s], s))
-            pieces.append(TablePiece(t, s, 0, table_sizes[t], 0, d, fill[s]))
-            fill[s] += table_sizes[t]
-        width = d
-    elif kind == "rw":
-        for t, n in enumerate(table_sizes):
-            block = -(-n // s_count)
-            for s in range(s_count):
-                lo, hi = min(n, s * block), min(n, (s + 1) * block)
-                if hi > lo:
-                    pieces.append(TablePiece(t, s, lo, hi, 0, d, fill[s]))
-                    fill[s] += hi - lo
-        width = d
-    else:
-        if d % s_count:
-            raise ValueError(
-                f"embedding_dim: column-wise sharding over {s_count} devices needs a multiple of {s_count}, got {d}"
-            )
-        width = d // s_count
-        for t, n in enumerate(table_sizes):
-            for s in range(s_count):
-                pieces.append(TablePiece(t, s, 0, n, s * width, (s + 1) * width, fill[s]))
-                fill[s] += n
-    pieces.sort(key=lambda p: (p.table, p.shard))
-    return ShardingPlan(table_sizes, d, s_count, kind, tuple(pieces), max(1, max(fill)), width)
-
-
-def pack_tables(plan: ShardingPlan, tables: Sequence[np.ndarray]) -> np.ndarray:
-    """Lay out full tables ``(N_t, D)`` as the global slab ``(S * R, W)`` (host memory).
-
-    Example:
-        >>> plan = plan_sharding((3,), embedding_dim=2, num_shards=2, kind="cw")
-        >>> pack_tables(plan, [np.arange(6, dtype=np.float32).reshape(3, 2)])[:, 0].tolist()
-        [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
-    """
-    if len(tables) != plan.num_tables:
-        raise ValueError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
-    slab = np.zeros((plan.num_shards * plan.slab_rows, plan.slab_width), np.float32)
-    for t, table in enumerate(tables):
-        if tuple(np.shape(table)) != (plan.table_sizes[t], plan.embedding_dim):
-            raise ValueError(
-                f"tables[{t}]: expected shape {(plan.table_sizes[t], plan.embedding_dim)}, got {tuple(np.shape(table))}"
-            )
-    for p in plan.pieces:
-        base = p.shard * plan.slab_rows + p.slab_offset
-        slab[base : base + p.row_end - p.row_start] = np.asarray(tables[p.table])[
-            p.row_start : p.row_end, p.col_start : p.col_end
-        ]
-    return slab
-
-
-def unpack_tables(plan: ShardingPlan, slab) -> list[np.ndarray]:
-    """The inverse of :func:`pack_tables`: full tables ``(N_t, D)`` from a (gathered) slab."""
-    slab = np.asarray(slab)
-    tables = [np.zeros((n, plan.embedding_dim), slab.dtype) for n in plan.table_sizes]
-    for p in plan.pieces:
-        base = p.shard * plan.slab_rows + p.slab_offset
-        tables[p.table][p.row_start : p.row_end, p.col_start : p.col_end] = slab[base : base + p.row_end - p.row_start]
-    return tables
 
 
 def slab_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
@@ -449,7 +290,37 @@ def _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr):
     return slab.at[target].add(step, mode="drop"), state
 
 
-def lookup(mesh, plan: ShardingPlan, slab: jax.Array, ids, lengths, *, pooling: str = "sum") -> jax.Array:
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def batch_capacity(plan: ShardingPlan, ids, lengths, capacity: Capacity | None = None) -> Capacity:
+    """The bucket sizes a routed step needs for this batch: ``capacity`` if given, else
+    :func:`ndp.routing.route_capacity` of the (host-readable) ids.
+
+    Raises:
+      ValueError: when the ids are traced or spread over processes and no capacity is given.
+    """
+    if not routed(plan):
+        return Capacity(0, 0)
+    if capacity is not None:
+        return Capacity(*capacity)
+    if isinstance(ids, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):
+        raise ValueError(
+            "capacity: expected a Capacity (ndp.routing.route_capacity of the host batch) when the ids are "
+            f"traced inside jit with a routed {plan.kind!r} plan on {plan.num_shards} devices, got None"
+        )
+    if isinstance(ids, jax.Array) and not ids.is_fully_addressable:
+        raise ValueError(
+            "ids: a batch spread over several processes cannot be read here; pass the host batch (the same "
+            "numpy arrays in every process) or a capacity from ndp.routing.route_capacity, got a global array"
+        )
+    return route_capacity(plan, np.asarray(ids), np.asarray(lengths))
+
+
+def lookup(
+    mesh, plan: ShardingPlan, slab: jax.Array, ids, lengths, *, pooling: str = "sum", capacity: Capacity | None = None
+) -> jax.Array:
     """Pooled embeddings ``float32 (B, T, D)``, batch-sharded over ``storage``.
 
     Args:
@@ -460,10 +331,153 @@ def lookup(mesh, plan: ShardingPlan, slab: jax.Array, ids, lengths, *, pooling: 
         multiple of ``S``); entries at positions ``>= lengths`` are ignored.
       lengths: ``int32 (B, T)`` bag lengths (``0`` for an empty bag).
       pooling: ``"sum"`` or ``"mean"``.
+      capacity: bucket sizes of a routed plan; computed from ``ids`` when ``None``
+        (which needs ids readable on this host, not traced).
     """
     check_choice("pooling", pooling, POOLINGS)
     _check_mesh(mesh, plan)
-    return _lookup_fn(mesh, plan, pooling)(slab, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32))
+    capacity = batch_capacity(plan, ids, lengths, capacity)
+    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    if not routed(plan):
+        return _lookup_fn(mesh, plan, pooling)(slab, ids, lengths)
+    return lookup_routed(mesh, plan, slab, route(mesh, plan, ids, lengths, capacity), lengths, pooling, capacity)
+
+
+def apply_sparse_update(
+    mesh,
+    plan: ShardingPlan,
+    slab: jax.Array,
+    state: jax.Array | None,
+    ids,
+    lengths,
+    pooled_grad: jax.Array,
+    lr,
+    *,
+    pooling: str = "sum",
+    optimizer: str = "sgd",
+    eps: float = 1e-8,
+    capacity: Capacity | None = None,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Update the rows a batch looked up, on the devices that hold them.
+
+    Args:
+      slab, state: the slab and (for ``rowwise_adagrad``) its ``(S * R,)`` accumulators.
+      ids, lengths: the batch's lookups, as for :func:`lookup`.
+      pooled_grad: ``float32 (B, T, D)``, the loss gradient w.r.t. the pooled embeddings.
+      lr: learning rate (scalar).
+      optimizer: ``"sgd"`` or ``"rowwise_adagrad"``.
+      capacity: as for :func:`lookup`.
+
+    Returns:
+      ``(new_slab, new_state)``; jit with the slab donated to update it in place.
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("pooling", pooling, POOLINGS)
+    _check_mesh(mesh, plan)
+    if optimizer == "rowwise_adagrad" and state is None:
+        raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
+    capacity = batch_capacity(plan, ids, lengths, capacity)
+    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
+    lr = jnp.asarray(lr, jnp.float32)
+    if not routed(plan):
+        fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))
+        return fn(slab, state, ids, lengths, pooled_grad, lr)
+    routed_batch = route(mesh, plan, ids, lengths, capacity)
+    return apply_routed_update(
+        mesh, plan, slab, state, routed_batch, lengths, pooled_grad, lr, pooling, optimizer, float(eps), capacity
+    )
+
+
+def _on_batch(mesh, x):
+    """``x`` sharded by its leading (batch) dimension over ``storage``."""
+    return jax.reshard(x, jax.NamedSharding(mesh, jax.P(AXIS)))
+
+
+# --------------------------------------------------------------------------------------------
+# Routed plans (tw, rw, twrw on several devices): route once, then look up and update
+
+
+def route(mesh, plan: ShardingPlan, ids, lengths, capacity: Capacity) -> Routed:
+    """Bucket every device's lookups by owner and exchange them (:func:`ndp.routing.route_local`).
+
+    Returns a :class:`~ndp.routing.Routed` whose leaves are sharded over ``storage``
+    (device ``s`` holds its own view); :func:`lookup_routed` and
+    :func:`apply_routed_update` take it, so a training step routes its batch once.
+    """
+    return _route_fn(mesh, plan, Capacity(*capacity))(ids, lengths)
+
+
+@functools.lru_cache(maxsize=64)
+def _route_fn(mesh, plan: ShardingPlan, capacity: Capacity):
+    owners = plan.owners()
+    fn = jax.shard_map(
+        lambda owners, ids, lengths: route_local(owners, capacity, plan.slab_rows, ids, lengths),
+        mesh=mesh,
+        in_specs=(jax.P(), jax.P(AXIS), jax.P(AXIS)),
+        out_specs=jax.P(AXIS),
+    )
+    return jax.jit(
+        lambda ids, lengths: fn(tuple(jnp.asarray(a) for a in owners), _on_batch(mesh, ids), _on_batch(mesh, lengths))
+    )
+
+
+def lookup_routed(mesh, plan: ShardingPlan, slab, routed_batch: Routed, lengths, pooling: str, capacity: Capacity):
+    """:func:`lookup` of a batch already routed by :func:`route`."""
+    return _lookup_routed_fn(mesh, plan, pooling, Capacity(*capacity))(slab, routed_batch, lengths)
+
+
+@functools.lru_cache(maxsize=64)
+def _lookup_routed_fn(mesh, plan: ShardingPlan, pooling: str, capacity: Capacity):
+    def local(slab, routed_batch, lengths):
+        pooled = pool_routed(_gather_rows, slab, routed_batch, capacity, *lengths.shape)
+        if pooling == "mean":
+            pooled = pooled * _bag_scale(lengths)[:, :, None]
+        return pooled
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(AXIS), jax.P(AXIS), jax.P(AXIS)), out_specs=jax.P(AXIS))
+    return jax.jit(lambda slab, routed_batch, lengths: fn(slab, routed_batch, _on_batch(mesh, lengths)))
+
+
+def apply_routed_update(mesh, plan: ShardingPlan, slab, state, routed_batch: Routed, lengths, pooled_grad, lr,
+                        pooling: str, optimizer: str, eps: float, capacity: Capacity):  # fmt: skip
+    """:func:`apply_sparse_update` of a batch already routed by :func:`route`."""
+    fn = _routed_update_fn(mesh, plan, pooling, optimizer, float(eps), Capacity(*capacity))
+    return fn(slab, state, routed_batch, lengths, pooled_grad, lr)
+
+
+@functools.lru_cache(maxsize=64)
+def _routed_update_fn(mesh, plan: ShardingPlan, pooling: str, optimizer: str, eps: float, capacity: Capacity):
+    dim = float(plan.embedding_dim)
+
+    def local(slab, state, routed_batch, lengths, grad, lr):
+        if pooling == "mean":
+            grad = grad * _bag_scale(lengths)[:, :, None]
+        row_grads = row_grads_routed(_gather_rows, grad, routed_batch, capacity)
+        if optimizer == "sgd":
+            return slab.at[routed_batch.rows].add(-lr * row_grads, mode="drop"), state
+        return _rowwise_adagrad_update("rw", dim, eps, slab, state, routed_batch.rows, row_grads, lr)
+
+    batch = jax.P(AXIS)
+    if optimizer == "sgd":
+        fn = jax.shard_map(
+            lambda slab, routed_batch, lengths, grad, lr: local(slab, None, routed_batch, lengths, grad, lr)[0],
+            mesh=mesh, in_specs=(batch, batch, batch, batch, jax.P()), out_specs=batch,
+        )  # fmt: skip
+        return jax.jit(
+            lambda slab, state, routed_batch, lengths, grad, lr: (
+                fn(slab, routed_batch, _on_batch(mesh, lengths), _on_batch(mesh, grad), lr), state
+            )
+        )
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, batch, batch, batch, jax.P()), out_specs=(batch, batch))
+    return jax.jit(
+        lambda slab, state, routed_batch, lengths, grad, lr: fn(
+            slab, state, routed_batch, _on_batch(mesh, lengths), _on_batch(mesh, grad), lr
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Unrouted plans (one device, or cw): every device sees the batch's ids
 
 
 @functools.lru_cache(maxsize=64)
@@ -481,47 +495,6 @@ def _lookup_fn(mesh, plan: ShardingPlan, pooling: str):
             slab, jnp.asarray(routing), _on_batch(mesh, ids), _on_batch(mesh, lengths)
         )
     )
-
-
-def _on_batch(mesh, x):
-    """``x`` sharded by its leading (batch) dimension over ``storage``."""
-    return jax.reshard(x, jax.NamedSharding(mesh, jax.P(AXIS)))
-
-
-def apply_sparse_update(
-    mesh,
-    plan: ShardingPlan,
-    slab: jax.Array,
-    state: jax.Array | None,
-    ids,
-    lengths,
-    pooled_grad: jax.Array,
-    lr,
-    *,
-    pooling: str = "sum",
-    optimizer: str = "sgd",
-    eps: float = 1e-8,
-) -> tuple[jax.Array, jax.Array | None]:
-    """Update the rows a batch looked up, on the devices that hold them.
-
-    Args:
-      slab, state: the slab and (for ``rowwise_adagrad``) its ``(S * R,)`` accumulators.
-      ids, lengths: the batch's lookups, as for :func:`lookup`.
-      pooled_grad: ``float32 (B, T, D)``, the loss gradient w.r.t. the pooled embeddings.
-      lr: learning rate (scalar).
-      optimizer: ``"sgd"`` or ``"rowwise_adagrad"``.
-
-    Returns:
-      ``(new_slab, new_state)``; jit with the slab donated to update it in place.
-    """
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_choice("pooling", pooling, POOLINGS)
-    _check_mesh(mesh, plan)
-    if optimizer == "rowwise_adagrad" and state is None:
-        raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
-    fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))
-    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
-    return fn(slab, state, ids, lengths, pooled_grad, jnp.asarray(lr, jnp.float32))
 
 
 @functools.lru_cache(maxsize=64)

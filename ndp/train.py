@@ -48,19 +48,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 from jaxsparse.common import check_choice, check_positive
 from ndp.embedding import (
     AXIS,
     OPTIMIZERS,
     POOLINGS,
+    Capacity,
     ShardingPlan,
+    apply_routed_update,
     apply_sparse_update,
+    batch_capacity,
     init_rowwise_state,
     init_slab,
     lookup,
+    lookup_routed,
     put_slab,
+    route,
 )
+from ndp.routing import routed
 
 
 class Batch(NamedTuple):
@@ -202,6 +209,57 @@ def mse_loss(predictions: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(predictions - labels))
 
 
+class BatchStep:
+    """A jitted function of ``(state, batch)`` whose batch may be host (numpy) or device arrays.
+
+    A routed plan (:mod:`ndp.routing`) compiles per bucket capacity; the capacity is
+    read from the batch's ids on the host (:func:`ndp.embedding.batch_capacity`).
+    Pass host batches, the same global batch in every process: they are placed
+    with :func:`shard_batch`. Device batches are accepted when this process can
+    read all of them.
+    """
+
+    def __init__(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, fn):
+        self.mesh, self.plan, self.fn = mesh, plan, fn
+
+    def prepare(self, batch: Batch) -> tuple[Batch, Capacity]:
+        """The batch on the mesh and its bucket capacity (e.g. to prepare the next batch ahead)."""
+        capacity = batch_capacity(self.plan, batch.ids, batch.lengths)
+        if not isinstance(batch.ids, jax.Array):
+            batch = shard_batch(self.mesh, batch)
+        return batch, capacity
+
+    def __call__(self, state, batch: Batch, capacity: Capacity | None = None):
+        if capacity is None:
+            batch, capacity = self.prepare(batch)
+        return self.fn(state, batch, capacity)
+
+    def lower(self, state, batch: Batch):
+        """``jax.jit(...).lower`` for this batch's capacity (to inspect the compiled step)."""
+        batch, capacity = self.prepare(batch)
+        return self.fn.lower(state, batch, capacity)
+
+
+def _pooled_and_update(mesh, plan, pooling, embedding_optimizer):
+    """``(lookup, update)`` closures over one routing of the batch (routed plans) or the plain pair."""
+
+    def lookup_fn(slab, batch, capacity):
+        if not routed(plan):
+            return lookup(mesh, plan, slab, batch.ids, batch.lengths, pooling=pooling), None
+        routed_batch = route(mesh, plan, batch.ids, batch.lengths, capacity)
+        return lookup_routed(mesh, plan, slab, routed_batch, batch.lengths, pooling, capacity), routed_batch
+
+    def update_fn(slab, slab_state, batch, routed_batch, pooled_grad, capacity):
+        lr, eps = embedding_optimizer.learning_rate, embedding_optimizer.eps
+        if routed_batch is None:
+            return apply_sparse_update(mesh, plan, slab, slab_state, batch.ids, batch.lengths, pooled_grad, lr,
+                                       pooling=pooling, optimizer=embedding_optimizer.name, eps=eps)  # fmt: skip
+        return apply_routed_update(mesh, plan, slab, slab_state, routed_batch, batch.lengths, pooled_grad,
+                                   jnp.asarray(lr, jnp.float32), pooling, embedding_optimizer.name, eps, capacity)  # fmt: skip
+
+    return lookup_fn, update_fn
+
+
 def make_train_step(
     mesh: jax.sharding.Mesh,
     plan: ShardingPlan,
@@ -212,22 +270,29 @@ def make_train_step(
     *,
     pooling: str = "sum",
     embedding_l2: float = 0.0,
-) -> Callable[[TrainState, Batch], tuple[TrainState, jax.Array]]:
+) -> BatchStep:
     """Build the jitted, state-donating step ``(state, batch) -> (state, loss)``.
 
     Args:
       graphdef: from :func:`init_train_state`.
-      loss_fn: ``(predictions, labels) -> scalar`` (e.g. :func:`bce_loss`, :func:`mse_loss`).
+      loss_fn: ``(predictions, labels) -> scalar``, a mean over the examples (e.g.
+        :func:`bce_loss`, :func:`mse_loss`): each device evaluates it on its slice of
+        the batch and the step averages the devices' losses and gradients.
       tx: optax transformation of the dense parameters.
       embedding_optimizer: sparse optimizer of the tables.
       pooling: ``"sum"`` or ``"mean"``.
       embedding_l2: weight of ``mean_b sum_t ||pooled_bt||^2`` added to the loss, the
         usual per-example L2 of factorisation models (it only touches looked-up rows).
+
+    Returns:
+      A :class:`BatchStep`: call it with a host batch (numpy arrays, the same global
+      batch in every process) or a batch placed by :func:`shard_batch`.
     """
     check_choice("pooling", pooling, POOLINGS)
     check_choice("embedding_optimizer", embedding_optimizer.name, OPTIMIZERS)
     check_positive("learning_rate", embedding_optimizer.learning_rate)
     check_positive("embedding_l2", embedding_l2, allow_zero=True)
+    lookup_fn, update_fn = _pooled_and_update(mesh, plan, pooling, embedding_optimizer)
 
     def objective(params, pooled, dense, labels):
         loss = loss_fn(nnx.merge(graphdef, params)(dense, pooled), labels)
@@ -235,11 +300,35 @@ def make_train_step(
             loss = loss + embedding_l2 * jnp.mean(jnp.sum(jnp.square(pooled), axis=(1, 2)))
         return loss
 
-    def step(state: TrainState, batch: Batch):
-        pooled = lookup(mesh, plan, state.slab, batch.ids, batch.lengths, pooling=pooling)
-        loss, (param_grads, pooled_grad) = jax.value_and_grad(objective, argnums=(0, 1))(
-            state.params, pooled, batch.dense, batch.labels
-        )
+    def single_device_grads(params, pooled, dense, labels):
+        loss, (param_grads, pooled_grad) = jax.value_and_grad(objective, argnums=(0, 1))(params, pooled, dense, labels)
+        return loss, param_grads, pooled_grad
+
+    def local_grads(params, pooled, dense, labels):
+        # Data parallel over ``storage``: each device differentiates the mean loss of its slice;
+        # the global loss is the mean of the devices' (equal-sized) slices. The dense gradients
+        # travel as one flat buffer: one all-reduce per step instead of one per parameter array
+        # (across processes each collective has a fixed cost that dominates small arrays).
+        # Differentiating w.r.t. a per-device copy keeps the gradients local (differentiating the
+        # replicated parameters themselves would insert one all-reduce per array).
+        params = jax.tree.map(lambda x: jax.lax.pcast(x, (AXIS,), to="varying"), params)
+        loss, param_grads, pooled_grad = single_device_grads(params, pooled, dense, labels)
+        devices = jax.lax.axis_size(AXIS)
+        flat, unravel = ravel_pytree(param_grads)
+        total = jax.lax.psum(jnp.concatenate([flat, loss[None]]), AXIS) / devices
+        return total[-1], unravel(total[:-1]), pooled_grad / devices
+
+    if mesh.shape[AXIS] == 1:
+        head_grads = single_device_grads
+    else:
+        head_grads = jax.shard_map(
+            local_grads, mesh=mesh, in_specs=(jax.P(), jax.P(AXIS), jax.P(AXIS), jax.P(AXIS)),
+            out_specs=(jax.P(), jax.P(), jax.P(AXIS)),
+        )  # fmt: skip
+
+    def step(state: TrainState, batch: Batch, capacity: Capacity):
+        pooled, routed_batch = lookup_fn(state.slab, batch, capacity)
+        loss, param_grads, pooled_grad = head_grads(state.params, pooled, batch.dense, batch.labels)
         # Orders the in-place row update after the lookup for any loss; see the module docstring.
         pooled_grad = pooled_grad + 0.0 * pooled
         # Some optax transformations (Adam's bias correction: float ** int32 step count) need
@@ -247,28 +336,25 @@ def make_train_step(
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = tx.update(param_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        slab, slab_state = apply_sparse_update(
-            mesh, plan, state.slab,
-            state.slab_state if embedding_optimizer.name == "rowwise_adagrad" else None,
-            batch.ids, batch.lengths, pooled_grad, embedding_optimizer.learning_rate,
-            pooling=pooling, optimizer=embedding_optimizer.name, eps=embedding_optimizer.eps,
-        )  # fmt: skip
+        adagrad = embedding_optimizer.name == "rowwise_adagrad"
+        slab, slab_state = update_fn(state.slab, state.slab_state if adagrad else None, batch, routed_batch,
+                                     pooled_grad, capacity)  # fmt: skip
         if slab_state is None:
             slab_state = state.slab_state
         return TrainState(slab, slab_state, params, opt_state, state.step + 1), loss
 
-    return jax.jit(step, donate_argnums=0)
+    return BatchStep(mesh, plan, jax.jit(step, donate_argnums=0, static_argnums=2))
 
 
-def make_predict(mesh: jax.sharding.Mesh, plan: ShardingPlan, graphdef: nnx.GraphDef, *, pooling: str = "sum"):
-    """Jitted ``(state, batch) -> predictions (B,)`` (logits or ratings)."""
+def make_predict(mesh: jax.sharding.Mesh, plan: ShardingPlan, graphdef: nnx.GraphDef, *, pooling: str = "sum") -> BatchStep:
+    """Jitted ``(state, batch) -> predictions (B,)`` (logits or ratings), a :class:`BatchStep`."""
+    lookup_fn, _ = _pooled_and_update(mesh, plan, pooling, EmbeddingOptimizer())
 
-    @jax.jit
-    def predict(state: TrainState, batch: Batch):
-        pooled = lookup(mesh, plan, state.slab, batch.ids, batch.lengths, pooling=pooling)
+    def predict(state: TrainState, batch: Batch, capacity: Capacity):
+        pooled, _ = lookup_fn(state.slab, batch, capacity)
         return nnx.merge(graphdef, state.params)(batch.dense, pooled)
 
-    return predict
+    return BatchStep(mesh, plan, jax.jit(predict, static_argnums=2))
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,7 +10,7 @@ from flax import nnx
 from ndp.configs import DLRMConfig
 from ndp.embedding import pack_tables, plan_sharding, unpack_tables
 from ndp.model import DLRMHead
-from ndp.train import Batch, EmbeddingOptimizer, bce_loss, init_train_state, make_train_step, shard_batch, storage_mesh, to_host
+from ndp.train import Batch, EmbeddingOptimizer, bce_loss, init_train_state, make_train_step, storage_mesh, to_host
 
 TABLE_SIZES = (37, 5, 64)
 DIM = 4
@@ -37,7 +37,7 @@ def train_case(num_devices: int | None, kind: str, optimizer: str, steps: int = 
         ids = np.stack([rng.integers(0, n, size=(BATCH, 2)) for n in TABLE_SIZES], axis=1).astype(np.int32)
         batch = Batch(rng.normal(size=(BATCH, 3)).astype(np.float32), ids, lengths,
                       (rng.random(BATCH) < 0.5).astype(np.float32))  # fmt: skip
-        state, loss = step(state, shard_batch(mesh, batch))
+        state, loss = step(state, batch)  # the host batch: the step routes and places it
         jax.block_until_ready(loss)
     out_tables = unpack_tables(plan, to_host(mesh, state.slab))
     params = [to_host(mesh, leaf) for leaf in jax.tree.leaves(state.params)]

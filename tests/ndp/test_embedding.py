@@ -23,7 +23,7 @@ from ndp.train import jagged_to_padded, storage_mesh, to_host
 @given(
     sizes=st.lists(st.integers(1, 300), min_size=1, max_size=8),
     shards=st.sampled_from([1, 2, 4, 8]),
-    kind=st.sampled_from(["tw", "rw", "cw"]),
+    kind=st.sampled_from(["tw", "rw", "cw", "twrw"]),
 )
 def test_plans_cover_every_row_and_column_once(sizes, shards, kind):
     plan = plan_sharding(sizes, 8, shards, kind)
@@ -54,7 +54,7 @@ def test_plans_cover_every_row_and_column_once(sizes, shards, kind):
 @settings(max_examples=6)
 @given(
     sizes=st.lists(st.integers(1, 50), min_size=1, max_size=3),
-    kind=st.sampled_from(["tw", "rw", "cw"]),
+    kind=st.sampled_from(["tw", "rw", "cw", "twrw"]),
     pooling=st.sampled_from(["sum", "mean"]),
     seed=st.integers(0, 1000),
 )
@@ -99,7 +99,7 @@ def numpy_sparse_update(tables, accumulators, ids, lengths, pooled_grad, lr, opt
 @given(
     sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     shards=st.sampled_from([1, 8]),
-    kind=st.sampled_from(["tw", "rw", "cw"]),
+    kind=st.sampled_from(["tw", "rw", "cw", "twrw"]),
     optimizer=st.sampled_from(["sgd", "rowwise_adagrad"]),
     length=st.sampled_from([1, 4]),
     seed=st.integers(0, 1000),
@@ -146,7 +146,7 @@ def test_tw_plan_is_greedy_and_describes_itself():
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="embedding_dim: column-wise sharding over 3 devices needs a multiple of 3, got 8"):
         plan_sharding((10,), 8, 3, "cw")
-    with pytest.raises(ValueError, match=r"kind: expected one of \['tw', 'rw', 'cw'\], got 'xx'"):
+    with pytest.raises(ValueError, match=r"kind: expected one of \['tw', 'rw', 'cw', 'twrw'\], got 'xx'"):
         plan_sharding((10,), 8, 2, "xx")
     with pytest.raises(ValueError, match="max_length"):
         jagged_to_padded([np.arange(3)], [np.array([0, 3])], max_length=2)
@@ -171,3 +171,129 @@ def test_init_slab_fills_every_row_within_its_table_bound():
         assert np.all(np.abs(table) <= bound) and np.all(table != 0.0)
         assert np.abs(table).mean() > 0.3 * bound  # uniform on +-bound has mean |x| = bound / 2
     assert len({tuple(t[0]) for t in unpack_tables(plan, slab)}) == 3  # distinct random streams
+
+
+# ------------------------------------------------------------------------------------------------
+# Routed lookups (tw, rw, twrw on several devices): extreme batches, capacities, per-device work
+
+
+def numpy_pool(tables, ids, lengths, pooling):
+    out = np.zeros((ids.shape[0], len(tables), tables[0].shape[1]), np.float64)
+    for b in range(ids.shape[0]):
+        for t, table in enumerate(tables):
+            rows = table[ids[b, t, : lengths[b, t]]]
+            if rows.shape[0]:
+                out[b, t] = rows.sum(axis=0) / (rows.shape[0] if pooling == "mean" else 1)
+    return out
+
+
+def extreme_batch(case, sizes, batch, length, rng):
+    """ids (B, T, L) and lengths (B, T) of one of the extreme routing cases."""
+    lengths = np.full((batch, len(sizes)), length, np.int32)
+    if case == "one_owner":  # every lookup in the first rows: device 0 owns them all (rw, twrw)
+        ids = rng.integers(0, 2, size=(batch, len(sizes), length))
+    elif case == "same_id_everywhere":  # one id per table, looked up by every example on every device
+        ids = np.broadcast_to(np.asarray([n - 1 for n in sizes])[None, :, None], (batch, len(sizes), length))
+    elif case == "empty_bags":  # whole devices' shares without lookups, the rest mixed
+        ids = np.stack([rng.integers(0, n, size=(batch, length)) for n in sizes], axis=1)
+        lengths = rng.integers(0, length + 1, size=(batch, len(sizes))).astype(np.int32)
+        lengths[: batch // 2] = 0
+    else:  # "all_empty": no lookup at all
+        ids = np.stack([rng.integers(0, n, size=(batch, length)) for n in sizes], axis=1)
+        lengths[:] = 0
+    return np.ascontiguousarray(ids, np.int32), lengths
+
+
+@pytest.mark.parametrize("case", ["one_owner", "same_id_everywhere", "empty_bags", "all_empty"])
+@pytest.mark.parametrize("kind,length", [("rw", 1), ("twrw", 3), ("tw", 3)])
+def test_routed_step_on_extreme_batches(case, kind, length):
+    """Lookup and row-wise Adagrad update on 8 devices against numpy, for batches that stress the buckets."""
+    rng = np.random.default_rng(1)
+    sizes, dim, batch, lr, eps = (40, 9, 17), 8, 16, 0.1, 1e-8
+    tables = [rng.normal(size=(n, dim)).astype(np.float32) for n in sizes]
+    accumulators = [rng.uniform(0.0, 2.0, size=n).astype(np.float32) for n in sizes]
+    ids, lengths = extreme_batch(case, sizes, batch, length, rng)
+    pooled_grad = rng.normal(size=(batch, len(sizes), dim)).astype(np.float32)
+    mesh = storage_mesh(8)
+    plan = plan_sharding(sizes, dim, 8, kind)
+    slab = put_slab(mesh, plan, pack_tables(plan, tables))
+    pooled = np.asarray(lookup(mesh, plan, slab, ids, lengths, pooling="mean"))
+    np.testing.assert_allclose(pooled, numpy_pool(tables, ids, lengths, "mean"), atol=1e-5)
+    packed = pack_tables(plan, [np.repeat(a[:, None], dim, axis=1) for a in accumulators])[:, 0]
+    state = jax.device_put(packed, init_rowwise_state(mesh, plan).sharding)
+    new_slab, new_state = apply_sparse_update(mesh, plan, slab, state, ids, lengths, pooled_grad, lr,
+                                              optimizer="rowwise_adagrad", eps=eps)  # fmt: skip
+    want_tables, want_acc = numpy_sparse_update(tables, accumulators, ids, lengths, pooled_grad, lr,
+                                                "rowwise_adagrad", eps)  # fmt: skip
+    for got, want in zip(unpack_tables(plan, to_host(mesh, new_slab)), want_tables):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    host_state = np.repeat(to_host(mesh, new_state)[:, None], plan.slab_width, axis=1)
+    for got, want in zip(unpack_tables(plan, host_state), want_acc):
+        np.testing.assert_allclose(got[:, 0], want, atol=1e-5, rtol=1e-5)
+
+
+def brute_force_counts(plan, ids, lengths):
+    """Lookups and distinct bags per (source device, owner), by looping over every lookup."""
+    s, batch = plan.num_shards, ids.shape[0]
+    lookups, bags = np.zeros((s, s), int), np.zeros((s, s), int)
+    for b in range(batch):
+        source = b // (batch // s)
+        for t in range(ids.shape[1]):
+            owners = set()
+            for k in range(lengths[b, t]):
+                owner = next(p.shard for p in plan.pieces if p.table == t and p.row_start <= ids[b, t, k] < p.row_end)
+                lookups[source, owner] += 1
+                owners.add(owner)
+            for owner in owners:
+                bags[source, owner] += 1
+    return lookups, bags
+
+
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4),
+    shards=st.sampled_from([2, 4, 8]),
+    kind=st.sampled_from(["tw", "rw", "twrw"]),
+    length=st.integers(1, 4),
+    seed=st.integers(0, 1000),
+)
+def test_route_capacity_covers_the_largest_bucket(sizes, shards, kind, length, seed):
+    from ndp.routing import route_capacity
+
+    rng = np.random.default_rng(seed)
+    batch = 2 * shards
+    ids = np.stack([rng.zipf(1.3, size=(batch, length)) % n for n in sizes], axis=1).astype(np.int32)
+    lengths = rng.integers(0, length + 1, size=(batch, len(sizes))).astype(np.int32)
+    plan = plan_sharding(sizes, 4, shards, kind)
+    lookups, bags = brute_force_counts(plan, ids, lengths)
+    capacity = route_capacity(plan, ids, lengths)
+    assert lookups.max() <= capacity.lookups <= max(1, 1.25 * lookups.max())
+    assert bags.max() <= capacity.bags <= capacity.lookups
+    assert capacity.one_id == (length == 1)
+
+
+def test_a_too_small_capacity_poisons_the_lookup_instead_of_dropping_ids():
+    from ndp.routing import Capacity
+
+    sizes, dim = (16,), 4
+    mesh = storage_mesh(2)
+    plan = plan_sharding(sizes, dim, 2, "rw")
+    slab = put_slab(mesh, plan, pack_tables(plan, [np.ones((16, dim), np.float32)]))
+    ids = np.zeros((4, 1, 1), np.int32)  # all four lookups owned by device 0: buckets of 2 needed
+    lengths = np.ones((4, 1), np.int32)
+    assert np.all(np.asarray(lookup(mesh, plan, slab, ids, lengths)) == 1.0)
+    assert np.all(np.isnan(np.asarray(lookup(mesh, plan, slab, ids, lengths, capacity=Capacity(1, 1, True)))))
+    with pytest.raises(ValueError, match=r"ids: expected ids of table 0 in \[0, 16\)"):
+        lookup(mesh, plan, slab, np.full((4, 1, 1), 16, np.int32), lengths)
+
+
+def test_twrw_plans_place_tables_on_groups_and_rows_within_them():
+    plan = plan_sharding((100, 60, 50, 10), embedding_dim=4, num_shards=8, kind="twrw")  # groups of 2
+    assert plan.group_size == 2
+    for t in range(4):
+        shards = sorted(p.shard for p in plan.pieces if p.table == t)
+        assert len(shards) == 2 and shards[0] % 2 == 0 and shards[1] == shards[0] + 1
+    assert plan.rows_per_shard() == [50, 50, 30, 30, 25, 25, 5, 5]
+    with pytest.raises(ValueError, match="group_size: expected a divisor of num_shards"):
+        plan_sharding((10,), 4, 8, "twrw", group_size=3)
+    with pytest.raises(ValueError, match="group_size: only the 'twrw' layout"):
+        plan_sharding((10,), 4, 8, "rw", group_size=2)

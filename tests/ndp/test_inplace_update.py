@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ndp.embedding import apply_sparse_update, lookup, plan_sharding
+from ndp.embedding import apply_sparse_update, lookup, plan_sharding, route_stats
 from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, mse_loss, shard_batch, storage_mesh
 
 ROWS = (200_000, 500)
@@ -85,3 +87,53 @@ def test_copy_detector_sees_copies_of_a_naive_step():
 
     compiled = jax.jit(naive_step, donate_argnums=0).lower(state, batch).compile()
     assert len(table_copies(compiled.as_text(), plan)) >= 1
+
+
+def hlo_shapes(compiled_text: str) -> dict[str, str]:
+    """Every named value of the compiled HLO and its shape (``f32[384,16]``)."""
+    shapes = {}
+    for line in compiled_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])", line)
+        if match:
+            shapes[match.group(1)] = match.group(2)
+    return shapes
+
+
+def rows_touched_in_slab(compiled_text: str, plan) -> tuple[list[int], list[int]]:
+    """Rows read by every gather from a device's slab and rows written by every scatter into it."""
+    slab = f"f32[{plan.slab_rows},{plan.slab_width}]"
+    shapes = hlo_shapes(compiled_text)
+    gathered, scattered = [], []
+    for line in compiled_text.splitlines():
+        for op, out in ((" gather(", gathered), (" scatter(", scattered)):
+            if op not in line:
+                continue
+            result = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (\w+\[[\d,]*\])", line).group(1)
+            operands = [name.lstrip("%") for name in line.split(op)[1].split(")")[0].split(", ")]
+            if op == " gather(" and shapes.get(operands[0]) == slab:
+                out.append(int(result.split("[")[1].split(",")[0]))
+            if op == " scatter(" and result == slab:
+                out.append(int(shapes[operands[2]].split("[")[1].split(",")[0]))
+    return gathered, scattered
+
+
+@pytest.mark.parametrize("kind", ["rw", "twrw"])
+def test_each_device_gathers_and_scatters_only_its_share_of_the_batch(kind):
+    """8 devices, uniform one-hot lookups: the compiled step's gathers from the slab and scatters into it
+    cover the rows a device owns (its bucket capacity), not the whole batch as an all-gather of ids would."""
+    mesh = storage_mesh(8)
+    sizes, batch = (5000, 3000, 800, 64), 512
+    plan = plan_sharding(sizes, DIM, 8, kind)
+    embedding_optimizer = EmbeddingOptimizer("rowwise_adagrad", 0.1)
+    tx = optax.sgd(0.1)
+    state, graphdef = init_train_state(mesh, plan, LinearHead(len(sizes)), tx, jax.random.key(0), embedding_optimizer)
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(0, n, size=(batch, 1)) for n in sizes], axis=1).astype(np.int32)
+    host = Batch(np.zeros((batch, 0), np.float32), ids, np.ones((batch, len(sizes)), np.int32), np.ones(batch, np.float32))
+    step = make_train_step(mesh, plan, graphdef, linear_loss, tx, embedding_optimizer)
+    gathered, scattered = rows_touched_in_slab(step.lower(state, host).compile().as_text(), plan)
+    lookups = batch * len(sizes)
+    share = max(route_stats(plan, ids, host.lengths)["lookups_per_device"])
+    assert gathered and scattered
+    # Buckets are padded to the largest (source, owner) count, rounded up by at most 25%.
+    assert max(gathered + scattered) <= 2 * share < lookups / 2, (gathered, scattered, share, lookups)

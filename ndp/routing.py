@@ -1,0 +1,277 @@
+"""Lookups routed to the device that owns their row: bucket capacities, exchange volume, per-device routing.
+
+With a ``tw``, ``rw`` or ``twrw`` plan every lookup ``(b, t, l)`` has one owner
+device (:meth:`ndp.plan.ShardingPlan.owners`). Each device holds a slice of
+``B / S`` examples of the batch; it sorts its lookups into ``S`` buckets, one per
+owner, and one ``all_to_all`` hands every owner exactly the lookups of its rows.
+The owner gathers those rows, sums the lookups of one bag (its partial pool) and
+a second ``all_to_all`` returns the partial pools, which the sender adds into its
+``(B / S, T, D)`` pooled embeddings. The backward pass sends each bag's gradient
+to the owners of its rows the same way. A device therefore gathers, scatters and
+updates only the rows it owns, and moves ``O(lookups / S)`` ids and partial pools.
+
+Buckets need static shapes. :func:`route_capacity` computes, on the host from the
+whole batch, the largest number of lookups (and of distinct bags) that any source
+device sends to any owner, and rounds it up (at most 25%, so that few distinct
+capacities, hence few compilations, occur): a bucket can never overflow, so no
+lookup is ever dropped, whatever the skew (a batch owned entirely by one device
+gets buckets as large as a device's whole share of the batch).
+
+Example:
+    >>> import numpy as np
+    >>> from ndp.plan import plan_sharding
+    >>> plan = plan_sharding((8,), embedding_dim=4, num_shards=2, kind="rw")   # rows 0-3 on device 0, 4-7 on 1
+    >>> ids = np.array([[[0]], [[1]], [[2]], [[7]]], np.int32)                # B=4, T=1, L=1
+    >>> route_capacity(plan, ids, np.ones((4, 1), np.int32))                 # device 0 sends 2 lookups to itself
+    Capacity(lookups=2, bags=2, one_id=True)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ndp.plan import AXIS, ROUTED_KINDS, ShardingPlan
+
+
+class Capacity(NamedTuple):
+    """Bucket sizes of a routed step, per (source device, owner device) pair.
+
+    Attributes:
+      lookups: ids a source device can send to one owner.
+      bags: partial pools an owner can return to one source device (``<= lookups``).
+      one_id: bags hold at most one id (``L == 1``): a bag's partial pool is its
+        lookup's row, so no per-bag sums are formed.
+    """
+
+    lookups: int
+    bags: int
+    one_id: bool = False
+
+
+def round_capacity(count: int) -> int:
+    """``count`` rounded up to ``m * 2**k`` with ``m`` in ``{4, 5, 6, 7}`` (at most 25% more; at least 1).
+
+    Example:
+        >>> [round_capacity(c) for c in (0, 3, 9, 100, 1000)]
+        [1, 3, 10, 112, 1024]
+    """
+    count = max(1, int(count))
+    grain = 1 << max(count.bit_length() - 3, 0)
+    return -(-count // grain) * grain
+
+
+def routed(plan: ShardingPlan) -> bool:
+    """Whether ``plan``'s lookups are routed by all-to-all (several devices, one owner per lookup)."""
+    return plan.num_shards > 1 and plan.kind in ROUTED_KINDS
+
+
+def _host_owners(plan: ShardingPlan, ids: np.ndarray) -> np.ndarray:
+    """Owner device of every id, ``int32 (B, T, L)`` (ids must lie in their table)."""
+    starts, shards, _ = plan.owners()
+    owner = np.empty(ids.shape, np.int32)
+    for t in range(plan.num_tables):
+        piece = np.searchsorted(starts[t], ids[:, t], side="right") - 1
+        owner[:, t] = shards[t][piece]
+    return owner
+
+
+def _host_counts(plan: ShardingPlan, ids, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """Lookups and distinct bags sent from each source device to each owner, both ``(S, S)``."""
+    ids, lengths = np.asarray(ids), np.asarray(lengths)
+    batch, tables, cap = ids.shape
+    s = plan.num_shards
+    if batch % s:
+        raise ValueError(f"ids: expected a batch that is a multiple of the {s} devices, got {batch}")
+    if tables != plan.num_tables:
+        raise ValueError(f"ids: expected {plan.num_tables} tables (the plan's), got {tables}")
+    valid = np.arange(cap)[None, None, :] < lengths[:, :, None]
+    sizes = np.asarray(plan.table_sizes)[None, :, None]
+    if np.any(valid & ((ids < 0) | (ids >= sizes))):
+        t = int(np.nonzero(np.any(valid & ((ids < 0) | (ids >= sizes)), axis=(0, 2)))[0][0])
+        raise ValueError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got some outside")
+    owner = np.where(valid, _host_owners(plan, np.where(valid, ids, 0)), s)  # s: no lookup
+    source = (np.arange(batch) // (batch // s))[:, None, None]
+    lookups = np.bincount((source * (s + 1) + owner).ravel(), minlength=s * (s + 1)).reshape(s, s + 1)[:, :s]
+    bag = (np.arange(batch)[:, None] * tables + np.arange(tables)[None, :])[:, :, None]
+    touched = np.zeros((batch * tables, s + 1), bool)
+    touched[np.broadcast_to(bag, owner.shape).ravel(), owner.ravel()] = True
+    per_source = touched[:, :s].reshape(s, batch // s * tables, s)
+    return lookups, per_source.sum(axis=1)
+
+
+def route_capacity(plan: ShardingPlan, ids, lengths) -> Capacity:
+    """The bucket sizes that carry a (global, host) batch without overflow.
+
+    Args:
+      plan: a ``tw``, ``rw`` or ``twrw`` plan on several devices (other plans need
+        none: ``Capacity(0, 0)``).
+      ids: ``int32 (B, T, L)``, the whole batch as every process holds it.
+      lengths: ``int32 (B, T)``.
+
+    Returns:
+      :class:`Capacity`, each count rounded by :func:`round_capacity`; for one-id
+      bags (``L == 1``) ``bags == lookups``.
+    """
+    if not routed(plan):
+        return Capacity(0, 0)
+    lookups, bags = _host_counts(plan, ids, lengths)
+    lookups = round_capacity(int(lookups.max()))
+    if np.shape(ids)[2] == 1:
+        return Capacity(lookups, lookups, True)
+    return Capacity(lookups, min(lookups, round_capacity(int(bags.max()))), False)
+
+
+def route_stats(plan: ShardingPlan, ids, lengths, *, bytes_per_value: int = 4) -> dict:
+    """What one training step moves between and gathers on the devices, from the plan and a batch.
+
+    Per device: ``lookups_per_device`` (ids it owns among the batch's lookups, i.e.
+    rows it gathers and updates); ``gathered_rows_per_device`` (rows its compiled
+    step gathers, buckets padded to capacity; for ``cw`` every lookup, on ``D / S``
+    columns); ``exchange_bytes_per_device`` (bytes it sends to other devices in one
+    step's collectives, forward and backward, padding included: routed plans send
+    id buckets, partial pools and bag gradients; ``cw`` all-gathers ids and lengths
+    and all-to-alls pooled columns and their gradients; row-wise Adagrad on ``cw``
+    adds a ``psum`` of one float per lookup, not counted here).
+
+    Example:
+        >>> import numpy as np
+        >>> from ndp.plan import plan_sharding
+        >>> plan = plan_sharding((8,), embedding_dim=4, num_shards=2, kind="rw")
+        >>> ids = np.array([[[0]], [[1]], [[2]], [[7]]], np.int32)
+        >>> route_stats(plan, ids, np.ones((4, 1), np.int32))["lookups_per_device"]
+        [3, 1]
+    """
+    ids, lengths = np.asarray(ids), np.asarray(lengths)
+    s, batch, tables, cap = plan.num_shards, *ids.shape
+    value = bytes_per_value
+    valid = np.arange(cap)[None, None, :] < lengths[:, :, None]
+    total = int(valid.sum())
+    if s == 1:
+        return {"kind": plan.kind, "num_shards": 1, "lookups_per_device": [total],
+                "gathered_rows_per_device": [batch * tables * cap], "exchange_bytes_per_device": [0]}  # fmt: skip
+    if plan.kind == "cw":
+        local = batch // s
+        ids_bytes = (s - 1) * local * (tables * cap + tables) * 4  # all-gather of ids and lengths
+        pooled_bytes = 2 * (s - 1) * local * tables * plan.slab_width * value  # forward and backward all-to-all
+        return {"kind": "cw", "num_shards": s, "lookups_per_device": [total] * s,
+                "gathered_rows_per_device": [batch * tables * cap] * s,
+                "exchange_bytes_per_device": [ids_bytes + pooled_bytes] * s}  # fmt: skip
+    lookups, _ = _host_counts(plan, ids, lengths)
+    capacity = route_capacity(plan, ids, lengths)
+    id_bytes = capacity.lookups * 4 * (1 if cap == 1 else 2)  # row ids, and bag slots for multi-id bags
+    per_pair = id_bytes + 2 * capacity.bags * plan.slab_width * value  # ids out; partial pools back; gradients out
+    return {
+        "kind": plan.kind,
+        "num_shards": s,
+        "capacity": capacity._asdict(),
+        "lookups_per_device": [int(x) for x in lookups.sum(axis=0)],
+        "gathered_rows_per_device": [s * capacity.lookups] * s,
+        "exchange_bytes_per_device": [(s - 1) * per_pair] * s,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Per device (inside shard_map over ``storage``)
+
+
+class Routed(NamedTuple):
+    """One device's view of a routed batch (all ``int32``).
+
+    Attributes:
+      rows: ``(S * C_l,)`` local slab rows it must gather, bucket ``s`` holding the
+        lookups sent by device ``s`` (padding: ``R``, one past the slab).
+      slots: ``(S * C_l,)`` for multi-id bags, the partial-pool slot of each received
+        lookup in its source's bucket (padding: ``C_b``); unused (``(1,)``) for one-id bags.
+      bags: ``(S * C_b,)`` on the sending side, the local bag ``b * T + t`` of each
+        partial pool it will receive back from owner ``s`` (padding: ``B/S * T``).
+      overflow: ``(1,)``, 1 where one of this device's buckets held more lookups than ``capacity``
+        allows (only possible with a capacity not made by :func:`route_capacity` for
+        this batch); the pooled embeddings are then NaN rather than silently short.
+    """
+
+    rows: jax.Array
+    slots: jax.Array
+    bags: jax.Array
+    overflow: jax.Array
+
+
+def _exchange(x):
+    """Bucket ``s`` of ``x`` (leading axis ``S * C``) goes to device ``s``; bucket ``s`` of the result came from it."""
+    return jax.lax.all_to_all(x, AXIS, split_axis=0, concat_axis=0, tiled=True)
+
+
+def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Routed:
+    """Sort this device's lookups into per-owner buckets and exchange them (see the module docstring).
+
+    Args:
+      owners: ``(starts, shards, offsets)`` of :meth:`ShardingPlan.owners` (replicated).
+      capacity: static bucket sizes from :func:`route_capacity`.
+      slab_rows: ``R``, rows of a device's slab (the padding row id).
+      ids, lengths: this device's ``(B/S, T, L)`` ids and ``(B/S, T)`` lengths.
+    """
+    starts, shards, offsets = owners
+    s = jax.lax.axis_size(AXIS)
+    local_batch, tables, cap = ids.shape
+    c_l, c_b, _ = capacity
+    valid = jnp.arange(cap, dtype=jnp.int32)[None, None, :] < lengths[:, :, None]
+    piece = jnp.sum((ids[..., None] >= starts[None, :, None, :]).astype(jnp.int32), axis=-1) - 1
+    table = jnp.arange(tables, dtype=jnp.int32)[None, :, None]
+    owner = jnp.where(valid, shards[table, piece], s).reshape(-1)  # s: no lookup
+    row = (ids - starts[table, piece] + offsets[table, piece]).reshape(-1)
+    hits = (owner[:, None] == jnp.arange(s, dtype=jnp.int32)[None, :]).astype(jnp.int32)  # (N, S)
+    # Local: an overflowing sender poisons its own pooled embeddings, hence the loss and every gradient.
+    overflow = (jnp.max(jnp.sum(hits, axis=0)) > c_l).astype(jnp.int32).reshape(1)
+    rank = jnp.sum((jnp.cumsum(hits, axis=0) - 1) * hits, axis=1)  # position among the lookups to its owner
+    position = jnp.where(owner < s, owner * c_l + rank, s * c_l)
+    send_rows = jnp.full((s * c_l,), slab_rows, jnp.int32).at[position].set(row, mode="drop")
+    bag = jnp.repeat(jnp.arange(local_batch * tables, dtype=jnp.int32), cap)
+    if capacity.one_id:  # one lookup per bag: a bag's slot is its lookup's
+        if cap != 1:
+            raise ValueError(f"capacity: one_id=True needs one id per bag, got ids of shape {ids.shape}")
+        bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[position].set(bag, mode="drop")
+        return Routed(_exchange(send_rows), jnp.zeros((1,), jnp.int32), bags, overflow)
+    # The lookups of one bag are consecutive, so a bag's lookups to one owner share one slot:
+    # the count of that owner's first-of-bag lookups so far.
+    per_bag = hits.reshape(local_batch * tables, cap, s)
+    first = ((jnp.cumsum(per_bag, axis=1) - per_bag) == 0) & (per_bag == 1)
+    first = first.reshape(-1, s).astype(jnp.int32)
+    slot = jnp.sum((jnp.cumsum(first, axis=0) - 1) * hits, axis=1)
+    send_slots = jnp.full((s * c_l,), c_b, jnp.int32).at[position].set(slot, mode="drop")
+    is_first = jnp.sum(first, axis=1) > 0
+    bag_position = jnp.where(is_first, owner * c_b + slot, s * c_b)
+    bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[bag_position].set(bag, mode="drop")
+    received = _exchange(jnp.stack([send_rows, send_slots], axis=1))  # one exchange for both
+    return Routed(received[:, 0], received[:, 1], bags, overflow)
+
+
+def pool_routed(gather_rows, slab, routed_batch: Routed, capacity: Capacity, local_batch: int, tables: int):
+    """Pooled ``(B/S, T, W)`` sums of this device's bags from a routed batch (``gather_rows`` reads padding as 0)."""
+    s = jax.lax.axis_size(AXIS)
+    c_l, c_b, one_id = capacity
+    width = slab.shape[1]
+    rows = gather_rows(slab, routed_batch.rows)  # (S * C_l, W): the rows this device owns, per source
+    if not one_id:
+        source = jnp.repeat(jnp.arange(s, dtype=jnp.int32), c_l)
+        target = jnp.where(routed_batch.slots < c_b, source * c_b + routed_batch.slots, s * c_b)
+        rows = jnp.zeros((s * c_b, width), rows.dtype).at[target].add(rows, mode="drop")
+    partial = _exchange(rows)  # partial pools back to the devices that asked
+    pooled = jnp.zeros((local_batch * tables, width), partial.dtype).at[routed_batch.bags].add(partial, mode="drop")
+    pooled = jnp.where(routed_batch.overflow[0] > 0, jnp.nan, pooled)
+    return pooled.reshape(local_batch, tables, width)
+
+
+def row_grads_routed(gather_rows, grad, routed_batch: Routed, capacity: Capacity):
+    """The gradient of every received lookup, ``(S * C_l, W)``, from this device's bag gradients ``(B/S, T, W)``."""
+    s = jax.lax.axis_size(AXIS)
+    c_l, c_b, one_id = capacity
+    flat = grad.reshape(-1, grad.shape[-1])
+    received = _exchange(gather_rows(flat, routed_batch.bags))  # (S * C_b, W): bag gradients, per source
+    if one_id:
+        return received
+    source = jnp.repeat(jnp.arange(s, dtype=jnp.int32), c_l)
+    index = jnp.where(routed_batch.slots < c_b, source * c_b + routed_batch.slots, s * c_b)
+    return gather_rows(received, index)
