@@ -3,7 +3,9 @@
 A data source yields batch ``i`` as a pure function of ``i`` (MovieLens: a
 per-epoch permutation; synthetic: the generator's batch ``i``; Criteo TSV: the
 ``i``-th block of lines), so a run resumed from a checkpoint at step ``k``
-continues with exactly the batches it would have seen.
+continues with exactly the batches it would have seen. Checkpoints are sharded,
+asynchronous and atomic (:mod:`ndp.checkpoint`), and a run may resume on another
+device count, process count or sharding kind.
 
 Example:
     >>> from ndp.data.synthetic import SyntheticConfig
@@ -28,7 +30,8 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from jaxsparse.common import atomic_write_json, check_choice, check_positive
+from ndp.checkpoint import TrainCheckpoints
 from ndp.configs import DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData
 from ndp.data.synthetic import SyntheticConfig, batch_at
@@ -43,7 +46,6 @@ from ndp.train import (
     make_predict,
     make_train_step,
     mse_loss,
-    shard_batch,
     storage_mesh,
     to_host,
 )
@@ -234,23 +236,25 @@ def _head(model: str, source, options: TrainOptions) -> tuple[nnx.Module, Any]:
     return DLRMHead(config, rngs=nnx.Rngs(options.seed), output_offset=offset), config
 
 
-def _host_tree(mesh, state) -> Any:
-    return jax.tree.map(lambda x: to_host(mesh, x), state)
+#: Options a resumed run must share with the checkpoint (the others, e.g. steps, devices and
+#: sharding, may change between runs).
+RESUME_SETTINGS = ("batch_size", "optimizer", "embedding_lr", "dense_lr", "embedding_dim", "embedding_l2",
+                   "dense_weight_decay", "pooling", "interaction", "bottom_mlp", "top_mlp", "seed")  # fmt: skip
 
 
-def _restore(host_tree, like):
-    def put(host, ref):
-        host = np.asarray(host, ref.dtype)
-        return jax.make_array_from_callback(host.shape, ref.sharding, lambda index: host[index])
-
-    return jax.tree.map(put, host_tree, like)
+def run_settings(model: str, source, options: TrainOptions) -> dict:
+    """What a checkpoint of this run records, and a resumed run must match: model, data and :data:`RESUME_SETTINGS`."""
+    settings = {"model": model, "task": source.task, "table_sizes": list(source.table_sizes),
+                "num_dense": source.num_dense}  # fmt: skip
+    settings.update({k: getattr(options, k) for k in RESUME_SETTINGS})
+    return settings
 
 
 def evaluate(predict, state, source, mesh, batch_size: int) -> dict:
     """Test metric over the source's evaluation set: RMSE (rating) or AUC and log-loss (click)."""
     predictions, labels = [], []
     for batch, valid in source.eval_batches(batch_size):
-        out = to_host(mesh, predict(state, shard_batch(mesh, batch)))
+        out = to_host(mesh, predict(state, batch))
         predictions.append(out[:valid])
         labels.append(np.asarray(batch.labels)[:valid])
     p, y = np.concatenate(predictions), np.concatenate(labels)
@@ -293,9 +297,13 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
 def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -> dict:
     """Train ``model`` (``"dlrm"`` or ``"mf"``) on ``source``; returns metrics and history.
 
-    With ``options.out_dir``, writes ``<name>/checkpoint.npz`` (atomically, at each
-    evaluation and every ``checkpoint_every`` steps), ``<name>/metrics.json`` and
-    ``<name>/learning_curve.png``, and resumes from the checkpoint when present.
+    With ``options.out_dir``, keeps sharded checkpoints in ``<name>/checkpoints/``
+    (:class:`ndp.checkpoint.TrainCheckpoints`: at each evaluation and every
+    ``checkpoint_every`` steps, asynchronous and atomic, the last two kept), writes
+    ``<name>/metrics.json`` and ``<name>/learning_curve.png``, and resumes from the
+    latest checkpoint when present, also on another device count, process count or
+    sharding kind. Resuming with other settings (:func:`run_settings`) raises
+    ``ValueError``. Returns after the last checkpoint is written.
     """
     check_choice("model", model, MODELS)
     name = name or model
@@ -321,25 +329,46 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     predict = make_predict(mesh, plan, graphdef, pooling=options.pooling)
 
     out = Path(options.out_dir) / name if options.out_dir else None
-    checkpoint = out / "checkpoint.npz" if out else None
+    settings = run_settings(model, source, options)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and options.resume and checkpoint.is_file():
-        host, meta = load_checkpoint(checkpoint, like=_host_tree(mesh, state))
-        if meta.get("plan") != plan.to_dict()["kind"] or meta.get("table_sizes") != list(plan.table_sizes):
+    checkpoints = None
+    if out is not None:
+        checkpoints = TrainCheckpoints(out / "checkpoints")
+        legacy = out / "checkpoint.npz"
+        if options.resume and legacy.is_file() and checkpoints.latest_step() is None:
+            checkpoints.close()
             raise ValueError(
-                f"resume: checkpoint {str(checkpoint)!r} was written for another model or sharding "
-                f"({meta.get('plan')}, tables {meta.get('table_sizes')}); use a new --out or --no-resume"
+                f"resume: {str(legacy)!r} is a checkpoint of an older version (a single .npz), which is no longer "
+                "read; use a new --out or --no-resume"
             )
-        state = _restore(host, state)
-        start, history = int(meta["step"]), list(meta["history"])
-        print(f"resumed {name} from {checkpoint} at step {start}")
+        if not options.resume and checkpoints.latest_step() is not None:
+            if jax.process_index() == 0:
+                print(f"--no-resume: removing the checkpoints of an earlier run in {checkpoints.directory}")
+            checkpoints.delete_all()  # a run that starts over; its steps would come before them
+    try:
+        if checkpoints is not None and options.resume and checkpoints.latest_step() is not None:
+            # Only shapes and shardings of the fresh state are needed: free its tables first.
+            like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            state = None
+            restored = checkpoints.restore(mesh, plan, like, settings=settings)
+            state, start, history = restored.state, restored.data_position, restored.history
+            if jax.process_index() == 0:
+                print(f"resumed {name} from {checkpoints.directory} at step {start}")
+        return _train(model, name, source, options, mesh, plan, state, step_fn, predict, start, history,
+                      checkpoints, settings, out)  # fmt: skip
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()  # waits for the last save
+
+
+def _train(model, name, source, options, mesh, plan, state, step_fn, predict, start, history, checkpoints, settings,
+           out) -> dict:  # fmt: skip
+    devices = mesh.shape["storage"]
 
     def save(step: int) -> None:
-        if checkpoint is None:
-            return
-        meta = {"step": step, "history": history, "plan": plan.kind, "table_sizes": list(plan.table_sizes)}
-        save_checkpoint(checkpoint, _host_tree(mesh, state), meta)
+        if checkpoints is not None:
+            checkpoints.save(step, state, plan, history=history, settings=settings)
 
     serialize = devices > 1 and jax.default_backend() == "cpu"
     losses: list[jax.Array] = []
@@ -347,7 +376,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     bar = tqdm(range(start, options.steps), initial=start, total=options.steps, desc=f"train {name}",
                disable=not options.progress, leave=False)  # fmt: skip
     for step in bar:
-        batch = shard_batch(mesh, source.train_batch(step, options.batch_size))
+        batch = source.train_batch(step, options.batch_size)  # host arrays: the step routes and places them
         state, loss = step_fn(state, batch)
         if serialize:
             # XLA:CPU runs emulated devices on one thread pool; letting the next step start on some
@@ -381,7 +410,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
         "plan": plan.to_dict() if len(plan.table_sizes) <= 64 else {"kind": plan.kind},
         "options": dataclasses.asdict(options),
     }
-    if out is not None:
+    if out is not None and jax.process_index() == 0:
         atomic_write_json(out / "metrics.json", result)
         if history:
             plot_curve(history, out / "learning_curve.png", f"{name}: {source.task}")

@@ -6,9 +6,11 @@ Examples::
     python -m ndp train --data synthetic --tables criteo-kaggle --row-cap 100000 --steps 200 --batch-size 2048
     python -m ndp train --data criteo-tsv day_0.tsv --hash-rows 1000000 --steps 10000
 
-Writes ``<out>/<model>/{checkpoint.npz, metrics.json, learning_curve.png}`` and resumes
-from the checkpoint when run again with the same ``--out``. The last line printed is
-the final test metric: ``test RMSE: <value>`` (ratings) or ``test AUC: <value>`` (clicks).
+Writes ``<out>/<model>/{checkpoints/, metrics.json, learning_curve.png}`` and resumes
+from the latest checkpoint when run again with the same ``--out`` (also with other
+``--devices`` or ``--sharding``, or another process count; see :mod:`ndp.checkpoint`).
+The last line printed is the final test metric: ``test RMSE: <value>`` (ratings) or
+``test AUC: <value>`` (clicks).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("outputs")
     run.add_argument("--out", default="runs/ndp-train", help="folder for checkpoints, metrics and plots")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue from the checkpoint in --out (default: yes)")  # fmt: skip
+                     help="continue from the latest checkpoint in --out (default: yes; --no-resume deletes "
+                          "the checkpoints there and starts over)")  # fmt: skip
     run.add_argument("--checkpoint-every", type=int, default=0, help="steps between extra checkpoints")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
