@@ -13,7 +13,7 @@
 
 Results are checkpointed after every case (``--out``); a rerun resumes from them
 (``--fresh`` starts over). Ends with one JSON line of headline figures:
-``max_heldout_rel_err`` and the fitted host parameters.
+``max_heldout_rel_err``, ``max_loo_rel_err`` (leave-one-out) and the fitted host parameters.
 
     python benchmarks/ndrec_calibration.py            # 32 cases x 3 passes, ~20 min on 2 busy cores
     python benchmarks/ndrec_calibration.py --quick --passes 1   # 6 cases, a smoke test
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
         "mean_heldout_rel_err": float(np.mean(np.abs(rel[held]))),
         "max_fit_rel_err": float(np.max(np.abs(rel[~held]))),
         "heldout_cases": int(held.sum()),
-        "max_leave_one_out_rel_err": float(np.max(np.abs(loo))),
+        "max_loo_rel_err": float(np.max(np.abs(loo))),
         "median_wall_over_cpu_time": float(np.median(wall_rel + 1.0)),
         "fit_cases": int((~held).sum()),
         **params,

@@ -49,8 +49,8 @@ PARAMETER_TABLE: dict[str, ParamInfo] = {
     "nvlink_bandwidth": ParamInfo(300e9, "B/s", "A100 NVLink3: 600 GB/s bidirectional, 300 GB/s per direction"),
     # --- host CPU and DRAM (one Xeon-class socket, 8x DDR4-3200) ---
     "host_mem_bandwidth": ParamInfo(204.8e9, "B/s", "8 channels x DDR4-3200 x 8 B = 204.8 GB/s (JEDEC)"),
-    "host_mem_efficiency": ParamInfo(0.173, "fraction", "row-gather share of streaming bandwidth, calibrated on measured ndp steps (benchmarks/results/ndrec_calibration.json); applied to the datasheet peak", fraction=True),
-    "host_lookup_time": ParamInfo(268e-9, "s per lookup per thread", "CPU cost per lookup of a training step (gather + update), calibrated on measured single-threaded ndp steps (benchmarks/results/ndrec_calibration.json)"),
+    "host_mem_efficiency": ParamInfo(0.0554, "fraction", "row-gather share of streaming bandwidth, calibrated on measured ndp steps (benchmarks/results/ndrec_calibration.json); applied to the datasheet peak", fraction=True),
+    "host_lookup_time": ParamInfo(100e-9, "s per lookup per thread", "CPU cost per lookup of a training step (gather + update), calibrated on measured single-threaded ndp steps (benchmarks/results/ndrec_calibration.json)"),
     "host_threads": ParamInfo(28, "threads", "Xeon Gold 6330: 28 cores; perfect scaling assumed [A]", integer=True),
     "host_line_bytes": ParamInfo(64, "B", "x86 cache line"),
     "host_llc_bytes": ParamInfo(42e6, "B", "Xeon Gold 6330: 42 MB L3"),
