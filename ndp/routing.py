@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -69,18 +70,13 @@ def routed(plan: ShardingPlan) -> bool:
     return plan.num_shards > 1 and plan.kind in ROUTED_KINDS
 
 
-def _host_owners(plan: ShardingPlan, ids: np.ndarray) -> np.ndarray:
-    """Owner device of every id, ``int32 (B, T, L)`` (ids must lie in their table)."""
-    starts, shards, _ = plan.owners()
-    owner = np.empty(ids.shape, np.int32)
-    for t in range(plan.num_tables):
-        piece = np.searchsorted(starts[t], ids[:, t], side="right") - 1
-        owner[:, t] = shards[t][piece]
-    return owner
+@functools.lru_cache(maxsize=64)
+def _owner_arrays(plan: ShardingPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return plan.owners()
 
 
-def _host_counts(plan: ShardingPlan, ids, lengths) -> tuple[np.ndarray, np.ndarray]:
-    """Lookups and distinct bags sent from each source device to each owner, both ``(S, S)``."""
+def _host_counts(plan: ShardingPlan, ids, lengths, *, bags: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Lookups and (with ``bags``) distinct bags sent from each source device to each owner, both ``(S, S)``."""
     ids, lengths = np.asarray(ids), np.asarray(lengths)
     batch, tables, cap = ids.shape
     s = plan.num_shards
@@ -88,14 +84,22 @@ def _host_counts(plan: ShardingPlan, ids, lengths) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"ids: expected a batch that is a multiple of the {s} devices, got {batch}")
     if tables != plan.num_tables:
         raise ValueError(f"ids: expected {plan.num_tables} tables (the plan's), got {tables}")
-    valid = np.arange(cap)[None, None, :] < lengths[:, :, None]
-    sizes = np.asarray(plan.table_sizes)[None, :, None]
-    if np.any(valid & ((ids < 0) | (ids >= sizes))):
-        t = int(np.nonzero(np.any(valid & ((ids < 0) | (ids >= sizes)), axis=(0, 2)))[0][0])
-        raise ValueError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got some outside")
-    owner = np.where(valid, _host_owners(plan, np.where(valid, ids, 0)), s)  # s: no lookup
-    source = (np.arange(batch) // (batch // s))[:, None, None]
+    valid = np.arange(cap, dtype=np.int32)[None, None, :] < lengths[:, :, None]
+    starts, shards, _ = _owner_arrays(plan)
+    sizes = np.asarray(plan.table_sizes, np.int32)[None, :, None]
+    outside = valid & ((ids < 0) | (ids >= sizes))
+    if outside.any():
+        b, t, k = (int(i[0]) for i in np.nonzero(outside))
+        raise ValueError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got {int(ids[b, t, k])}")
+    piece = np.zeros(ids.shape, np.int32)
+    for k in range(1, starts.shape[1]):  # starts[:, 0] == 0
+        piece += ids >= starts[None, :, k, None]
+    owner = shards[np.arange(tables)[None, :, None], piece]
+    owner[~valid] = s  # s: no lookup
+    source = np.repeat(np.arange(s, dtype=np.int32), batch // s)[:, None, None]
     lookups = np.bincount((source * (s + 1) + owner).ravel(), minlength=s * (s + 1)).reshape(s, s + 1)[:, :s]
+    if not bags:
+        return lookups, None
     bag = (np.arange(batch)[:, None] * tables + np.arange(tables)[None, :])[:, :, None]
     touched = np.zeros((batch * tables, s + 1), bool)
     touched[np.broadcast_to(bag, owner.shape).ravel(), owner.ravel()] = True
@@ -115,12 +119,17 @@ def route_capacity(plan: ShardingPlan, ids, lengths) -> Capacity:
     Returns:
       :class:`Capacity`, each count rounded by :func:`round_capacity`; for one-id
       bags (``L == 1``) ``bags == lookups``.
+
+    Raises:
+      ValueError: for an id outside its table (it would be looked up in another
+        table's rows), or a batch the devices cannot split evenly.
     """
     if not routed(plan):
         return Capacity(0, 0)
-    lookups, bags = _host_counts(plan, ids, lengths)
+    one_id = np.shape(ids)[2] == 1
+    lookups, bags = _host_counts(plan, ids, lengths, bags=not one_id)
     lookups = round_capacity(int(lookups.max()))
-    if np.shape(ids)[2] == 1:
+    if one_id:
         return Capacity(lookups, lookups, True)
     return Capacity(lookups, min(lookups, round_capacity(int(bags.max()))), False)
 
@@ -185,7 +194,9 @@ class Routed(NamedTuple):
       rows: ``(S * C_l,)`` local slab rows it must gather, bucket ``s`` holding the
         lookups sent by device ``s`` (padding: ``R``, one past the slab).
       slots: ``(S * C_l,)`` for multi-id bags, the partial-pool slot of each received
-        lookup in its source's bucket (padding: ``C_b``); unused (``(1,)``) for one-id bags.
+        lookup in its source's bucket (padding: ``C_b``). For one-id bags, on the
+        sending side, ``(B/S * T,)``: where each bag's row comes back in the exchanged
+        buffer (padding, for an empty bag: ``S * C_l``), so pooling is a gather.
       bags: ``(S * C_b,)`` on the sending side, the local bag ``b * T + t`` of each
         partial pool it will receive back from owner ``s`` (padding: ``B/S * T``).
       overflow: ``(1,)``, 1 where one of this device's buckets held more lookups than ``capacity``
@@ -233,7 +244,7 @@ def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Rou
         if cap != 1:
             raise ValueError(f"capacity: one_id=True needs one id per bag, got ids of shape {ids.shape}")
         bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[position].set(bag, mode="drop")
-        return Routed(_exchange(send_rows), jnp.zeros((1,), jnp.int32), bags, overflow)
+        return Routed(_exchange(send_rows), position, bags, overflow)
     # The lookups of one bag are consecutive, so a bag's lookups to one owner share one slot:
     # the count of that owner's first-of-bag lookups so far.
     per_bag = hits.reshape(local_batch * tables, cap, s)
@@ -254,12 +265,14 @@ def pool_routed(gather_rows, slab, routed_batch: Routed, capacity: Capacity, loc
     c_l, c_b, one_id = capacity
     width = slab.shape[1]
     rows = gather_rows(slab, routed_batch.rows)  # (S * C_l, W): the rows this device owns, per source
-    if not one_id:
+    if one_id:  # each bag's row comes back in one known place
+        pooled = gather_rows(_exchange(rows), routed_batch.slots)
+    else:
         source = jnp.repeat(jnp.arange(s, dtype=jnp.int32), c_l)
         target = jnp.where(routed_batch.slots < c_b, source * c_b + routed_batch.slots, s * c_b)
         rows = jnp.zeros((s * c_b, width), rows.dtype).at[target].add(rows, mode="drop")
-    partial = _exchange(rows)  # partial pools back to the devices that asked
-    pooled = jnp.zeros((local_batch * tables, width), partial.dtype).at[routed_batch.bags].add(partial, mode="drop")
+        partial = _exchange(rows)  # partial pools back to the devices that asked
+        pooled = jnp.zeros((local_batch * tables, width), partial.dtype).at[routed_batch.bags].add(partial, mode="drop")
     pooled = jnp.where(routed_batch.overflow[0] > 0, jnp.nan, pooled)
     return pooled.reshape(local_batch, tables, width)
 
