@@ -215,6 +215,12 @@ def _exchange(x):
     return jax.lax.all_to_all(x, AXIS, split_axis=0, concat_axis=0, tiled=True)
 
 
+def _prefix_sum(x):
+    """Inclusive prefix sum along axis 0 (an explicit associative scan: on XLA:CPU about twice as
+    fast as ``jnp.cumsum``'s lowering for the long, narrow arrays of routing)."""
+    return jax.lax.associative_scan(jnp.add, x, axis=0)
+
+
 def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Routed:
     """Sort this device's lookups into per-owner buckets and exchange them (see the module docstring).
 
@@ -236,7 +242,7 @@ def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Rou
     hits = (owner[:, None] == jnp.arange(s, dtype=jnp.int32)[None, :]).astype(jnp.int32)  # (N, S)
     # Local: an overflowing sender poisons its own pooled embeddings, hence the loss and every gradient.
     overflow = (jnp.max(jnp.sum(hits, axis=0)) > c_l).astype(jnp.int32).reshape(1)
-    rank = jnp.sum((jnp.cumsum(hits, axis=0) - 1) * hits, axis=1)  # position among the lookups to its owner
+    rank = jnp.sum((_prefix_sum(hits) - 1) * hits, axis=1)  # position among the lookups to its owner
     position = jnp.where(owner < s, owner * c_l + rank, s * c_l)
     send_rows = jnp.full((s * c_l,), slab_rows, jnp.int32).at[position].set(row, mode="drop")
     bag = jnp.repeat(jnp.arange(local_batch * tables, dtype=jnp.int32), cap)
@@ -250,7 +256,7 @@ def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Rou
     per_bag = hits.reshape(local_batch * tables, cap, s)
     first = ((jnp.cumsum(per_bag, axis=1) - per_bag) == 0) & (per_bag == 1)
     first = first.reshape(-1, s).astype(jnp.int32)
-    slot = jnp.sum((jnp.cumsum(first, axis=0) - 1) * hits, axis=1)
+    slot = jnp.sum((_prefix_sum(first) - 1) * hits, axis=1)
     send_slots = jnp.full((s * c_l,), c_b, jnp.int32).at[position].set(slot, mode="drop")
     is_first = jnp.sum(first, axis=1) > 0
     bag_position = jnp.where(is_first, owner * c_b + slot, s * c_b)
