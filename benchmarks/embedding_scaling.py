@@ -81,9 +81,9 @@ process CPU time per step, the load average before and after every round and
 every worker, peak RSS and transparent huge pages per worker are recorded next to
 them. Batches are fed as host (numpy) arrays in an ``ndp.train.Batch``, the same
 global batch in every process: the step computes the routing capacities and places
-them itself, inside the timed region (``--feed sharded`` places them with
-:func:`ndp.train.shard_batch` beforehand instead, outside it; then a routed step
-still reads the ids back to size its buckets). ``--huge-pages on`` (default) runs the
+them itself, inside the timed region (``--feed sharded``, for ``--layout cw`` only,
+places them with :func:`ndp.train.shard_batch` beforehand instead, outside it).
+``--huge-pages on`` (default) runs the
 workers with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` as ``embedding_train.py`` does.
 
 Usage::
@@ -686,6 +686,9 @@ def parse_settings(argv) -> Settings:
         problems.append(f"--huge-pages: expected on or off, got {settings.huge_pages!r}")
     if settings.feed not in ("host", "sharded"):
         problems.append(f"--feed: expected host or sharded, got {settings.feed!r}")
+    elif settings.feed == "sharded" and settings.layout != "cw":
+        problems.append(f"--feed: 'sharded' works with --layout cw only (a routed layout sizes its buckets from the "
+                        f"host batch, which a batch spread over 2 processes is not), got layout {settings.layout!r}")
     for name in ("row_cap", "batch_size", "steps", "rounds", "repeats", "index_batches"):
         if getattr(settings, name) < 1:
             problems.append(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(settings, name)}")

@@ -48,6 +48,8 @@ import numpy as np
 from jaxsparse.common import check_choice, check_positive
 from ndp.plan import (
     AXIS,
+    OPTIMIZERS,
+    POOLINGS,
     ROUTED_KINDS,
     SHARDING_KINDS,
     ShardingPlan,
@@ -68,23 +70,24 @@ __all__ = [
     "Capacity",
     "ShardingPlan",
     "TablePiece",
+    "apply_routed_update",
     "apply_sparse_update",
     "batch_capacity",
     "default_group_size",
     "init_rowwise_state",
     "init_slab",
     "lookup",
+    "lookup_routed",
     "pack_tables",
     "plan_sharding",
     "put_slab",
+    "route",
     "route_capacity",
     "route_stats",
     "slab_sharding",
     "unpack_tables",
 ]
 
-POOLINGS = ("sum", "mean")
-OPTIMIZERS = ("sgd", "rowwise_adagrad")
 
 
 def slab_sharding(mesh: jax.sharding.Mesh) -> jax.NamedSharding:
@@ -303,14 +306,25 @@ def batch_capacity(plan: ShardingPlan, ids, lengths, capacity: Capacity | None =
     """
     if not routed(plan):
         return Capacity(0, 0)
+    traced = isinstance(ids, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer)
+    unreadable = not traced and isinstance(ids, jax.Array) and not ids.is_fully_addressable
     if capacity is not None:
-        return Capacity(*capacity)
-    if isinstance(ids, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer):
+        capacity = Capacity(*capacity)
+        if capacity.lookups < 1 or not 1 <= capacity.bags <= capacity.lookups or (
+            capacity.one_id and capacity.bags != capacity.lookups
+        ):
+            raise ValueError(f"capacity: expected 1 <= bags <= lookups (bags == lookups with one_id), got {capacity}")
+        if not (traced or unreadable):
+            needed = route_capacity(plan, np.asarray(ids), np.asarray(lengths))
+            if needed.lookups > capacity.lookups or needed.bags > capacity.bags or needed.one_id != capacity.one_id:
+                raise ValueError(f"capacity: this batch needs at least {needed}, got {capacity}")
+        return capacity
+    if traced:
         raise ValueError(
             "capacity: expected a Capacity (ndp.routing.route_capacity of the host batch) when the ids are "
             f"traced inside jit with a routed {plan.kind!r} plan on {plan.num_shards} devices, got None"
         )
-    if isinstance(ids, jax.Array) and not ids.is_fully_addressable:
+    if unreadable:
         raise ValueError(
             "ids: a batch spread over several processes cannot be read here; pass the host batch (the same "
             "numpy arrays in every process) or a capacity from ndp.routing.route_capacity, got a global array"

@@ -54,7 +54,7 @@ class Capacity(NamedTuple):
 
 
 def round_capacity(count: int) -> int:
-    """``count`` rounded up to ``m * 2**k`` with ``m`` in ``{4, 5, 6, 7}`` (at most 25% more; at least 1).
+    """``count`` rounded up to ``m * 2**k`` with ``m`` in ``{4, 5, 6, 7}`` (at most 25% more; counts below 8 kept; at least 1).
 
     Example:
         >>> [round_capacity(c) for c in (0, 3, 9, 100, 1000)]
@@ -199,9 +199,10 @@ class Routed(NamedTuple):
         buffer (padding, for an empty bag: ``S * C_l``), so pooling is a gather.
       bags: ``(S * C_b,)`` on the sending side, the local bag ``b * T + t`` of each
         partial pool it will receive back from owner ``s`` (padding: ``B/S * T``).
-      overflow: ``(1,)``, 1 where one of this device's buckets held more lookups than ``capacity``
-        allows (only possible with a capacity not made by :func:`route_capacity` for
-        this batch); the pooled embeddings are then NaN rather than silently short.
+      overflow: ``(1,)``, 1 where one of this device's buckets held more lookups (or bags)
+        than ``capacity`` allows (only possible with a capacity not made by
+        :func:`route_capacity` for this batch, inside jit where it cannot be checked);
+        its pooled embeddings and bag gradients are then NaN rather than silently short.
     """
 
     rows: jax.Array
@@ -240,29 +241,31 @@ def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Rou
     owner = jnp.where(valid, shards[table, piece], s).reshape(-1)  # s: no lookup
     row = (ids - starts[table, piece] + offsets[table, piece]).reshape(-1)
     hits = (owner[:, None] == jnp.arange(s, dtype=jnp.int32)[None, :]).astype(jnp.int32)  # (N, S)
-    # Local: an overflowing sender poisons its own pooled embeddings, hence the loss and every gradient.
-    overflow = (jnp.max(jnp.sum(hits, axis=0)) > c_l).astype(jnp.int32).reshape(1)
+    # Local: an overflowing sender poisons its own pooled embeddings and bag gradients (NaN), hence
+    # the loss and every update; lookups past a bucket's end are dropped, never spilled into the next.
+    overflow = jnp.max(jnp.sum(hits, axis=0)) > c_l
     rank = jnp.sum((_prefix_sum(hits) - 1) * hits, axis=1)  # position among the lookups to its owner
-    position = jnp.where(owner < s, owner * c_l + rank, s * c_l)
+    position = jnp.where((owner < s) & (rank < c_l), owner * c_l + rank, s * c_l)
     send_rows = jnp.full((s * c_l,), slab_rows, jnp.int32).at[position].set(row, mode="drop")
     bag = jnp.repeat(jnp.arange(local_batch * tables, dtype=jnp.int32), cap)
     if capacity.one_id:  # one lookup per bag: a bag's slot is its lookup's
         if cap != 1:
             raise ValueError(f"capacity: one_id=True needs one id per bag, got ids of shape {ids.shape}")
         bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[position].set(bag, mode="drop")
-        return Routed(_exchange(send_rows), position, bags, overflow)
+        return Routed(_exchange(send_rows), position, bags, overflow.astype(jnp.int32).reshape(1))
     # The lookups of one bag are consecutive, so a bag's lookups to one owner share one slot:
     # the count of that owner's first-of-bag lookups so far.
     per_bag = hits.reshape(local_batch * tables, cap, s)
     first = ((jnp.cumsum(per_bag, axis=1) - per_bag) == 0) & (per_bag == 1)
     first = first.reshape(-1, s).astype(jnp.int32)
+    overflow = overflow | (jnp.max(jnp.sum(first, axis=0)) > c_b)
     slot = jnp.sum((_prefix_sum(first) - 1) * hits, axis=1)
-    send_slots = jnp.full((s * c_l,), c_b, jnp.int32).at[position].set(slot, mode="drop")
+    send_slots = jnp.full((s * c_l,), c_b, jnp.int32).at[position].set(jnp.minimum(slot, c_b), mode="drop")
     is_first = jnp.sum(first, axis=1) > 0
-    bag_position = jnp.where(is_first, owner * c_b + slot, s * c_b)
+    bag_position = jnp.where(is_first & (slot < c_b), owner * c_b + slot, s * c_b)
     bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[bag_position].set(bag, mode="drop")
     received = _exchange(jnp.stack([send_rows, send_slots], axis=1))  # one exchange for both
-    return Routed(received[:, 0], received[:, 1], bags, overflow)
+    return Routed(received[:, 0], received[:, 1], bags, overflow.astype(jnp.int32).reshape(1))
 
 
 def pool_routed(gather_rows, slab, routed_batch: Routed, capacity: Capacity, local_batch: int, tables: int):
@@ -287,7 +290,7 @@ def row_grads_routed(gather_rows, grad, routed_batch: Routed, capacity: Capacity
     """The gradient of every received lookup, ``(S * C_l, W)``, from this device's bag gradients ``(B/S, T, W)``."""
     s = jax.lax.axis_size(AXIS)
     c_l, c_b, one_id = capacity
-    flat = grad.reshape(-1, grad.shape[-1])
+    flat = jnp.where(routed_batch.overflow[0] > 0, jnp.nan, grad.reshape(-1, grad.shape[-1]))
     received = _exchange(gather_rows(flat, routed_batch.bags))  # (S * C_b, W): bag gradients, per source
     if one_id:
         return received

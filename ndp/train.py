@@ -213,7 +213,8 @@ class BatchStep:
     """A jitted function of ``(state, batch)`` whose batch may be host (numpy) or device arrays.
 
     A routed plan (:mod:`ndp.routing`) compiles per bucket capacity; the capacity is
-    read from the batch's ids on the host (:func:`ndp.embedding.batch_capacity`).
+    read from the batch's ids on the host (:func:`ndp.embedding.batch_capacity`) and
+    never shrinks (the largest so far is kept), so a run compiles a few times at most.
     Pass host batches, the same global batch in every process: they are placed
     with :func:`shard_batch`. Device batches are accepted when this process can
     read all of them.
@@ -221,17 +222,22 @@ class BatchStep:
 
     def __init__(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, fn):
         self.mesh, self.plan, self.fn = mesh, plan, fn
+        self.capacity = Capacity(0, 0)  # the largest seen so far: capacities only grow, so compiles stay few
 
     def prepare(self, batch: Batch) -> tuple[Batch, Capacity]:
-        """The batch on the mesh and its bucket capacity (e.g. to prepare the next batch ahead)."""
-        capacity = batch_capacity(self.plan, batch.ids, batch.lengths)
+        """The batch on the mesh and the bucket capacity to run it with (e.g. to prepare the next batch ahead)."""
+        needed = batch_capacity(self.plan, batch.ids, batch.lengths)
+        if needed.lookups:
+            seen = self.capacity
+            if seen.lookups and seen.one_id == needed.one_id:
+                needed = Capacity(max(seen.lookups, needed.lookups), max(seen.bags, needed.bags), needed.one_id)
+            self.capacity = needed
         if not isinstance(batch.ids, jax.Array):
             batch = shard_batch(self.mesh, batch)
-        return batch, capacity
+        return batch, needed
 
-    def __call__(self, state, batch: Batch, capacity: Capacity | None = None):
-        if capacity is None:
-            batch, capacity = self.prepare(batch)
+    def __call__(self, state, batch: Batch):
+        batch, capacity = self.prepare(batch)
         return self.fn(state, batch, capacity)
 
     def lower(self, state, batch: Batch):
