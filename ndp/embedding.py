@@ -167,7 +167,8 @@ def _check_mesh(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> None:
 
 
 def _local_rows(routing, ids, lengths, local_rows):
-    """Local slab row of every lookup this device owns, ``local_rows`` (out of range) for the others.
+    """Local slab row of every lookup this device holds, ``local_rows`` (out of range) for the others
+    (the unrouted path: one device, or ``cw``, where every device holds every row's own columns).
 
     ``routing``: ``(S, 3, T)`` (replicated); ``ids``: ``(B, T, L)``; ``lengths``: ``(B, T)``.
     Returns the rows flattened to ``(B * T * L,)``. Lookups past a bag's length and
@@ -218,7 +219,7 @@ def _gather_batch(x):
     return jax.lax.all_gather(x, AXIS, axis=0, tiled=True)
 
 
-def _lookup_local(kind, pooling, slab, routing, ids, lengths):
+def _lookup_local(pooling, slab, routing, ids, lengths):
     ids, lengths = _gather_batch(ids), _gather_batch(lengths)
     local = _local_rows(routing, ids, lengths, slab.shape[0])
     rows = _gather_rows(slab, local).reshape(*ids.shape, slab.shape[1])  # not mine / past the bag: 0
@@ -227,17 +228,15 @@ def _lookup_local(kind, pooling, slab, routing, ids, lengths):
         partial = partial * _bag_scale(lengths)[:, :, None]
     if _single_device():
         return partial
-    if kind == "cw":
-        return jax.lax.all_to_all(partial, AXIS, split_axis=0, concat_axis=2, tiled=True)
-    return jax.lax.psum_scatter(partial, AXIS, scatter_dimension=0, tiled=True)
+    # Several devices reach this path only with ``cw`` (other layouts are routed): columns back.
+    return jax.lax.all_to_all(partial, AXIS, split_axis=0, concat_axis=2, tiled=True)
 
 
-def _update_local(kind, pooling, optimizer, dim, eps, slab, state, routing, ids, lengths, grad, lr):
+def _update_local(pooling, optimizer, dim, eps, slab, state, routing, ids, lengths, grad, lr):
     ids, lengths = _gather_batch(ids), _gather_batch(lengths)
-    if kind == "cw" and not _single_device():
+    split_columns = not _single_device()  # several devices: ``cw`` (other layouts are routed)
+    if split_columns:
         grad = jax.lax.all_to_all(grad, AXIS, split_axis=2, concat_axis=0, tiled=True)  # (B, T, W)
-    else:
-        grad = _gather_batch(grad)  # (B, T, D)
     if pooling == "mean":
         grad = grad * _bag_scale(lengths)[:, :, None]
     rows = _local_rows(routing, ids, lengths, slab.shape[0])  # not mine / past the bag: dropped
@@ -249,10 +248,10 @@ def _update_local(kind, pooling, optimizer, dim, eps, slab, state, routing, ids,
     if optimizer == "sgd":
         # SGD is linear in the gradient: a scatter-add sums duplicate rows exactly, no de-duplication.
         return slab.at[rows].add(-lr * row_grads, mode="drop"), state
-    return _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr)
+    return _rowwise_adagrad_update(split_columns, dim, eps, slab, state, rows, row_grads, lr)
 
 
-def _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr):
+def _rowwise_adagrad_update(split_columns, dim, eps, slab, state, rows, row_grads, lr):
     """Row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``) of the looked-up ``rows`` (out of range: dropped).
 
     Duplicate lookups of a row are summed first, then
@@ -284,7 +283,7 @@ def _rowwise_adagrad_update(kind, dim, eps, slab, state, rows, row_grads, lr):
     others = jnp.where(representative == slots, size, representative)
     summed = row_grads.at[others].add(row_grads, mode="drop")
     square = jnp.sum(summed * summed, axis=1)
-    if kind == "cw" and not _single_device():
+    if split_columns:
         square = jax.lax.psum(square, AXIS)  # a row's columns are spread over the devices
     target = jnp.where(representative == slots, rows, state.shape[0])  # one lookup per row; others dropped
     accumulated = old + square / dim
@@ -469,7 +468,7 @@ def _routed_update_fn(mesh, plan: ShardingPlan, pooling: str, optimizer: str, ep
         row_grads = row_grads_routed(_gather_rows, grad, routed_batch, capacity)
         if optimizer == "sgd":
             return slab.at[routed_batch.rows].add(-lr * row_grads, mode="drop"), state
-        return _rowwise_adagrad_update("rw", dim, eps, slab, state, routed_batch.rows, row_grads, lr)
+        return _rowwise_adagrad_update(False, dim, eps, slab, state, routed_batch.rows, row_grads, lr)
 
     batch = jax.P(AXIS)
     if optimizer == "sgd":
@@ -499,7 +498,7 @@ def _lookup_fn(mesh, plan: ShardingPlan, pooling: str):
     # jit (cached per layout) so that inputs on any sharding are moved to the batch sharding.
     routing = plan.routing()
     fn = jax.shard_map(
-        functools.partial(_lookup_local, plan.kind, pooling),
+        functools.partial(_lookup_local, pooling),
         mesh=mesh,
         in_specs=(jax.P(AXIS), jax.P(), jax.P(AXIS), jax.P(AXIS)),
         out_specs=jax.P(AXIS),
@@ -514,7 +513,7 @@ def _lookup_fn(mesh, plan: ShardingPlan, pooling: str):
 @functools.lru_cache(maxsize=64)
 def _update_fn(mesh, plan: ShardingPlan, pooling: str, optimizer: str, eps: float):
     routing = plan.routing()
-    body = functools.partial(_update_local, plan.kind, pooling, optimizer, float(plan.embedding_dim), eps)
+    body = functools.partial(_update_local, pooling, optimizer, float(plan.embedding_dim), eps)
     if optimizer == "sgd":
         fn = jax.shard_map(
             lambda slab, routing, ids, lengths, grad, lr: body(slab, None, routing, ids, lengths, grad, lr)[0],
