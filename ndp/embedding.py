@@ -59,7 +59,17 @@ from ndp.plan import (
     plan_sharding,
     unpack_tables,
 )
-from ndp.routing import Capacity, Routed, pool_routed, route_capacity, route_local, route_stats, routed, row_grads_routed
+from ndp.routing import (
+    Capacity,
+    Routed,
+    host_routes,
+    pool_routed,
+    route_capacity,
+    route_local,
+    route_stats,
+    routed,
+    row_grads_routed,
+)
 
 __all__ = [
     "AXIS",
@@ -79,6 +89,7 @@ __all__ = [
     "lookup",
     "lookup_routed",
     "pack_tables",
+    "place_routed",
     "plan_sharding",
     "put_slab",
     "route",
@@ -350,10 +361,10 @@ def lookup(
     check_choice("pooling", pooling, POOLINGS)
     _check_mesh(mesh, plan)
     capacity = batch_capacity(plan, ids, lengths, capacity)
-    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
     if not routed(plan):
-        return _lookup_fn(mesh, plan, pooling)(slab, ids, lengths)
-    return lookup_routed(mesh, plan, slab, route(mesh, plan, ids, lengths, capacity), lengths, pooling, capacity)
+        return _lookup_fn(mesh, plan, pooling)(slab, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32))
+    routed_batch = route(mesh, plan, ids, lengths, capacity)
+    return lookup_routed(mesh, plan, slab, routed_batch, jnp.asarray(lengths, jnp.int32), pooling, capacity)
 
 
 def apply_sparse_update(
@@ -390,12 +401,12 @@ def apply_sparse_update(
     if optimizer == "rowwise_adagrad" and state is None:
         raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
     capacity = batch_capacity(plan, ids, lengths, capacity)
-    ids, lengths = jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32)
     lr = jnp.asarray(lr, jnp.float32)
     if not routed(plan):
         fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))
-        return fn(slab, state, ids, lengths, pooled_grad, lr)
+        return fn(slab, state, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32), pooled_grad, lr)
     routed_batch = route(mesh, plan, ids, lengths, capacity)
+    lengths = jnp.asarray(lengths, jnp.int32)
     return apply_routed_update(
         mesh, plan, slab, state, routed_batch, lengths, pooled_grad, lr, pooling, optimizer, float(eps), capacity
     )
@@ -411,13 +422,26 @@ def _on_batch(mesh, x):
 
 
 def route(mesh, plan: ShardingPlan, ids, lengths, capacity: Capacity) -> Routed:
-    """Bucket every device's lookups by owner and exchange them (:func:`ndp.routing.route_local`).
+    """Bucket every device's lookups by owner and hand each owner its own.
+
+    Host (numpy) ids are routed on the host (:func:`ndp.routing.host_routes`, the
+    same global batch in every process) and each device receives its view: no ids
+    are exchanged. Device ids are routed on the devices (:func:`ndp.routing.route_local`)
+    with one all-to-all.
 
     Returns a :class:`~ndp.routing.Routed` whose leaves are sharded over ``storage``
     (device ``s`` holds its own view); :func:`lookup_routed` and
     :func:`apply_routed_update` take it, so a training step routes its batch once.
     """
+    if not isinstance(ids, jax.Array) and not isinstance(lengths, jax.Array):
+        return place_routed(mesh, host_routes(plan, ids, lengths).routed(capacity, plan.slab_rows))
     return _route_fn(mesh, plan, Capacity(*capacity))(ids, lengths)
+
+
+def place_routed(mesh, stacked: Routed) -> Routed:
+    """Each device's block of a host-routed batch (:meth:`ndp.routing.HostRoutes.routed`) onto that device."""
+    sharding = jax.NamedSharding(mesh, jax.P(AXIS))
+    return Routed(*(jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index]) for x in stacked))
 
 
 @functools.lru_cache(maxsize=64)

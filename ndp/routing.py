@@ -1,14 +1,21 @@
 """Lookups routed to the device that owns their row: bucket capacities, exchange volume, per-device routing.
 
 With a ``tw``, ``rw`` or ``twrw`` plan every lookup ``(b, t, l)`` has one owner
-device (:meth:`ndp.plan.ShardingPlan.owners`). Each device holds a slice of
-``B / S`` examples of the batch; it sorts its lookups into ``S`` buckets, one per
-owner, and one ``all_to_all`` hands every owner exactly the lookups of its rows.
-The owner gathers those rows, sums the lookups of one bag (its partial pool) and
-a second ``all_to_all`` returns the partial pools, which the sender adds into its
-``(B / S, T, D)`` pooled embeddings. The backward pass sends each bag's gradient
-to the owners of its rows the same way. A device therefore gathers, scatters and
-updates only the rows it owns, and moves ``O(lookups / S)`` ids and partial pools.
+device (:meth:`ndp.plan.ShardingPlan.owners`). Device ``s`` holds a slice of
+``B / S`` examples of the batch; its lookups form ``S`` buckets, one per owner,
+and every owner receives exactly the lookups of its rows. The owner gathers those
+rows, sums the lookups of one bag (its partial pool) and an ``all_to_all`` returns
+the partial pools, which the sender adds into its ``(B / S, T, D)`` pooled
+embeddings. The backward pass sends each bag's gradient to the owners of its rows
+the same way. A device therefore gathers, scatters and updates only the rows it
+owns, and moves ``O(lookups / S)`` partial pools.
+
+Batches that the host holds (numpy arrays, the same global batch in every
+process) are routed on the host in one pass (:func:`host_routes`): every device
+receives its buckets directly, so no ids are exchanged and the devices do no
+routing work. Batches already on the devices are routed there
+(:func:`route_local`: each device buckets its slice and one more ``all_to_all``
+exchanges the ids); both give every device the same view (tested).
 
 Buckets need static shapes. :func:`route_capacity` computes, on the host from the
 whole batch, the largest number of lookups (and of distinct bags) that any source
@@ -75,36 +82,169 @@ def _owner_arrays(plan: ShardingPlan) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return plan.owners()
 
 
-def _host_counts(plan: ShardingPlan, ids, lengths, *, bags: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Lookups and (with ``bags``) distinct bags sent from each source device to each owner, both ``(S, S)``."""
-    ids, lengths = np.asarray(ids), np.asarray(lengths)
+class HostRoutes(NamedTuple):
+    """Where every lookup of a host batch goes, by source device: the host half of routing.
+
+    Computed in one pass over the global batch by :func:`host_routes`; it gives
+    the bucket sizes (:meth:`capacity`) and each device's :class:`Routed` view
+    (:meth:`routed`), so a step fed host batches exchanges no ids and routes nothing
+    on the devices. Every array is ``(S, N)`` with ``N = B/S * T * L`` (source
+    device ``s``'s lookups in ``(b, t, l)`` order).
+
+    Attributes:
+      owner: owner device of each lookup (``S`` for a position past its bag's length).
+      row: its local slab row on the owner.
+      rank: its position among the source's lookups to that owner.
+      slot: its bag's position among the source's bags that have lookups on that owner.
+      first: whether it is the first lookup of its bag to that owner.
+      lookups: ``(S, S)`` lookups from each source to each owner.
+      bags: ``(S, S)`` bags from each source with lookups on each owner.
+      bag_size: ``L``, id positions per bag.
+    """
+
+    owner: np.ndarray
+    row: np.ndarray
+    rank: np.ndarray
+    slot: np.ndarray
+    first: np.ndarray
+    lookups: np.ndarray
+    bags: np.ndarray
+    bag_size: int
+
+    def capacity(self) -> Capacity:
+        """The smallest rounded bucket sizes (:func:`round_capacity`) that carry this batch."""
+        lookups = round_capacity(int(self.lookups.max()))
+        if self.bag_size == 1:
+            return Capacity(lookups, lookups, True)
+        return Capacity(lookups, min(lookups, round_capacity(int(self.bags.max()))), False)
+
+    def routed(self, capacity: Capacity, slab_rows: int) -> Routed:
+        """Every device's :class:`Routed` view, stacked: numpy arrays whose leading axis splits
+        into ``S`` equal blocks, block ``s`` being device ``s``'s (its ``overflow`` is 0).
+
+        Raises:
+          ValueError: when ``capacity`` is smaller than this batch needs.
+        """
+        s, n = self.owner.shape
+        c_l, c_b, one_id = Capacity(*capacity)
+        if one_id != (self.bag_size == 1) or self.lookups.max() > c_l or (not one_id and self.bags.max() > c_b):
+            raise ValueError(f"capacity: this batch needs at least {self.capacity()}, got {Capacity(*capacity)}")
+        rows = np.full(s * s * c_l, slab_rows, np.int32)  # [owner, source, rank]
+        slots = np.full(s * n, s * c_l, np.int32) if one_id else np.full(s * s * c_l, c_b, np.int32)
+        bags = np.full(s * s * c_b, n // self.bag_size, np.int32)  # [source, owner * C_b + slot]
+        _kernels()[1](self.owner, self.row, self.rank, self.slot, self.first, self.bag_size, c_l, c_b, one_id,
+                      slab_rows, rows, slots, bags)  # fmt: skip
+        return Routed(rows, slots, bags, np.zeros(s, np.int32))
+
+
+def host_routes(plan: ShardingPlan, ids, lengths) -> HostRoutes:
+    """Route a (global, host) batch on the host: owners, bucket ranks and bag slots of every lookup.
+
+    Args:
+      plan: a ``tw``, ``rw`` or ``twrw`` plan.
+      ids: ``int32 (B, T, L)``, the whole batch as every process holds it.
+      lengths: ``int32 (B, T)``.
+
+    Raises:
+      ValueError: for an id outside its table (it would be looked up in another
+        table's rows), or a batch the devices cannot split evenly.
+
+    Example:
+        >>> import numpy as np
+        >>> from ndp.plan import plan_sharding
+        >>> plan = plan_sharding((8,), embedding_dim=4, num_shards=2, kind="rw")
+        >>> routes = host_routes(plan, np.array([[[0]], [[5]], [[2]], [[7]]], np.int32), np.ones((4, 1), np.int32))
+        >>> routes.lookups.tolist()   # device 0 sends one lookup to each device; device 1 too
+        [[1, 1], [1, 1]]
+    """
+    ids, lengths = np.ascontiguousarray(ids), np.ascontiguousarray(lengths)
+    if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(lengths.dtype, np.integer)):
+        raise ValueError(f"ids, lengths: expected integer arrays, got {ids.dtype} and {lengths.dtype}")
     batch, tables, cap = ids.shape
     s = plan.num_shards
     if batch % s:
         raise ValueError(f"ids: expected a batch that is a multiple of the {s} devices, got {batch}")
-    if tables != plan.num_tables:
-        raise ValueError(f"ids: expected {plan.num_tables} tables (the plan's), got {tables}")
-    valid = np.arange(cap, dtype=np.int32)[None, None, :] < lengths[:, :, None]
-    starts, shards, _ = _owner_arrays(plan)
-    sizes = np.asarray(plan.table_sizes, np.int32)[None, :, None]
-    outside = valid & ((ids < 0) | (ids >= sizes))
-    if outside.any():
-        b, t, k = (int(i[0]) for i in np.nonzero(outside))
+    if tables != plan.num_tables or lengths.shape != (batch, tables):
+        raise ValueError(f"ids, lengths: expected (B, {plan.num_tables}, L) and (B, {plan.num_tables}) (the plan's "
+                         f"tables), got {ids.shape} and {lengths.shape}")  # fmt: skip
+    starts, shards, offsets = _owner_arrays(plan)
+    sizes = np.asarray(plan.table_sizes, np.int32)
+    n = batch // s * tables * cap
+    owner, row, rank, slot = (np.empty((s, n), np.int32) for _ in range(4))
+    first = np.empty((s, n), np.bool_)
+    lookups, bags = np.zeros((s, s), np.int64), np.zeros((s, s), np.int64)
+    bad = _kernels()[0](ids, lengths, sizes, starts, shards, offsets, owner, row, rank, slot, first, lookups, bags)
+    if bad >= 0:
+        b, t, k = np.unravel_index(bad, ids.shape)
         raise ValueError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got {int(ids[b, t, k])}")
-    piece = np.zeros(ids.shape, np.int32)
-    for k in range(1, starts.shape[1]):  # starts[:, 0] == 0
-        piece += ids >= starts[None, :, k, None]
-    owner = shards[np.arange(tables)[None, :, None], piece]
-    owner[~valid] = s  # s: no lookup
-    source = np.repeat(np.arange(s, dtype=np.int32), batch // s)[:, None, None]
-    lookups = np.bincount((source * (s + 1) + owner).ravel(), minlength=s * (s + 1)).reshape(s, s + 1)[:, :s]
-    if not bags:
-        return lookups, None
-    bag = (np.arange(batch)[:, None] * tables + np.arange(tables)[None, :])[:, :, None]
-    touched = np.zeros((batch * tables, s + 1), bool)
-    touched[np.broadcast_to(bag, owner.shape).ravel(), owner.ravel()] = True
-    per_source = touched[:, :s].reshape(s, batch // s * tables, s)
-    return lookups, per_source.sum(axis=1)
+    return HostRoutes(owner, row, rank, slot, first, lookups, bags, cap)
+
+
+@functools.cache
+def _kernels():
+    """The numba loops of host routing (compiled on first use, cached on disk): one pass over the
+    batch computes every lookup's owner, row, bucket rank and bag slot; one pass scatters them
+    into the devices' views. numpy needs a dozen passes and a sort for the same."""
+    from numba import njit
+
+    @njit(cache=True)
+    def route(ids, lengths, sizes, starts, shards, offsets, owner, row, rank, slot, first, lookups, bags):
+        batch, tables, cap = ids.shape
+        s = owner.shape[0]
+        local = batch // s
+        pieces = starts.shape[1]
+        last_bag = np.empty(s, np.int64)
+        for source in range(s):
+            last_bag[:] = -1
+            for b in range(local):
+                g = source * local + b
+                for t in range(tables):
+                    bag = b * tables + t
+                    for l in range(cap):
+                        k = bag * cap + l
+                        if l >= lengths[g, t]:
+                            owner[source, k] = s
+                            row[source, k] = rank[source, k] = slot[source, k] = 0
+                            first[source, k] = False
+                            continue
+                        i = ids[g, t, l]
+                        if i < 0 or i >= sizes[t]:
+                            return (g * tables + t) * cap + l
+                        p = 0
+                        while p + 1 < pieces and starts[t, p + 1] <= i:
+                            p += 1
+                        o = shards[t, p]
+                        owner[source, k] = o
+                        row[source, k] = i - starts[t, p] + offsets[t, p]
+                        rank[source, k] = lookups[source, o]
+                        lookups[source, o] += 1
+                        first[source, k] = last_bag[o] != bag
+                        if last_bag[o] != bag:
+                            last_bag[o] = bag
+                            bags[source, o] += 1
+                        slot[source, k] = bags[source, o] - 1
+        return -1
+
+    @njit(cache=True)
+    def scatter(owner, row, rank, slot, first, bag_size, c_l, c_b, one_id, slab_rows, rows, slots, bags):
+        s, n = owner.shape
+        for source in range(s):
+            for k in range(n):
+                o = owner[source, k]
+                if o == s:
+                    continue
+                at = (o * s + source) * c_l + rank[source, k]  # device o's bucket from source
+                rows[at] = row[source, k]
+                bag = k // bag_size
+                if one_id:
+                    slots[source * n + k] = o * c_l + rank[source, k]
+                    bags[source * s * c_l + o * c_l + rank[source, k]] = bag
+                else:
+                    slots[at] = slot[source, k]
+                    if first[source, k]:
+                        bags[source * s * c_b + o * c_b + slot[source, k]] = bag
+
+    return route, scatter
 
 
 def route_capacity(plan: ShardingPlan, ids, lengths) -> Capacity:
@@ -126,15 +266,10 @@ def route_capacity(plan: ShardingPlan, ids, lengths) -> Capacity:
     """
     if not routed(plan):
         return Capacity(0, 0)
-    one_id = np.shape(ids)[2] == 1
-    lookups, bags = _host_counts(plan, ids, lengths, bags=not one_id)
-    lookups = round_capacity(int(lookups.max()))
-    if one_id:
-        return Capacity(lookups, lookups, True)
-    return Capacity(lookups, min(lookups, round_capacity(int(bags.max()))), False)
+    return host_routes(plan, ids, lengths).capacity()
 
 
-def route_stats(plan: ShardingPlan, ids, lengths, *, bytes_per_value: int = 4) -> dict:
+def route_stats(plan: ShardingPlan, ids, lengths, *, bytes_per_value: int = 4, host_routed: bool = True) -> dict:
     """What one training step moves between and gathers on the devices, from the plan and a batch.
 
     Per device: ``lookups_per_device`` (ids it owns among the batch's lookups, i.e.
@@ -142,9 +277,11 @@ def route_stats(plan: ShardingPlan, ids, lengths, *, bytes_per_value: int = 4) -
     step gathers, buckets padded to capacity; for ``cw`` every lookup, on ``D / S``
     columns); ``exchange_bytes_per_device`` (bytes it sends to other devices in one
     step's collectives, forward and backward, padding included: routed plans send
-    id buckets, partial pools and bag gradients; ``cw`` all-gathers ids and lengths
-    and all-to-alls pooled columns and their gradients; row-wise Adagrad on ``cw``
-    adds a ``psum`` of one float per lookup, not counted here).
+    partial pools and bag gradients, plus id buckets when the batch is routed on the
+    devices (``host_routed=False``; a step fed host batches routes them on the host);
+    ``cw`` all-gathers ids and lengths and all-to-alls pooled columns and their
+    gradients; row-wise Adagrad on ``cw`` adds a ``psum`` of one float per lookup,
+    not counted here).
 
     Example:
         >>> import numpy as np
@@ -169,9 +306,9 @@ def route_stats(plan: ShardingPlan, ids, lengths, *, bytes_per_value: int = 4) -
         return {"kind": "cw", "num_shards": s, "lookups_per_device": [total] * s,
                 "gathered_rows_per_device": [batch * tables * cap] * s,
                 "exchange_bytes_per_device": [ids_bytes + pooled_bytes] * s}  # fmt: skip
-    lookups, _ = _host_counts(plan, ids, lengths)
-    capacity = route_capacity(plan, ids, lengths)
-    id_bytes = capacity.lookups * 4 * (1 if cap == 1 else 2)  # row ids, and bag slots for multi-id bags
+    routes = host_routes(plan, ids, lengths)
+    lookups, capacity = routes.lookups, routes.capacity()
+    id_bytes = 0 if host_routed else capacity.lookups * 4 * (1 if cap == 1 else 2)  # row ids (and bag slots)
     per_pair = id_bytes + 2 * capacity.bags * plan.slab_width * value  # ids out; partial pools back; gradients out
     return {
         "kind": plan.kind,

@@ -64,10 +64,11 @@ from ndp.embedding import (
     init_slab,
     lookup,
     lookup_routed,
+    place_routed,
     put_slab,
     route,
 )
-from ndp.routing import routed
+from ndp.routing import Routed, host_routes, routed
 
 
 class Batch(NamedTuple):
@@ -212,47 +213,51 @@ def mse_loss(predictions: jax.Array, labels: jax.Array) -> jax.Array:
 class BatchStep:
     """A jitted function of ``(state, batch)`` whose batch may be host (numpy) or device arrays.
 
-    A routed plan (:mod:`ndp.routing`) compiles per bucket capacity; the capacity is
-    read from the batch's ids on the host (:func:`ndp.embedding.batch_capacity`) and
-    never shrinks (the largest so far is kept), so a run compiles a few times at most.
-    Pass host batches, the same global batch in every process: they are placed
-    with :func:`shard_batch`. Device batches are accepted when this process can
-    read all of them.
+    Pass host batches, the same global batch in every process: a routed plan
+    (:mod:`ndp.routing`) is then routed on the host in one numpy pass
+    (:func:`ndp.routing.host_routes`), which also sizes its buckets, and every device
+    receives only its own view; the batch is placed with :func:`shard_batch`. Device
+    batches are accepted when this process can read all of them (their buckets are
+    sized on the host, their ids routed on the devices). The step compiles per bucket
+    capacity, which never shrinks (the largest so far is kept), so a run compiles a
+    few times at most.
     """
 
     def __init__(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, fn):
         self.mesh, self.plan, self.fn = mesh, plan, fn
         self.capacity = Capacity(0, 0)  # the largest seen so far: capacities only grow, so compiles stay few
 
-    def prepare(self, batch: Batch) -> tuple[Batch, Capacity]:
-        """The batch on the mesh and the bucket capacity to run it with (e.g. to prepare the next batch ahead)."""
-        needed = batch_capacity(self.plan, batch.ids, batch.lengths)
+    def prepare(self, batch: Batch) -> tuple[Batch, Routed | None, Capacity]:
+        """The batch on the mesh, its routing (host-routed batches; else ``None``) and the bucket capacity."""
+        on_host = not isinstance(batch.ids, jax.Array)
+        routes = host_routes(self.plan, batch.ids, batch.lengths) if on_host and routed(self.plan) else None
+        needed = routes.capacity() if routes is not None else batch_capacity(self.plan, batch.ids, batch.lengths)
         if needed.lookups:
             seen = self.capacity
             if seen.lookups and seen.one_id == needed.one_id:
                 needed = Capacity(max(seen.lookups, needed.lookups), max(seen.bags, needed.bags), needed.one_id)
             self.capacity = needed
-        if not isinstance(batch.ids, jax.Array):
+        routed_batch = None if routes is None else place_routed(self.mesh, routes.routed(needed, self.plan.slab_rows))
+        if on_host:
             batch = shard_batch(self.mesh, batch)
-        return batch, needed
+        return batch, routed_batch, needed
 
     def __call__(self, state, batch: Batch):
-        batch, capacity = self.prepare(batch)
-        return self.fn(state, batch, capacity)
+        return self.fn(state, *self.prepare(batch))
 
     def lower(self, state, batch: Batch):
         """``jax.jit(...).lower`` for this batch's capacity (to inspect the compiled step)."""
-        batch, capacity = self.prepare(batch)
-        return self.fn.lower(state, batch, capacity)
+        return self.fn.lower(state, *self.prepare(batch))
 
 
 def _pooled_and_update(mesh, plan, pooling, embedding_optimizer):
     """``(lookup, update)`` closures over one routing of the batch (routed plans) or the plain pair."""
 
-    def lookup_fn(slab, batch, capacity):
+    def lookup_fn(slab, batch, routed_batch, capacity):
         if not routed(plan):
             return lookup(mesh, plan, slab, batch.ids, batch.lengths, pooling=pooling), None
-        routed_batch = route(mesh, plan, batch.ids, batch.lengths, capacity)
+        if routed_batch is None:  # a device batch: routed on the devices
+            routed_batch = route(mesh, plan, batch.ids, batch.lengths, capacity)
         return lookup_routed(mesh, plan, slab, routed_batch, batch.lengths, pooling, capacity), routed_batch
 
     def update_fn(slab, slab_state, batch, routed_batch, pooled_grad, capacity):
@@ -332,8 +337,8 @@ def make_train_step(
             out_specs=(jax.P(), jax.P(), jax.P(AXIS)),
         )  # fmt: skip
 
-    def step(state: TrainState, batch: Batch, capacity: Capacity):
-        pooled, routed_batch = lookup_fn(state.slab, batch, capacity)
+    def step(state: TrainState, batch: Batch, routed_batch: Routed | None, capacity: Capacity):
+        pooled, routed_batch = lookup_fn(state.slab, batch, routed_batch, capacity)
         loss, param_grads, pooled_grad = head_grads(state.params, pooled, batch.dense, batch.labels)
         # Orders the in-place row update after the lookup for any loss; see the module docstring.
         pooled_grad = pooled_grad + 0.0 * pooled
@@ -349,18 +354,18 @@ def make_train_step(
             slab_state = state.slab_state
         return TrainState(slab, slab_state, params, opt_state, state.step + 1), loss
 
-    return BatchStep(mesh, plan, jax.jit(step, donate_argnums=0, static_argnums=2))
+    return BatchStep(mesh, plan, jax.jit(step, donate_argnums=0, static_argnums=3))
 
 
 def make_predict(mesh: jax.sharding.Mesh, plan: ShardingPlan, graphdef: nnx.GraphDef, *, pooling: str = "sum") -> BatchStep:
     """Jitted ``(state, batch) -> predictions (B,)`` (logits or ratings), a :class:`BatchStep`."""
     lookup_fn, _ = _pooled_and_update(mesh, plan, pooling, EmbeddingOptimizer())
 
-    def predict(state: TrainState, batch: Batch, capacity: Capacity):
-        pooled, _ = lookup_fn(state.slab, batch, capacity)
+    def predict(state: TrainState, batch: Batch, routed_batch: Routed | None, capacity: Capacity):
+        pooled, _ = lookup_fn(state.slab, batch, routed_batch, capacity)
         return nnx.merge(graphdef, state.params)(batch.dense, pooled)
 
-    return BatchStep(mesh, plan, jax.jit(predict, static_argnums=2))
+    return BatchStep(mesh, plan, jax.jit(predict, static_argnums=3))
 
 
 @functools.lru_cache(maxsize=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -230,6 +231,31 @@ def test_routed_step_on_extreme_batches(case, kind, length):
     host_state = np.repeat(to_host(mesh, new_state)[:, None], plan.slab_width, axis=1)
     for got, want in zip(unpack_tables(plan, host_state), want_acc):
         np.testing.assert_allclose(got[:, 0], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["one_owner", "same_id_everywhere", "empty_bags", "all_empty", "zipf"])
+@pytest.mark.parametrize("kind,length,shards", [("rw", 1, 8), ("twrw", 3, 8), ("tw", 3, 8), ("rw", 2, 2)])
+def test_host_routing_equals_device_routing(case, kind, length, shards):
+    """The numpy router (host batches) and the on-device router (device batches) give every device the same view."""
+    from ndp.embedding import _route_fn
+    from ndp.routing import host_routes, route_capacity
+
+    rng = np.random.default_rng(2)
+    sizes, batch = (40, 9, 17), 32
+    if case == "zipf":
+        ids = np.stack([rng.zipf(1.3, size=(batch, length)) % n for n in sizes], axis=1).astype(np.int32)
+        lengths = rng.integers(0, length + 1, size=(batch, len(sizes))).astype(np.int32)
+    else:
+        ids, lengths = extreme_batch(case, sizes, batch, length, rng)
+    plan = plan_sharding(sizes, 4, shards, kind)
+    capacity = route_capacity(plan, ids, lengths)
+    on_host = host_routes(plan, ids, lengths).routed(capacity, plan.slab_rows)
+    on_device = _route_fn(storage_mesh(shards), plan, capacity)(jnp.asarray(ids), jnp.asarray(lengths))
+    for name, want, got in zip(on_host._fields, on_device, on_host):
+        np.testing.assert_array_equal(got, np.asarray(want), err_msg=name)
+    if case != "all_empty":
+        with pytest.raises(ValueError, match="capacity: this batch needs at least"):
+            host_routes(plan, ids, lengths).routed(capacity._replace(lookups=0), plan.slab_rows)
 
 
 def brute_force_counts(plan, ids, lengths):

@@ -131,9 +131,24 @@ def test_each_device_gathers_and_scatters_only_its_share_of_the_batch(kind):
     ids = np.stack([rng.integers(0, n, size=(batch, 1)) for n in sizes], axis=1).astype(np.int32)
     host = Batch(np.zeros((batch, 0), np.float32), ids, np.ones((batch, len(sizes)), np.int32), np.ones(batch, np.float32))
     step = make_train_step(mesh, plan, graphdef, linear_loss, tx, embedding_optimizer)
-    gathered, scattered = rows_touched_in_slab(step.lower(state, host).compile().as_text(), plan)
+    text = step.lower(state, host).compile().as_text()
+    gathered, scattered = rows_touched_in_slab(text, plan)
     lookups = batch * len(sizes)
-    share = max(route_stats(plan, ids, host.lengths)["lookups_per_device"])
+    stats = route_stats(plan, ids, host.lengths)
+    share = max(stats["lookups_per_device"])
     assert gathered and scattered
     # Buckets are padded to the largest (source, owner) count, rounded up by at most 25%.
     assert max(gathered + scattered) <= 2 * share < lookups / 2, (gathered, scattered, share, lookups)
+    # The bytes route_stats reports are those the compiled all-to-alls send (a host-routed batch: no ids).
+    assert all_to_all_sent_bytes(text, 8) == stats["exchange_bytes_per_device"][0] > 0
+
+
+def all_to_all_sent_bytes(compiled_text: str, devices: int) -> int:
+    """Bytes one device sends in the compiled all-to-alls: ``(S - 1) / S`` of each result."""
+    total = 0
+    for line in compiled_text.splitlines():
+        if " all-to-all(" in line:
+            result = line.split(" = ", 1)[1].split(" all-to-all(")[0]
+            for dtype, dims in re.findall(r"(f32|s32)\[([\d,]*)\]", result):
+                total += 4 * int(np.prod([int(d) for d in dims.split(",") if d]))
+    return total * (devices - 1) // devices
