@@ -12,7 +12,10 @@ per layer by measurement. Candidates for each decomposed conv layer:
   the live ``(input channel, basis)`` pairs, then one matmul over those pairs;
 * ``sparse_cpu``: :class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a compiled CPU
   kernel (an XLA custom call) that runs the basis-first order over the live pairs and then
-  visits only the non-zero coefficients (3x3 layers of stride 1 or 2; elsewhere it is not a candidate).
+  visits only the non-zero coefficients (3x3 layers of stride 1 or 2; elsewhere it is not a candidate);
+* ``sparse_pallas``: :class:`~jaxsparse.penni.sparse_pallas.PallasSparseConv`, the same order as
+  one Pallas kernel for GPU and TPU (stencils of the live pairs, their product with the
+  coefficients on the matrix unit, the epilogue), a candidate off the CPU backend only.
 
 (Also measured while choosing these, and slower than a dense conv at every ResNet layer
 shape on XLA:CPU, so not candidates: im2col + matmul, a sum of 9 shifted 1x1 matmuls,
@@ -79,6 +82,7 @@ from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_pa
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
 from jaxsparse.penni.shrink import free_channel_layers, shrink
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv, available, supports
+from jaxsparse.penni.sparse_pallas import supports as pallas_supports
 
 #: Plan forms timed per layer ("train" rebuilds the kernel on every call; "dense" rebuilds it once).
 CANDIDATES = tuple(f for f in PLAN_FORMS if f != "train")
@@ -207,7 +211,8 @@ def runnable_plan(model: nnx.Module, plan) -> dict:
     runnable = {}
     for path, layer in iter_layers(model, DecomposedConv):
         form = plan if isinstance(plan, str) else plan.get(path, "dense")
-        runnable[path] = form if form != "sparse_cpu" or supports(layer)[0] else "dense"
+        kernel_ok = {"sparse_cpu": supports, "sparse_pallas": pallas_supports}.get(form, lambda _: (True, ""))
+        runnable[path] = form if kernel_ok(layer)[0] else "dense"
     return runnable
 
 
@@ -309,6 +314,8 @@ def main(argv=None) -> int:
     if "sparse_cpu" in candidates and available()[0]:
         # The kernel skips zero channels whatever their number: no padding variants.
         plans["sparse kernel wherever it applies"] = (1, "sparse_cpu")
+    if "sparse_pallas" in candidates and jax.default_backend() != "cpu":  # Pallas compiles on GPU/TPU only
+        plans["Pallas kernel wherever it applies"] = (1, "sparse_pallas")
     plan_seconds = {}
     if len(plans) > 1:
         plan_forwards = {name: jitted_forward(compressed_model(form, m), x, options) for name, (m, form) in plans.items()}

@@ -13,8 +13,9 @@ Stages, each usable alone:
 :func:`~jaxsparse.penni.pipeline.compress` chains them with checkpoints (``python -m jaxsparse compress``).
 
 Inference: :mod:`~jaxsparse.penni.inference` (execution plans, BatchNorm folding, channel padding,
-:class:`~jaxsparse.penni.inference.PlanarResNet`) and :mod:`~jaxsparse.penni.sparse_cpu`, a CPU kernel
-(an XLA custom call) that visits only the non-zero coefficients.
+:class:`~jaxsparse.penni.inference.PlanarResNet`), :mod:`~jaxsparse.penni.sparse_cpu`, a CPU kernel
+(an XLA custom call) that visits only the non-zero coefficients, and :mod:`~jaxsparse.penni.sparse_pallas`,
+one Pallas kernel for GPU and TPU that skips dead (input channel, basis) pairs.
 """
 
 from jaxsparse.penni.count import LAYER_KEYS, describe_layers, summarize

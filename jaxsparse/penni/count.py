@@ -42,8 +42,9 @@ LAYER_KEYS = (
 
 
 class _Recorder:
-    def __init__(self):
+    def __init__(self, measure: bool):
         self.seen: dict[str, dict] = {}
+        self.measure = measure  # count non-zero inputs (a concrete pass) or only record shapes (an abstract one)
 
 
 class _Probe(nnx.Module):
@@ -56,20 +57,33 @@ class _Probe(nnx.Module):
 
     def __call__(self, x, *args, **kwargs):
         y = self.inner(x, *args, **kwargs)
-        entry = self.recorder.seen.setdefault(self.name, {"shape_in": x.shape, "shape_out": y.shape, "nonzero": 0.0, "count": 0})
-        entry["nonzero"] += float(jnp.sum(x != 0))
-        entry["count"] += int(np.prod(x.shape))
+        entry = self.recorder.seen.setdefault(self.name, {"shape_in": x.shape, "shape_out": y.shape, "count": 0})
+        if self.recorder.measure:
+            entry["nonzero"] = entry.get("nonzero", 0) + jnp.sum(x != 0, dtype=jnp.float32)  # traced: returned by the pass
+            entry["count"] += int(np.prod(x.shape))
         return y
 
 
-def _record(model: nnx.Module, images: jax.Array) -> dict[str, dict]:
+def _record(model: nnx.Module, images: jax.Array, *, measure: bool) -> dict[str, dict]:
+    """Each layer's input and output shapes (and, with ``measure``, its inputs' non-zeros) from one forward
+    pass, traced once: compiled as a whole with ``measure`` (the counts are its outputs), only abstract
+    (:func:`jax.eval_shape`) without."""
     layers = [(p, layer) for p, layer in iter_layers(model, (DecomposedConv, nnx.Conv, nnx.Linear))]
-    recorder = _Recorder()
+    recorder = _Recorder(measure)
     for path, layer in layers:
         set_by_path(model, path, _Probe(layer, recorder, path))
+
+    def nonzeros(x):
+        model(x)
+        return {name: entry["nonzero"] for name, entry in recorder.seen.items()}
+
     try:
         model.eval()
-        model(images)
+        if measure:
+            for name, value in jax.jit(nonzeros)(images).items():
+                recorder.seen[name]["nonzero"] = float(value)
+        else:
+            jax.eval_shape(lambda x: model(x), images)
     finally:
         for path, layer in layers:
             set_by_path(model, path, layer)
@@ -100,7 +114,7 @@ def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input
     """
     measured = images is not None
     x = jnp.asarray(images, jnp.float32) if measured else jnp.zeros(input_shape, jnp.float32)
-    seen = _record(model, x)
+    seen = _record(model, x, measure=measured)
     layers = dict(iter_layers(model, (DecomposedConv, nnx.Conv, nnx.Linear)))
     records = []
     for path, info in seen.items():

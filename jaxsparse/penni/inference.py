@@ -8,9 +8,11 @@ they are meant for a model in ``eval()`` mode that will not be trained again.
 * :func:`apply_plan` runs each :class:`~jaxsparse.penni.layers.DecomposedConv` in the form
   a plan names: one of its own forms, ``"dense"`` (the kernel rebuilt once, one
   ``nnx.Conv``), ``"live_basis_first"`` (:class:`~jaxsparse.penni.layers.LiveBasisFirstConv`)
-  or ``"sparse_cpu"`` (:class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a CPU
+  ``"sparse_cpu"`` (:class:`~jaxsparse.penni.sparse_cpu.SparseCoefficientConv`, a CPU
   kernel that skips zero coefficients; 3x3 layers of stride 1 or 2, see
-  :func:`~jaxsparse.penni.sparse_cpu.supports`).
+  :func:`~jaxsparse.penni.sparse_cpu.supports`) or ``"sparse_pallas"``
+  (:class:`~jaxsparse.penni.sparse_pallas.PallasSparseConv`, a GPU/TPU kernel that skips
+  dead (input channel, basis) pairs).
 * :func:`fold_batchnorm` folds every inference BatchNorm into the conv before it:
   ``bn(conv(x)) = conv_s(x) + b`` with the conv's output channel ``o`` scaled by
   ``s_o = gamma_o / sqrt(var_o + eps)`` and ``b_o = beta_o - mean_o * s_o``; the BatchNorm
@@ -48,9 +50,10 @@ from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.shrink import CompactBasicBlock, channel_shortcut
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
+from jaxsparse.penni.sparse_pallas import PallasSparseConv
 
 #: Forms an execution plan can name for a decomposed layer.
-PLAN_FORMS = ("dense", *FORMS[1:], "live_basis_first", "sparse_cpu")
+PLAN_FORMS = ("dense", *FORMS[1:], "live_basis_first", "sparse_cpu", "sparse_pallas")
 
 
 class ChannelBias(nnx.Module):
@@ -99,13 +102,20 @@ def plan_module(layer: DecomposedConv, form: str) -> nnx.Module:
 
     Raises:
       ValueError: for a form that cannot run this layer (``"sparse_cpu"`` off the CPU backend,
-        without numba, or for a layer :func:`~jaxsparse.penni.sparse_cpu.supports` rejects), with the reason.
+        without numba, or for a layer :func:`~jaxsparse.penni.sparse_cpu.supports` rejects;
+        ``"sparse_pallas"`` on the CPU backend, where Pallas only interprets, or for a layer
+        :func:`~jaxsparse.penni.sparse_pallas.supports` rejects), with the reason.
     """
     check_choice("form", form, PLAN_FORMS)
     if form == "dense":
         return as_dense_conv(layer)
     if form == "sparse_cpu":
         return SparseCoefficientConv(layer)
+    if form == "sparse_pallas":
+        if jax.default_backend() == "cpu":
+            raise ValueError("form: 'sparse_pallas' is compiled for GPU and TPU backends; on the CPU backend Pallas only "
+                             "interprets it (PallasSparseConv(layer, interpret=True) runs it there, for tests)")
+        return PallasSparseConv(layer)
     if form == "live_basis_first":
         return LiveBasisFirstConv(layer)
     return DecomposedConv(*layer.effective_tensors(), strides=layer.strides, padding=layer.padding, form=form)
@@ -144,7 +154,7 @@ def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
         layer.coefficients[...] = layer.coefficients[...] * jnp.asarray(scale)[None, :, None]
     elif isinstance(layer, LiveBasisFirstConv):
         layer.mixing[...] = layer.mixing[...] * jnp.asarray(scale)[None, :]
-    elif isinstance(layer, SparseCoefficientConv):
+    elif isinstance(layer, (SparseCoefficientConv, PallasSparseConv)):
         layer.scale_outputs(scale)
     elif isinstance(layer, nnx.Conv):
         kernel = layer.kernel[...]

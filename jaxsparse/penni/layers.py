@@ -195,6 +195,27 @@ class LiveBasisFirstConv(nnx.Module):
         return jnp.einsum("nhwk,ko->nhwo", maps, self.mixing[...].astype(x.dtype))
 
 
+def stencil_kernel_support(layer: DecomposedConv, *, symmetric_padding: bool = False) -> tuple[bool, str]:
+    """Whether a 3x3-stencil kernel (stride 1 or 2, explicit padding) can run ``layer``: ``(True, "")`` or
+    ``(False, reason)``; with ``symmetric_padding`` the padding must also be the same on both sides.
+
+    Example:
+        >>> stencil_kernel_support(DecomposedConv(jnp.ones((2, 5, 5)), jnp.ones((4, 8, 2))))
+        (False, 'kernel (5, 5), the kernel handles 3x3')
+    """
+    basis = layer.basis[...]
+    if tuple(basis.shape[1:]) != (3, 3):
+        return False, f"kernel {tuple(basis.shape[1:])}, the kernel handles 3x3"
+    if tuple(layer.strides) not in ((1, 1), (2, 2)):
+        return False, f"strides {tuple(layer.strides)}, the kernel handles (1, 1) and (2, 2)"
+    if isinstance(layer.padding, str):
+        return False, f"padding {layer.padding!r}, the kernel needs explicit pairs"
+    (top, bottom), (left, right) = layer.padding
+    if symmetric_padding and (top != bottom or left != right):
+        return False, f"padding {layer.padding}, the kernel needs the same padding on both sides"
+    return True, ""
+
+
 def decomposable(layer) -> bool:
     """True for an ``nnx.Conv`` that PENNI decomposes: spatial kernel (not 1x1), not grouped, no dilation."""
     return (

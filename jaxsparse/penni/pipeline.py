@@ -164,9 +164,15 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
         if weights is not None:
             raise ValueError("weights: the digits CNN is trained from scratch, expected no weights file")
         return DigitsCNN(rngs=nnx.Rngs(config.seed))
-    model = build_model(config.model, rngs=nnx.Rngs(config.seed))
-    if weights is not None:
+    if weights is None:
+        model = build_model(config.model, rngs=nnx.Rngs(config.seed))
+    else:  # every variable comes from the file: build only the structure (no initialiser runs or compiles)
+        model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(config.seed)))
         load_pytorch_npz(model, weights)
+        unset = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+                 if isinstance(leaf, jax.ShapeDtypeStruct)]  # fmt: skip
+        if unset:
+            raise ValueError(f"weights: {str(weights)!r} sets no value for {len(unset)} variables of {config.model}, e.g. {unset[:3]}")
     model.eval()
     return model
 
@@ -477,6 +483,33 @@ def compress(
     atomic_write_json(out / "report.json", report)
     _plot(report, out / "report.png")
     return report
+
+
+def finished_report(out_dir: str | Path, config: CompressConfig, *, weights: str | None, data_name: str,
+                    train: int | None, test: int | None) -> dict | None:
+    """The report of a finished :func:`compress` run in ``out_dir`` with these settings, or ``None``.
+
+    Lets a rerun of a finished run answer without loading its data. ``train`` and
+    ``test`` are the image counts the run must have used (``None``: unknown, so no
+    answer: the caller runs :func:`compress`, which resumes and finds the run done).
+
+    Example:
+        >>> finished_report("runs/none", CompressConfig(), weights=None, data_name="x", train=1, test=1) is None
+        True
+    """
+    out = Path(out_dir)
+    if train is None or test is None or not (out / "report.json").is_file() or not (out / "checkpoints" / "count.npz").is_file():
+        return None
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        report.get("config") == json.loads(json.dumps(dataclasses.asdict(config)))
+        and report.get("weights") == weights
+        and report.get("data") == {"name": data_name, "train": train, "test": test}
+    )
+    return report if same else None
 
 
 def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrunk: bool = True) -> nnx.Module:

@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsparse.common import check_choice, check_shape
+from jaxsparse.penni.layers import stencil_kernel_support
 
 try:
     from numba import carray, cfunc, njit, prange, types
@@ -108,17 +109,7 @@ def supports(layer) -> tuple[bool, str]:
     ok, reason = available()
     if not ok:
         return False, reason
-    basis = layer.basis[...]
-    if tuple(basis.shape[1:]) != (3, 3):
-        return False, f"kernel {tuple(basis.shape[1:])}, the kernel handles 3x3"
-    if tuple(layer.strides) not in ((1, 1), (2, 2)):
-        return False, f"strides {tuple(layer.strides)}, the kernel handles (1, 1) and (2, 2)"
-    if isinstance(layer.padding, str):
-        return False, f"padding {layer.padding!r}, the kernel needs explicit pairs"
-    (top, bottom), (left, right) = layer.padding
-    if top != bottom or left != right:
-        return False, f"padding {layer.padding}, the kernel needs the same padding on both sides"
-    return True, ""
+    return stencil_kernel_support(layer, symmetric_padding=True)
 
 
 @functools.cache

@@ -20,6 +20,7 @@ augmented batch, which lets a compressed model recover from few training images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -326,15 +327,18 @@ def _forward(graphdef, params, stats, rest, x):
     return logits, nnx.state(model, nnx.BatchStat)
 
 
+@functools.lru_cache(maxsize=16)
+def _eval_forward(graphdef: nnx.GraphDef):
+    """The jitted eval-mode forward of one model structure (cached: a model evaluated again, or another
+    model of the same structure, reuses the compiled function)."""
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(normalize(x)))
+
+
 def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """Logits of ``model`` (eval mode) for uint8 NHWC ``images``, batched and jitted."""
     model.eval()
     graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, x):
-        return nnx.merge(graphdef, state)(normalize(x))
-
+    forward = _eval_forward(graphdef)
     outputs = [np.asarray(forward(state, jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
 

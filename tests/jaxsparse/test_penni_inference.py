@@ -24,6 +24,7 @@ from jaxsparse.penni.inference import (
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, decompose_model, iter_layers, set_quantization
 from jaxsparse.penni.shrink import shrink
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
+from jaxsparse.penni.sparse_pallas import PallasSparseConv
 from tests.jaxsparse.helpers import randomise_batchnorm
 
 
@@ -68,7 +69,8 @@ def _build_compressed_resnet(seed, quantized, dead_fraction=0.3):
 
 
 @settings(max_examples=3)
-@given(form=st.sampled_from(PLAN_FORMS), quantized=st.booleans(), fold=st.booleans(), seed=st.integers(0, 2))
+@given(form=st.sampled_from([f for f in PLAN_FORMS if f != "sparse_pallas"]), quantized=st.booleans(), fold=st.booleans(),
+       seed=st.integers(0, 2))  # the Pallas form is refused on the CPU backend (tested below; its kernel has its own tests)
 def test_plan_and_folding_keep_compressed_outputs(form, quantized, fold, seed):
     model = _compressed_resnet(seed, quantized=quantized)
     x = jax.nn.relu(jax.random.normal(jax.random.key(seed), (2, 8, 8, 3)))
@@ -110,6 +112,8 @@ def test_plan_by_layer_and_errors():
     layer = model.layer1[0].conv1
     with pytest.raises(ValueError, match="form"):
         plan_module(layer, "winograd")
+    with pytest.raises(ValueError, match="'sparse_pallas' is compiled for GPU and TPU"):
+        plan_module(layer, "sparse_pallas")  # the CPU backend only interprets Pallas
     with pytest.raises(ValueError, match="multiple"):
         pad_channels(model, 0)
     with pytest.raises(ValueError, match="model"):
@@ -117,6 +121,7 @@ def test_plan_by_layer_and_errors():
     apply_plan(model, {"layer1.0.conv1": "coef_first", "layer2.0.conv1": "live_basis_first"})
     assert isinstance(model.layer2[0].conv1, LiveBasisFirstConv) and model.layer1[0].conv1.form == "coef_first"
     assert isinstance(model.layer3[0].conv1, DecomposedConv) and model.layer3[0].conv1.coef_bits == 4  # untouched
+    model.layer3[0].conv2 = PallasSparseConv(model.layer3[0].conv2, interpret=True)  # what a GPU plan would make
     _assert_close(_forward(model, x), reference)
     bake_quantization(model)
     assert all(layer.coef_bits == 0 for _, layer in iter_layers(model, DecomposedConv))

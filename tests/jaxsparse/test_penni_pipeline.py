@@ -65,6 +65,12 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     assert (resumed_dir / "report.png").stat().st_size > 10_000
     # the compressed model is smaller than the dense one
     assert first["summary"]["params_compressed"] < first["summary"]["params_dense"]
+    # rerunning the finished run answers from its report, without loading a model or training
+    again = subprocess.run(_command(resumed_dir), cwd=repo_root(), env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" not in again.stderr and "compressing" not in again.stderr
+    assert again.stdout == rerun.stdout
+    assert again.stdout.splitlines()[-1].startswith("digits-cnn: params -")
 
 
 def test_bad_argument_is_named():
