@@ -227,6 +227,30 @@ def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
+    """Top-1 of the timed fast path (the chosen plan, one fixed batch shape) and of the compressed model
+    in its training form (fake-quantized, BatchNorm unfolded), on every test image of the CIFAR-10 split."""
+    if config.model == "digits-cnn" or (args.test_data is not None and str(args.test_data).lower() == "none"):
+        return {"top1_fast_path": None, "top1_reference": None, "test_images": 0}
+    from jaxsparse.common import find_shared_root
+    from jaxsparse.data import load_split
+    from jaxsparse.data.transforms import normalize
+    from jaxsparse.penni.train import evaluate
+
+    folder = args.test_data or find_shared_root() / "data" / "cifar10-jpeg"
+    images, labels, _ = load_split(folder, "test", progress=False)
+    predictions = []
+    for start in range(0, len(images), args.batch):
+        chunk = images[start : start + args.batch]
+        padded = np.concatenate([chunk, np.zeros((args.batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        logits = np.asarray(fast_forward(normalize(jnp.asarray(padded))))[: len(chunk)]
+        predictions.append(np.argmax(logits, -1))
+    fast = float(np.mean(np.concatenate(predictions) == labels))
+    reference = evaluate(load_compressed(args.run_dir), images, labels)
+    return {"top1_fast_path": fast, "top1_reference": reference, "test_images": int(len(images)),
+            "top1_gap_points": 100 * abs(fast - reference)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/penni_cifar-resnet56-cpu/pipeline"),
@@ -251,6 +275,9 @@ def main(argv=None) -> int:
                         help="fractions of inner channels additionally removed at random for the sweep ('' = none; default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: benchmarks/results/inference_speed_<model>.json)")
+    parser.add_argument("--test-data", type=Path, default=None,
+                        help="CIFAR-10 folder whose test split scores the fast path (default: <shared>/data/cifar10-jpeg; "
+                             "'none' skips it)")
     args = parser.parse_args(argv)
     candidates = tuple(f for f in args.candidates.split(",") if f)
     uniform = tuple(f for f in args.uniform_forms.split(",") if f)
@@ -365,6 +392,8 @@ def main(argv=None) -> int:
             unfolded = seconds[f"{prefix}, BatchNorm not folded"]
             breakdown[model_name].update(bn_not_folded_s=unfolded, bn_folding_gain=unfolded / total)
 
+    accuracy = fast_path_accuracy(args, config, forwards["compressed, measured plan"], image_shape)
+
     device = jax.devices()[0]
     print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)"
           f"{', BatchNorm folded into convs (both models)' if args.fold_bn else ''}")
@@ -385,6 +414,9 @@ def main(argv=None) -> int:
               f"everything else {b['without_convs_s']:.3f} s"
               + (f"; BatchNorm folding {b['bn_folding_gain']:.2f}x" if args.fold_bn else ""))
     print(f"load average during timing: {load_during}")
+    if accuracy.get("top1_fast_path") is not None:
+        print(f"top-1 on {accuracy['test_images']} test images: fast path {100 * accuracy['top1_fast_path']:.2f}%, "
+              f"training form {100 * accuracy['top1_reference']:.2f}%")
     counts = {f: sum(1 for c in choice.values() if c == f) for f in CANDIDATES}
     print(f"plan: {counts}, channels padded to x{pad}; MACs dense {dense_totals['macs_dense']:,} -> sparse-effective "
           f"{compressed_totals['macs_sparse']:,} ({mac_factor:.2f}x fewer); realised/theoretical = {speedup / mac_factor:.2f}")
@@ -405,6 +437,7 @@ def main(argv=None) -> int:
         "candidates": list(candidates),
         "load_average": [round(v, 2) for v in load_during],
         "cpus_visible": os.cpu_count(),
+        **accuracy,
     }
     atomic_write_json(out_path, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
                                  "time_breakdown": breakdown, "compiler_options": options,
