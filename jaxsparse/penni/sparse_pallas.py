@@ -18,9 +18,11 @@ image is split into ``s x s`` stride phases (``s`` the stride), each flattened w
 row pitch ``Wq``, so that every tap of the stencil is one contiguous, unit-stride slice
 of a phase at a static offset: ``(a // s) * Wq + b // s`` of phase ``(a % s, b % s)``. The
 kernel computes ``Ho * Wq`` flat positions (the last ``Wq - Wo`` of each row are discarded)
-in tiles, one program per (image, tile), so what a program holds on chip is bounded by
-the tile, not the image. Pairs, output channels, taps and flat lengths are padded to
-powers of two (pairs and channels to at least 16), the block shapes GPU lowering needs.
+in tiles, one program per (image, tile); each tile's input window (its positions plus the
+halo of ``2 Wq / s + 2 / s`` the taps reach past them) is cut out once outside the kernel as
+a block of its own, so a program holds only its window on chip and every tap is a slice at
+a static offset. Pairs, output channels and taps are padded to powers of two (pairs and
+channels to at least 16).
 
 Off the CPU it runs compiled (GPU through Triton, TPU through Mosaic); on the CPU only
 in interpret mode, which is how it is tested.
@@ -47,6 +49,12 @@ from jaxsparse.penni.layers import stencil_kernel_support
 
 #: Smallest padded size of the pair and output-channel axes (GPU matrix products need 16).
 MIN_LANES = 16
+#: Smallest tile of flat output positions.
+MIN_TILE = 16
+
+
+def _round8(n: int) -> int:
+    return -(-int(n) // 8) * 8
 
 
 def _pow2(n: int, least: int = 1) -> int:
@@ -58,22 +66,31 @@ def supports(layer) -> tuple[bool, str]:
     return stencil_kernel_support(layer)
 
 
+def _compiler_params(platform: str):
+    """GPU: the Triton lowering (Pallas' Mosaic GPU path wants warpgroup-sized copies that this kernel's
+    small blocks do not have); other platforms: their defaults."""
+    if platform != "gpu":
+        return None
+    from jax.experimental.pallas import triton as pallas_triton
+
+    return pallas_triton.CompilerParams(num_warps=4, num_stages=1)
+
+
 class KernelTable(nnx.Variable):
     """Constant arrays of the kernel (taps, mixing matrix, bias): state, not trained."""
 
 
 def _kernel(x_ref, taps_ref, mix_ref, bias_ref, *rest, stride: int, pitch: int, tile: int, relu: bool):
     """One tile of ``tile`` flat output positions of one image: the stencil of every live pair, the
-    product with the coefficients, the epilogue. The image's phases are one block; the tile reads its
-    rows (and the halo below them) at a dynamic offset."""
+    product with the coefficients, the epilogue. The block is the tile's input window (every phase,
+    with the halo the taps reach past the tile), so every tap is a slice at a static offset."""
     (res_ref, o_ref) = rest if len(rest) == 2 else (None, rest[0])
-    start = pl.program_id(1) * tile
     maps = None
     for a in range(3):
         for b in range(3):
             phase = (a % stride) * stride + (b % stride)
             offset = (a // stride) * pitch + (b // stride)
-            window = x_ref[0, phase, pl.ds(start + offset, tile), :]  # (tile, pairs)
+            window = x_ref[0, 0, phase, pl.ds(offset, tile), :]  # (tile, pairs)
             term = window * taps_ref[a * 3 + b, :][None, :]
             maps = term if maps is None else maps + term
     y = jnp.dot(maps, mix_ref[...], preferred_element_type=jnp.float32) + bias_ref[0, :][None, :]
@@ -96,8 +113,14 @@ class PallasSparseConv(nnx.Module):
         possibly fake-quantized, tensors are used); build it outside ``jit``.
       interpret: run the kernel in Pallas' interpret mode (default: on a CPU backend,
         where it cannot be compiled).
-      tile: flat output positions per program (a power of two; smaller for small images):
-        bounds what one program holds on chip, ``tile x (pairs + Cout)`` floats.
+      tile: flat output positions per program at most (a power of two; smaller for small
+        images, and halved until the tile's input window fits ``window_bytes``).
+      window_bytes: on-chip bytes a program's input window (every stride phase, halo
+        included, times the padded pairs) may take; the output tile and the coefficients
+        come on top (a GPU's shared memory is about 228 KB per block).
+      platform: ``"gpu"`` or ``"tpu"``, the platform the kernel is lowered for, which picks
+        the Pallas lowering (GPU: Triton); default: the default backend's (set it to lower
+        for another platform, e.g. ``jax.jit(...).trace(x).lower(lowering_platforms=("cuda",))``).
 
     Example:
         >>> from jaxsparse.penni.layers import DecomposedConv
@@ -107,7 +130,8 @@ class PallasSparseConv(nnx.Module):
         True
     """
 
-    def __init__(self, layer, *, interpret: bool | None = None, tile: int = 256):
+    def __init__(self, layer, *, interpret: bool | None = None, tile: int = 256, window_bytes: int = 96 * 1024,
+                 platform: str | None = None):
         ok, reason = supports(layer)
         if not ok:
             raise ValueError(f"layer: the Pallas kernel cannot run it: {reason}")
@@ -131,7 +155,10 @@ class PallasSparseConv(nnx.Module):
         self.padding = tuple(tuple(int(p) for p in pair) for pair in layer.padding)
         self.in_features, self.out_features = int(cin), int(cout)
         self.interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
-        self.tile = tile
+        self.tile, self.window_bytes = tile, int(window_bytes)
+        if platform not in (None, "cpu", "gpu", "tpu"):
+            raise ValueError(f"platform: expected one of ['cpu', 'gpu', 'tpu'] or None, got {platform!r}")
+        self.platform = platform
 
     @property
     def num_pairs(self) -> int:
@@ -183,12 +210,20 @@ class PallasSparseConv(nnx.Module):
         selected = jnp.pad(selected, ((0, 0), (top, hq * s - h - top), (left, wq * s - w - left),
                                       (0, pairs - len(self.channels))))  # fmt: skip
         phases = selected.reshape(n, hq, s, wq, s, pairs).transpose(0, 2, 4, 1, 3, 5).reshape(n, s * s, hq * wq, pairs)
+        halo = (2 // s) * wq + 2 // s  # the furthest tap's offset past a tile's first position
         tile = min(self.tile, _pow2(out_h * wq))
-        length = -(-out_h * wq // tile) * tile  # output positions computed, a whole number of tiles
-        flat = _pow2(max(hq * wq, (2 // s) * wq + 2 // s + length))
-        phases = jnp.pad(phases, ((0, 0), (0, 0), (0, flat - hq * wq), (0, 0)))
+        while tile > MIN_TILE and s * s * _round8(tile + halo) * pairs * 4 > self.window_bytes:
+            tile //= 2  # a tile's input window (all phases, halo included) must fit on chip
+        window = _round8(tile + halo)
+        tiles = -(-out_h * wq // tile)
+        length = tiles * tile  # output positions computed, a whole number of tiles
+        phases = jnp.pad(phases, ((0, 0), (0, 0), (0, max(0, (tiles - 1) * tile + window - hq * wq)), (0, 0)))
+        # Each tile's window, halo included, as a block of its own (overlapping windows copied once).
+        rows = (np.arange(tiles)[:, None] * tile + np.arange(window)[None, :]).reshape(-1)
+        phases = jnp.take(phases, jnp.asarray(rows, jnp.int32), axis=2).reshape(n, s * s, tiles, window, pairs)
+        phases = phases.transpose(0, 2, 1, 3, 4)  # (N, tiles, phases, window, pairs)
         operands = [phases, self.taps[...], self.mixing[...], self.bias[...]]
-        specs = [self._spec((1, s * s, flat, pairs), lambda i, t: (i, 0, 0, 0)), self._spec((16, pairs)),
+        specs = [self._spec((1, 1, s * s, window, pairs), lambda i, t: (i, t, 0, 0, 0)), self._spec((16, pairs)),
                  self._spec((pairs, lanes)), self._spec((1, lanes))]  # fmt: skip
         tiled = lambda i, t: (i, t, 0)  # noqa: E731
         if residual is not None:
@@ -198,10 +233,11 @@ class PallasSparseConv(nnx.Module):
         out = pl.pallas_call(
             kernel,
             out_shape=jax.ShapeDtypeStruct((n, length, lanes), jnp.float32),
-            grid=(n, length // tile),
+            grid=(n, tiles),
             in_specs=specs,
             out_specs=self._spec((1, tile, lanes), tiled),
             interpret=self.interpret,
+            compiler_params=None if self.interpret else _compiler_params(self.platform or jax.default_backend()),
         )(*operands)
         return out[:, : out_h * wq].reshape(n, out_h, wq, lanes)[:, :, :out_w, : self.out_features]
 

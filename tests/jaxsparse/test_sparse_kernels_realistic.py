@@ -107,3 +107,20 @@ def test_pallas_epilogue_adds_bias_and_residual_before_the_relu():
         kernel(x, residual, residual_source=(0,) * 3, residual_stride=2)
     with pytest.raises(ValueError, match="tile: expected a power of two, got 100"):
         PallasSparseConv(layer, tile=100)
+
+
+@pytest.mark.parametrize("platform,lowering", [("gpu", "cuda"), ("tpu", "tpu")])
+def test_pallas_kernel_lowers_for_gpu_and_tpu(platform, lowering):
+    """Cross-platform lowering from this CPU machine: the kernel's blocks, slices and product are accepted by
+    Pallas' Triton (GPU) and Mosaic (TPU) lowerings at ResNet-56 shapes (compiling them needs the device)."""
+    rng = np.random.default_rng(5)
+    for h, cin, cout, stride in SHAPES[:2]:
+        layer = DecomposedConv(jnp.asarray(rng.standard_normal((5, 3, 3)), jnp.float32),
+                               jnp.asarray(_pattern(rng, cin, cout, 5, 0.3)), strides=(stride, stride))  # fmt: skip
+        kernel = PallasSparseConv(layer, interpret=False, platform=platform)
+        kernel.set_epilogue(jnp.ones(cout), relu=True)
+        x = jax.ShapeDtypeStruct((128, h, h, cin), jnp.float32)
+        source = tuple(o if o < cin else -1 for o in range(cout))
+        fn = jax.jit(lambda v, r: kernel(v, r, residual_source=source, residual_stride=stride))
+        text = fn.trace(x, x).lower(lowering_platforms=(lowering,)).as_text()
+        assert ("__gpu$xla.gpu.triton" in text or "triton" in text) if platform == "gpu" else "tpu_custom_call" in text
