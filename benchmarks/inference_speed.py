@@ -42,7 +42,11 @@ counts as conv time; BatchNorm folded vs not), every model with one form for all
 the realised speedup over the counted (sparse-effective) MAC reduction, and a channel
 sweep: the compressed model with a further random fraction of every block's inner channels
 removed (``--channel-sweep``), timed the same way, which shows how wall-clock time follows
-dense-shape MACs on this backend. The load average is recorded next to the figures.
+dense-shape MACs on this backend; the dense model against the chosen plan at small batches
+(``--latency-batches``, each compiled for that batch, median of ``--latency-calls``
+interleaved calls after warm-up: ``speedup_batch1``, ``speedup_batch8``); and the chosen plan's
+top-1 on every test image against the compressed model's training form (``top1_fast_path``,
+``top1_reference``). The load average is recorded next to the figures.
 
 Example::
 
@@ -227,6 +231,27 @@ def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def latency(variants: dict, batches, calls: int, image_shape, options: dict) -> dict:
+    """Median milliseconds per call (with min and max) of every variant at each small batch: each compiled
+    for that batch, warmed up, then called ``calls`` times in alternation with the others."""
+    out = {}
+    for batch in batches:
+        x = jax.random.normal(jax.random.key(2), (batch, *image_shape))
+        forwards = {name: jitted_forward(model, x, options) for name, model in variants.items()}
+        for fn in forwards.values():
+            for _ in range(3):
+                jax.block_until_ready(fn(x))
+        samples = {name: [] for name in forwards}
+        for _ in tqdm(range(calls), desc=f"latency, batch {batch}", file=sys.stderr):
+            for name, fn in forwards.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn(x))
+                samples[name].append(1e3 * (time.perf_counter() - t))
+        out[batch] = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "calls": len(v)}
+                      for name, v in samples.items()}  # fmt: skip
+    return out
+
+
 def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
     """Top-1 of the timed fast path (the chosen plan, one fixed batch shape) and of the compressed model
     in its training form (fake-quantized, BatchNorm unfolded), on every test image of the CIFAR-10 split."""
@@ -275,11 +300,22 @@ def main(argv=None) -> int:
                         help="fractions of inner channels additionally removed at random for the sweep ('' = none; default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default: benchmarks/results/inference_speed_<model>.json)")
+    parser.add_argument("--latency-batches", default="1,8",
+                        help="small batches also timed, dense model against the chosen plan ('' = none; default: %(default)s)")
+    parser.add_argument("--latency-calls", type=int, default=200,
+                        help="timed calls per model and small batch, interleaved, after warm-up (default: %(default)s)")
     parser.add_argument("--test-data", type=Path, default=None,
                         help="CIFAR-10 folder whose test split scores the fast path (default: <shared>/data/cifar10-jpeg; "
                              "'none' skips it)")
     args = parser.parse_args(argv)
     candidates = tuple(f for f in args.candidates.split(",") if f)
+    try:
+        latency_batches = tuple(int(b) for b in args.latency_batches.split(",") if b.strip())
+    except ValueError:
+        latency_batches = (0,)
+    if any(b < 1 for b in latency_batches) or args.latency_calls < 1:
+        parser.error(f"--latency-batches/--latency-calls: expected positive integers, got {args.latency_batches!r} and "
+                     f"{args.latency_calls!r}")
     uniform = tuple(f for f in args.uniform_forms.split(",") if f)
     for name, forms in (("--candidates", candidates), ("--uniform-forms", uniform)):
         unknown = [f for f in forms if f not in CANDIDATES]
@@ -393,6 +429,9 @@ def main(argv=None) -> int:
             breakdown[model_name].update(bn_not_folded_s=unfolded, bn_folding_gain=unfolded / total)
 
     accuracy = fast_path_accuracy(args, config, forwards["compressed, measured plan"], image_shape)
+    small = latency({"dense model": variants["dense model"], "compressed, measured plan": variants["compressed, measured plan"]},
+                    latency_batches, args.latency_calls, image_shape, options)  # fmt: skip
+    small_speedup = {b: r["dense model"]["median_ms"] / r["compressed, measured plan"]["median_ms"] for b, r in small.items()}
 
     device = jax.devices()[0]
     print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)"
@@ -414,6 +453,9 @@ def main(argv=None) -> int:
               f"everything else {b['without_convs_s']:.3f} s"
               + (f"; BatchNorm folding {b['bn_folding_gain']:.2f}x" if args.fold_bn else ""))
     print(f"load average during timing: {load_during}")
+    for b, r in small.items():
+        print(f"batch {b}: dense {r['dense model']['median_ms']:.2f} ms, compressed {r['compressed, measured plan']['median_ms']:.2f} ms "
+              f"(median of {r['dense model']['calls']} calls) -> {small_speedup[b]:.2f}x")
     if accuracy.get("top1_fast_path") is not None:
         print(f"top-1 on {accuracy['test_images']} test images: fast path {100 * accuracy['top1_fast_path']:.2f}%, "
               f"training form {100 * accuracy['top1_reference']:.2f}%")
@@ -438,10 +480,12 @@ def main(argv=None) -> int:
         "load_average": [round(v, 2) for v in load_during],
         "cpus_visible": os.cpu_count(),
         **accuracy,
+        **{f"speedup_batch{b}": v for b, v in small_speedup.items()},
     }
     atomic_write_json(out_path, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
                                  "time_breakdown": breakdown, "compiler_options": options,
                                  "plan_candidates_seconds": plan_seconds,
+                                 "latency": {str(b): r for b, r in small.items()},
                                  "conv_efficiency": efficiency,
                                  "layer_choice": choice, "layer_seconds": layer_timings, "run_dir": str(args.run_dir),
                                  "macs": {"dense": dense_totals, "compressed": compressed_totals},
