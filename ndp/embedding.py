@@ -307,6 +307,26 @@ def _rowwise_adagrad_update(split_columns, dim, eps, slab, state, rows, row_grad
 # Public API
 
 
+def _valid_capacity(capacity) -> Capacity:
+    capacity = Capacity(*capacity)
+    if capacity.lookups < 1 or not 1 <= capacity.bags <= capacity.lookups or (
+        capacity.one_id and capacity.bags != capacity.lookups
+    ):
+        raise ValueError(f"capacity: expected 1 <= bags <= lookups (bags == lookups with one_id), got {capacity}")
+    return capacity
+
+
+def _route_batch(mesh, plan: ShardingPlan, ids, lengths, capacity: Capacity | None) -> tuple[Routed, Capacity]:
+    """A routed plan's batch routed once, with its capacity (checked against the batch where it can be read):
+    host ids in one host pass that both sizes and routes them, device ids on the devices."""
+    if not isinstance(ids, jax.Array) and not isinstance(lengths, jax.Array):
+        routes = host_routes(plan, ids, lengths)
+        capacity = routes.capacity() if capacity is None else _valid_capacity(capacity)
+        return place_routed(mesh, routes.routed(capacity, plan.slab_rows)), capacity  # refuses a too-small capacity
+    capacity = batch_capacity(plan, ids, lengths, capacity)
+    return _route_fn(mesh, plan, capacity)(ids, lengths), capacity
+
+
 def batch_capacity(plan: ShardingPlan, ids, lengths, capacity: Capacity | None = None) -> Capacity:
     """The bucket sizes a routed step needs for this batch: ``capacity`` if given, else
     :func:`ndp.routing.route_capacity` of the (host-readable) ids.
@@ -319,11 +339,7 @@ def batch_capacity(plan: ShardingPlan, ids, lengths, capacity: Capacity | None =
     traced = isinstance(ids, jax.core.Tracer) or isinstance(lengths, jax.core.Tracer)
     unreadable = not traced and isinstance(ids, jax.Array) and not ids.is_fully_addressable
     if capacity is not None:
-        capacity = Capacity(*capacity)
-        if capacity.lookups < 1 or not 1 <= capacity.bags <= capacity.lookups or (
-            capacity.one_id and capacity.bags != capacity.lookups
-        ):
-            raise ValueError(f"capacity: expected 1 <= bags <= lookups (bags == lookups with one_id), got {capacity}")
+        capacity = _valid_capacity(capacity)
         if not (traced or unreadable):
             needed = route_capacity(plan, np.asarray(ids), np.asarray(lengths))
             if needed.lookups > capacity.lookups or needed.bags > capacity.bags or needed.one_id != capacity.one_id:
@@ -360,10 +376,9 @@ def lookup(
     """
     check_choice("pooling", pooling, POOLINGS)
     _check_mesh(mesh, plan)
-    capacity = batch_capacity(plan, ids, lengths, capacity)
     if not routed(plan):
         return _lookup_fn(mesh, plan, pooling)(slab, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32))
-    routed_batch = route(mesh, plan, ids, lengths, capacity)
+    routed_batch, capacity = _route_batch(mesh, plan, ids, lengths, capacity)
     return lookup_routed(mesh, plan, slab, routed_batch, jnp.asarray(lengths, jnp.int32), pooling, capacity)
 
 
@@ -400,12 +415,11 @@ def apply_sparse_update(
     _check_mesh(mesh, plan)
     if optimizer == "rowwise_adagrad" and state is None:
         raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
-    capacity = batch_capacity(plan, ids, lengths, capacity)
     lr = jnp.asarray(lr, jnp.float32)
     if not routed(plan):
         fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))
         return fn(slab, state, jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32), pooled_grad, lr)
-    routed_batch = route(mesh, plan, ids, lengths, capacity)
+    routed_batch, capacity = _route_batch(mesh, plan, ids, lengths, capacity)
     lengths = jnp.asarray(lengths, jnp.int32)
     return apply_routed_update(
         mesh, plan, slab, state, routed_batch, lengths, pooled_grad, lr, pooling, optimizer, float(eps), capacity
@@ -433,9 +447,7 @@ def route(mesh, plan: ShardingPlan, ids, lengths, capacity: Capacity) -> Routed:
     (device ``s`` holds its own view); :func:`lookup_routed` and
     :func:`apply_routed_update` take it, so a training step routes its batch once.
     """
-    if not isinstance(ids, jax.Array) and not isinstance(lengths, jax.Array):
-        return place_routed(mesh, host_routes(plan, ids, lengths).routed(capacity, plan.slab_rows))
-    return _route_fn(mesh, plan, Capacity(*capacity))(ids, lengths)
+    return _route_batch(mesh, plan, ids, lengths, capacity)[0]
 
 
 def place_routed(mesh, stacked: Routed) -> Routed:

@@ -46,6 +46,7 @@ from jax.experimental import pallas as pl
 
 from jaxsparse.common import check_shape
 from jaxsparse.penni.layers import stencil_kernel_support
+from jaxsparse.penni.sparse_cpu import KernelTable
 
 #: Smallest padded size of the pair and output-channel axes (GPU matrix products need 16).
 MIN_LANES = 16
@@ -74,10 +75,6 @@ def _compiler_params(platform: str):
     from jax.experimental.pallas import triton as pallas_triton
 
     return pallas_triton.CompilerParams(num_warps=4, num_stages=1)
-
-
-class KernelTable(nnx.Variable):
-    """Constant arrays of the kernel (taps, mixing matrix, bias): state, not trained."""
 
 
 def _kernel(x_ref, taps_ref, mix_ref, bias_ref, *rest, stride: int, pitch: int, tile: int, relu: bool):
