@@ -1,6 +1,6 @@
 """Hardware-aware compression vs the uniform PENNI rule on CIFAR-10 ResNet-20 (shared data and weights).
 
-Runs :func:`hwmodel.codesign.experiment.run_codesign` (see that module for the protocol):
+Runs :func:`jaxsparse.codesign.experiment.run_codesign` (see that module for the protocol):
 the pretrained ResNet-20 is decomposed (d = 5); the baseline prunes every layer with one
 PENNI threshold ``s`` (swept) and fine-tunes; the hardware-aware method learns per-layer
 thresholds against ``cross-entropy + lambda * modelled latency`` on the default
@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hwmodel.codesign.experiment import CodesignConfig, condensed, format_table, job_order, quick_config, run_codesign  # noqa: E402
-from jaxsparse.common import atomic_write_bytes, atomic_write_json  # noqa: E402
+from jaxsparse.codesign.experiment import CodesignConfig, condensed, format_table, job_order, quick_config, run_codesign  # noqa: E402
+from runkit import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
 def main(argv=None) -> int:

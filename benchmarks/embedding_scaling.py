@@ -935,7 +935,7 @@ def main(argv=None) -> int:
                   f"step {step}"
                   + "".join(f", {key} {entry[key]}" for key in ("error", "compile_error") if key in entry))  # fmt: skip
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_average()}; elapsed {report['elapsed_s']:.0f} s")
-    from jaxsparse.common import atomic_write_json
+    from runkit import atomic_write_json
 
     atomic_write_json(settings.out, report)
     print(json.dumps(headline))

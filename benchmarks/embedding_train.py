@@ -577,7 +577,7 @@ def main(argv=None) -> int:
               f"peak RSS {o['peak_rss_mb']:.0f} MB, huge pages {o.get('anon_huge_pages_mb')} MB")  # fmt: skip
     print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; huge pages {args.huge_pages}; "
           f"headline ratios against torch threads {headline_threads}")  # fmt: skip
-    from jaxsparse.common import atomic_write_json  # here, not at the top: the torch workers run in a venv without jax
+    from runkit import atomic_write_json  # here, not at the top: the torch workers run in a venv without jax
 
     atomic_write_json(args.out, report)
     print(json.dumps(headline))

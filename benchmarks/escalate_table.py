@@ -23,7 +23,7 @@ import os
 from hwmodel.hardware import load_hardware
 from hwmodel.report import build_report
 from hwmodel.workload import DENSITY_PROFILE, load_layers, model_layers
-from jaxsparse.common import atomic_write_json
+from runkit import atomic_write_json
 
 PAPER = {"latency_ratio_vs_dense": 17.9, "latency_ratio_vs_sparse": 2.16, "energy_ratio_vs_dense": 8.3, "energy_ratio_vs_sparse": 3.77}
 

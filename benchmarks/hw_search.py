@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from hwmodel.codesign.search import GradientConfig, feasible_grid, gradient_search, grid_search, make_problem, random_search  # noqa: E402
 from hwmodel.hardware import load_hardware  # noqa: E402
 from hwmodel.workload import MODELS, load_layers, model_layers, workload_from_layers  # noqa: E402
-from jaxsparse.common import atomic_write_json  # noqa: E402
+from runkit import atomic_write_json  # noqa: E402
 
 
 def run_workload(name: str, layers, hw, options, args) -> dict:

@@ -30,7 +30,7 @@ from hwmodel.hardware import hardware_from_dict, load_hardware
 from hwmodel.pruned_resnet import decompose_and_prune, forward, load_image, load_params
 from hwmodel.simulator import MIN_MODEL_CYCLES, SimHardware, in_analytic_domain, layer_description, simulate_decomposed, simulate_plain
 from hwmodel.workload import slice_layer, workload_from_layers
-from jaxsparse.common import atomic_write_json, find_shared_root
+from runkit import atomic_write_json, find_shared_root
 
 ORDERS = ("coefficient_first", "basis_first")
 

@@ -40,7 +40,7 @@ from hwmodel.cost import evaluate_grid
 from hwmodel.fastgrad import DESIGN_BLOCK, design_block_rows, escalate_grid
 from hwmodel.hardware import load_hardware
 from hwmodel.workload import model_layers, workload_from_layers
-from jaxsparse.common import atomic_write_json
+from runkit import atomic_write_json
 
 
 def random_designs(base, count: int, key) -> object:

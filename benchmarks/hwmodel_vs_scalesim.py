@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     from hwmodel.cost import systolic_compute_cycles
     from hwmodel.workload import model_layers
-    from jaxsparse.common import atomic_write_json
+    from runkit import atomic_write_json
 
     resnet = [(l["name"], l["h_in"], l["c_in"], l["c_out"], l["kernel_size"], l["stride"], (l["kernel_size"] - 1) // 2) for l in model_layers("resnet20") if l["kind"] == "conv"]
     # a non-square array too (SCALE-Sim is slow on small arrays: three of the shapes)

@@ -70,7 +70,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import atomic_write_json, load_checkpoint
+from runkit import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.inference import (
@@ -257,7 +257,7 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
     in its training form (fake-quantized, BatchNorm unfolded), on every test image of the CIFAR-10 split."""
     if config.model == "digits-cnn" or (args.test_data is not None and str(args.test_data).lower() == "none"):
         return {"top1_fast_path": None, "top1_reference": None, "test_images": 0}
-    from jaxsparse.common import find_shared_root
+    from runkit import find_shared_root
     from jaxsparse.data import load_split
     from jaxsparse.data.transforms import normalize
     from jaxsparse.penni.train import evaluate

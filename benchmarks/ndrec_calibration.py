@@ -40,7 +40,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxsparse.common import atomic_write_json  # noqa: E402
+from runkit import atomic_write_json  # noqa: E402
 from ndp.sysmodel.calibration import (  # noqa: E402
     FEATURE_NAMES,
     CalibrationCase,

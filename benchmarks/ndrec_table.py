@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxsparse.common import atomic_write_json  # noqa: E402
+from runkit import atomic_write_json  # noqa: E402
 
 PAPER = {"speedup_vs_cpu_gpu": 4.33, "speedup_vs_gpu_cache": 3.97, "energy_reduction": 0.549}
 

@@ -47,7 +47,7 @@ from flax import nnx
 
 from jaxsparse.cli.compress import load_cifar
 from jaxsparse.cli.evaluate import resolve_data, resolve_weights
-from jaxsparse.common import atomic_write_json, load_checkpoint, save_checkpoint
+from runkit import atomic_write_json, load_checkpoint, save_checkpoint
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
 

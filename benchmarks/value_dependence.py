@@ -35,7 +35,7 @@ import jax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import atomic_write_json, load_checkpoint
+from runkit import atomic_write_json, load_checkpoint
 from jaxsparse.penni.inference import apply_plan, bake_quantization, fold_batchnorm, pad_channels
 from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
 

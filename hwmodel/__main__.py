@@ -1,10 +1,9 @@
-"""``python -m hwmodel``: accelerator cost reports and co-design."""
+"""``python -m hwmodel``: accelerator cost reports."""
 
-from jaxsparse.common.cli import run_subcommands
+from runkit.cli import run_subcommands
 
 COMMANDS = {
     "report": "hwmodel.cli.report",
-    "codesign": "hwmodel.cli.codesign",
 }
 
 

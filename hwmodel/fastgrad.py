@@ -67,7 +67,7 @@ from hwmodel import relax
 from hwmodel.cost import MATCHER_TO_MULTIPLIER_CYCLES, _coefficient_first_head_tail, _intermediate_density, _live, _sram_bit_pj, evaluate_grid, valid_tap_fraction
 from hwmodel.hardware import STAGE_ORDERS, Hardware, Options
 from hwmodel.workload import Workload
-from jaxsparse.common import check_choice, check_positive, check_shape
+from runkit import check_choice, check_positive, check_shape
 
 _C = relax.SMOOTH_MAX_TEMPERATURE
 

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.common import check_choice
+from runkit import check_choice
 
 
 class MemoryConfig(NamedTuple):

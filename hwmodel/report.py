@@ -85,7 +85,7 @@ def plot_energy(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
 
     import matplotlib.pyplot as plt
 
-    from jaxsparse.common import atomic_write_bytes
+    from runkit import atomic_write_bytes
 
     t = report["totals"]
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.common import check_choice
+from runkit import check_choice
 
 
 class Workload(NamedTuple):

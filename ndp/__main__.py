@@ -1,6 +1,6 @@
 """``python -m ndp``: recommendation-model training with near-data embeddings, and the system model."""
 
-from jaxsparse.common.cli import run_subcommands
+from runkit.cli import run_subcommands
 
 COMMANDS = {
     "train": "ndp.cli.train",

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from ndp.embedding import AXIS, ShardingPlan, TablePiece, slab_sharding
 from ndp.train import TrainState, replicate
 

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 
 #: Rows of the 26 Criteo Kaggle embedding tables, in feature order (C1..C26).
 CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (

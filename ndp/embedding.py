@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 from ndp.plan import (
     AXIS,
     OPTIMIZERS,

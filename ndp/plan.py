@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 
 AXIS = "storage"
 SHARDING_KINDS = ("tw", "rw", "cw", "twrw")

@@ -50,7 +50,7 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 from ndp.embedding import (
     AXIS,
     OPTIMIZERS,

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import atomic_write_json, check_choice, check_positive
+from runkit import atomic_write_json, check_choice, check_positive
 from ndp.checkpoint import TrainCheckpoints
 from ndp.configs import DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData

@@ -12,7 +12,7 @@ from pathlib import Path
 from hwmodel.hardware import load_hardware
 from hwmodel.report import build_report, format_table, plot_energy
 from hwmodel.workload import MODELS, load_layers, model_layers
-from jaxsparse.common import atomic_write_json
+from runkit import atomic_write_json
 
 DESCRIPTION = "Per-layer latency/energy of the ESCALATE-style design and the dense, SCNN-like and SparTen-like baselines."
 

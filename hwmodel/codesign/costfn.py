@@ -1,6 +1,6 @@
 """Differentiable hardware cost of per-layer coefficient densities: the ``cost_fn`` of co-design.
 
-Hardware-aware compression (:mod:`jaxsparse.hwaware`) knows nothing of hardware: it asks
+Hardware-aware compression (:mod:`jaxsparse.penni.hwaware`) knows nothing of hardware: it asks
 for a function ``cost_fn(coef_density: float32[L][, live_out_fraction: float32[L]]) -> scalar``
 over the layers of the model's description (:func:`jaxsparse.penni.count.describe_layers`,
 in that order). This module builds such a function from the description and a design
@@ -45,7 +45,7 @@ from hwmodel.codesign.search import network_metric
 from hwmodel.cost import evaluate
 from hwmodel.hardware import Hardware, Options
 from hwmodel.workload import Workload, workload_from_layers
-from jaxsparse.common import check_choice
+from runkit import check_choice
 
 #: Bit widths of the deployed model (quantized coefficients, basis and plain weights).
 DEPLOY_BITS = {"coef_bits": 4, "basis_bits": 8, "weight_bits": 8}

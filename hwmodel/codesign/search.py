@@ -53,7 +53,7 @@ from hwmodel.codesign.space import (
 from hwmodel.cost import evaluate, network_totals
 from hwmodel.hardware import Hardware, Options
 from hwmodel.workload import Workload
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 
 METRICS = ("latency", "energy", "edp")
 

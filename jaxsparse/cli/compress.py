@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsparse.common import check_positive, find_shared_root
+from runkit import check_positive, find_shared_root
 from jaxsparse.data import decode_image, list_image_folder, load_split
 
 DESCRIPTION = "Compress a CNN with PENNI (decompose, retrain, prune, fine-tune, shrink, quantize, count); resumable."

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import SHARED_ENV, atomic_write_json, check_positive, find_shared_root
+from runkit import SHARED_ENV, atomic_write_json, check_positive, find_shared_root
 from jaxsparse.data import CIFAR10_PYTHON_URL, load_split
 from jaxsparse.models import MODEL_NAMES, PRETRAINED_NAMES, PRETRAINED_SUBDIR, build_model, evaluate_accuracy, load_pytorch_npz
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 
 
 def num_batches(num_examples: int, batch_size: int, drop_last: bool = False) -> int:

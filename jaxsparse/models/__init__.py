@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jaxsparse.common import check_choice, find_shared_root
+from runkit import check_choice, find_shared_root
 from jaxsparse.models.evaluation import EvalResult, evaluate_accuracy, make_predict_fn
 from jaxsparse.models.pytorch_io import (
     load_pytorch_npz,

@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from jaxsparse.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import atomic_write_bytes
+from runkit import atomic_write_bytes
 from jaxsparse.models.resnet import CifarResNet
 from jaxsparse.models.vgg import VGG16, VGG16_CFG
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 
 #: Depth of each ready-made CIFAR ResNet (6n+2, n blocks per stage).
 RESNET_DEPTHS = (20, 32, 44, 56)

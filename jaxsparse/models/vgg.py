@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from jaxsparse.models.resnet import _kaiming_normal, batch_norm, conv3x3
 
 #: Output channels of each conv, "M" = 2x2 max-pool.

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from jaxsparse.models import ConvBN
 
 

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.shrink import CompactBasicBlock, channel_shortcut

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import check_choice
+from runkit import check_choice
 from jaxsparse.penni.decompose import decompose_kernels, reconstruct_kernel
 from jaxsparse.penni.quantize import fake_quant
 

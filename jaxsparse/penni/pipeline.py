@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxsparse.common import check_choice
+from runkit import check_choice
 
 
 def penni_mask(coefficients: jax.Array, threshold_std: float = 1.0) -> jax.Array:

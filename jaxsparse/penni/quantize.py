@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 
 
 class QuantizedTensor(NamedTuple):

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxsparse.common import check_choice, check_shape
+from runkit import check_choice, check_shape
 from jaxsparse.penni.layers import stencil_kernel_support
 
 try:

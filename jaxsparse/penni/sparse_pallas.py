@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import pallas as pl
 
-from jaxsparse.common import check_shape
+from runkit import check_shape
 from jaxsparse.penni.layers import stencil_kernel_support
 from jaxsparse.penni.sparse_cpu import KernelTable
 

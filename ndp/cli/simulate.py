@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsparse.common import atomic_write_json, check_positive
+from runkit import atomic_write_json, check_positive
 
 DESCRIPTION = "Model NDRec-style training (CSDs + CXL + lookahead) against CPU-GPU, GPU-cache and SSD baselines."
 
@@ -64,7 +64,7 @@ def _settings(args, system_file):
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from jaxsparse.common import check_choice
+    from runkit import check_choice
     from ndp.sysmodel import plots
     from ndp.sysmodel.config import load_system_file
     from ndp.sysmodel.params import as_arrays

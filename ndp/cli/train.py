@@ -19,7 +19,7 @@ import argparse
 import math
 import os
 
-from jaxsparse.common import atomic_write_json, check_positive, find_shared_root
+from runkit import atomic_write_json, check_positive, find_shared_root
 
 DESCRIPTION = "Train a DLRM (or matrix factorisation) with embedding tables sharded over a 'storage' device mesh."
 DATA_KINDS = ("ml-100k", "synthetic", "criteo-tsv")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from ndp.configs import CRITEO_NUM_DENSE
 from ndp.train import Batch
 

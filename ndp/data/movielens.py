@@ -9,7 +9,7 @@ Targets: the rating (1-5, regression, RMSE) or, for the implicit ``click`` task,
 and ``ua``/``ub`` (10 test ratings per user).
 
 Example:
-    >>> from jaxsparse.common import find_shared_root
+    >>> from runkit import find_shared_root
     >>> data = load_movielens(find_shared_root() / "data" / "ml-100k", split="u1")   # doctest: +SKIP
     >>> data.train.ids.shape, data.test.ids.shape, data.table_sizes                   # doctest: +SKIP
     ((80000, 7, 6), (20000, 7, 6), (943, 1682, 7, 2, 21, 11, 19))
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxsparse.common import check_choice
+from runkit import check_choice
 
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")

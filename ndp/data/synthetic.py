@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from ndp.configs import CRITEO_NUM_DENSE
 
 __all__ = [

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 
 __all__ = [
     "che_lru_hit_rate",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsparse.common import atomic_write_bytes
+from runkit import atomic_write_bytes
 
 
 def _figure(*args, **kwargs):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.common import check_choice, find_shared_root
+from runkit import check_choice, find_shared_root
 from ndp.configs import DLRMConfig, criteo_kaggle_config, scale_table_sizes
 from ndp.sysmodel.config import WorkloadSettings
 from ndp.sysmodel.params import PARAMETER_TABLE, HardwareParams, as_arrays, stack_params

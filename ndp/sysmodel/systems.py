@@ -63,7 +63,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsparse.common import check_choice, check_positive
+from runkit import check_choice, check_positive
 from ndp.sysmodel.params import HardwareParams
 from ndp.sysmodel.timeline import Schedule, Task, schedule, steady_state_period
 from ndp.sysmodel.workload import Workload

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsparse.common import check_positive
+from runkit import check_positive
 from ndp.configs import DLRMConfig
 from ndp.sysmodel import cache
 

@@ -10,7 +10,7 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxsparse.common import load_checkpoint
+from runkit import load_checkpoint
 from jaxsparse.penni.digits import DigitsCNN, load_digits_rgb
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress
 from jaxsparse.penni.train import TrainConfig, distillation_loss, fit, predict

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxsparse.common import repo_root
+from runkit import repo_root
 
 TINY = ["--model", "digits-cnn", "--pretrain-epochs", "2", "--retrain-epochs", "3", "--finetune-epochs", "1",
         "--alternate-every", "1", "--train-subset", "512", "--batch-size", "64", "--no-progress", "--seed", "3"]

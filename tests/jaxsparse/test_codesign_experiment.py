@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from hwmodel.cli import codesign as cli
-from hwmodel.codesign.experiment import (CodesignConfig, compare_at_equal_top1, compare_interpolated, interpolated_uniform_latency,
+from jaxsparse.cli import codesign as cli
+from jaxsparse.codesign.experiment import (CodesignConfig, compare_at_equal_top1, compare_interpolated, interpolated_uniform_latency,
                                          job_order, pareto_front, quick_config)
 
 

@@ -14,7 +14,7 @@ from hwmodel.codesign.costfn import deployment_layers, make_cost_fn
 from hwmodel.codesign.search import network_metric
 from hwmodel.hardware import load_hardware
 from hwmodel.workload import workload_from_layers
-from jaxsparse import hwaware
+from jaxsparse.penni import hwaware
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers

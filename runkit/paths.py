@@ -8,7 +8,7 @@ and ``models/`` (pretrained CIFAR ResNets). It is found, in order, from
 3. ``../shared`` next to the repository root (a development checkout).
 
 Example:
-    >>> from jaxsparse.common import find_shared_root
+    >>> from runkit import find_shared_root
     >>> root = find_shared_root()          # doctest: +SKIP
     >>> (root / "data" / "cifar10-jpeg").is_dir()  # doctest: +SKIP
     True
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from runkit.checks import MissingFileError
 
 SHARED_ENV = "JAXSPARSE_SHARED"
 
@@ -30,7 +32,7 @@ _HOW_TO_GET = (
 
 def repo_root() -> Path:
     """The repository root (the folder that contains the ``jaxsparse`` package)."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]
 
 
 def find_shared_root(explicit: str | os.PathLike | None = None, *, required: bool = True) -> Path | None:
@@ -38,7 +40,7 @@ def find_shared_root(explicit: str | os.PathLike | None = None, *, required: boo
 
     Args:
       explicit: a path given by the caller; wins over everything else.
-      required: raise ``FileNotFoundError`` (with instructions) when nothing is found;
+      required: raise :class:`~runkit.checks.MissingFileError` (with instructions) when nothing is found;
         otherwise return ``None``.
 
     Returns:
@@ -54,7 +56,7 @@ def find_shared_root(explicit: str | os.PathLike | None = None, *, required: boo
         if path.is_dir():
             return path.resolve()
         if source != "../shared beside the repository":
-            raise FileNotFoundError(f"shared folder from {source} does not exist: {str(path)!r}. {_HOW_TO_GET}")
+            raise MissingFileError(f"shared folder from {source} does not exist: {str(path)!r}. {_HOW_TO_GET}")
     if required:
-        raise FileNotFoundError(f"no shared data folder found (looked at {str(candidates[-1][1])!r}). {_HOW_TO_GET}")
+        raise MissingFileError(f"no shared data folder found (looked at {str(candidates[-1][1])!r}). {_HOW_TO_GET}")
     return None

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsparse.common import (
+from runkit import (
     atomic_write_json,
     check_choice,
     check_positive,
@@ -21,7 +21,7 @@ from jaxsparse.common import (
     load_checkpoint,
     save_checkpoint,
 )
-from jaxsparse.common.io import atomic_write_bytes
+from runkit.io import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 

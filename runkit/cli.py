@@ -17,6 +17,8 @@ import importlib
 import sys
 from collections.abc import Mapping, Sequence
 
+from runkit.checks import UsageError
+
 
 def run_subcommands(prog: str, description: str, commands: Mapping[str, str], argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` as ``prog <command> [options]`` and run the chosen command module.
@@ -52,7 +54,7 @@ def run_subcommands(prog: str, description: str, commands: Mapping[str, str], ar
     except KeyboardInterrupt:
         print(f"\n{prog} {args.command}: interrupted; completed work is kept in its checkpoints.", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as error:
+    except UsageError as error:
         print(f"{prog} {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0 if status is None else int(status)

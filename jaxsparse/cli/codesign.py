@@ -1,8 +1,8 @@
-"""``python -m hwmodel codesign``: hardware-aware compression vs the uniform PENNI rule, plus joint hardware search.
+"""``python -m jaxsparse codesign``: hardware-aware compression vs the uniform PENNI rule, plus joint hardware search.
 
 Example:
-    python -m hwmodel codesign --model resnet20 --quick --out runs/codesign-quick
-    python -m hwmodel codesign --model resnet20 --lambdas 0.25,1 --uniform 0.6,1.0,1.4 --hardware my_design.toml
+    python -m jaxsparse codesign --model resnet20 --quick --out runs/codesign-quick
+    python -m jaxsparse codesign --model resnet20 --lambdas 0.25,1 --uniform 0.6,1.0,1.4 --hardware my_design.toml
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from jaxsparse.common import atomic_write_json
+from runkit import atomic_write_json
 
 DESCRIPTION = "Co-design on CIFAR: hardware-aware per-layer pruning vs uniform PENNI thresholds, and iso-area accelerator search."
 
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from hwmodel.codesign.experiment import CodesignConfig, quick_config
+    from jaxsparse.codesign.experiment import CodesignConfig, quick_config
 
     overrides = {}
     if args.uniform is not None:
@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwmodel.codesign.experiment import condensed, format_table, run_codesign
+    from jaxsparse.codesign.experiment import condensed, format_table, run_codesign
 
     config = config_from_args(args)
     out = Path(args.out) if args.out else Path(f"runs/codesign-{config.model}{'-quick' if args.quick else ''}")

@@ -58,7 +58,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxsparse.common import check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import DecomposedConv, iter_layers

@@ -2,7 +2,7 @@
 
 Starting point (shared by every method): a pretrained CIFAR ResNet, decomposed into ``d``
 basis kernels per 3x3 conv (PENNI). Both methods then train with the same code
-(:func:`jaxsparse.hwaware.hwaware_fit`: SGD on the model under the hard PENNI masks, with
+(:func:`jaxsparse.penni.hwaware.hwaware_fit`: SGD on the model under the hard PENNI masks, with
 straight-through gates) for the same ``hwaware_steps + finetune_steps`` steps, and are
 pruned with their thresholds at the end:
 
@@ -52,8 +52,8 @@ from hwmodel.codesign.search import GradientConfig, gradient_search, make_proble
 from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
-from jaxsparse import hwaware
-from jaxsparse.common import atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
+from jaxsparse.penni import hwaware
+from runkit import atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
 from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
