@@ -33,11 +33,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from runkit import UsageError
 
 
 def _num_stages(lanes: int) -> int:
     if lanes < 2 or lanes & (lanes - 1):
-        raise ValueError(f"lanes: expected a power of two >= 2, got {lanes}")
+        raise UsageError(f"lanes: expected a power of two >= 2, got {lanes}")
     return lanes.bit_length() - 1
 
 
@@ -189,7 +190,7 @@ def match_pairs(coefficients: jax.Array, activations: jax.Array, coef_bitmap: ja
         (2, 2, 26.0)
     """
     if multipliers < 1:
-        raise ValueError(f"multipliers: expected an integer >= 1, got {multipliers}")
+        raise UsageError(f"multipliers: expected an integer >= 1, got {multipliers}")
     both = jnp.asarray(coef_bitmap, bool) & jnp.asarray(act_bitmap, bool)
     routing = compaction_routing(both)
     lanes = both.shape[-1]

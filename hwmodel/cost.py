@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from hwmodel import relax
 from hwmodel.hardware import EnergyTable, Hardware, Options
 from hwmodel.workload import Workload
+from runkit import UsageError
 
 DESIGNS = ("escalate", "systolic", "scnn", "sparten")
 
@@ -347,7 +348,7 @@ def systolic_compute_cycles(m_dim, k_dim, n_dim, rows, cols, dataflow: str, *, r
         sr, sc, t = k_dim, m_dim, n_dim
         per_fold = 2.0 * rows + cols + t - 2.0
     else:
-        raise ValueError(f"dataflow: expected one of ['os', 'ws', 'is'], got {dataflow!r}")
+        raise UsageError(f"dataflow: expected one of ['os', 'ws', 'is'], got {dataflow!r}")
     folds = relax.ceil(sr / rows, relaxed=relaxed) * relax.ceil(sc / cols, relaxed=relaxed)
     return folds * per_fold - 1.0
 
@@ -464,7 +465,7 @@ def layer_cost(design: str, layer: Workload, hw: Hardware, options: Options = Op
         return scnn_layer(layer, hw, relaxed=relaxed)
     if design == "sparten":
         return sparten_layer(layer, hw, relaxed=relaxed)
-    raise ValueError(f"design: expected one of {list(DESIGNS)}, got {design!r}")
+    raise UsageError(f"design: expected one of {list(DESIGNS)}, got {design!r}")
 
 
 def evaluate(design: str, workload: Workload, hw: Hardware, options: Options = Options(), *, relaxed: bool = False) -> LayerCost:

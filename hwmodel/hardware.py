@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from runkit import check_choice
+from runkit import MissingFileError, UsageError, check_choice
 
 
 class MemoryConfig(NamedTuple):
@@ -175,21 +175,21 @@ def default_config_dict() -> dict[str, dict[str, Any]]:
 def _validate_value(section: str, key: str, value: Any) -> float:
     where = f"{section}.{key}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        raise UsageError(f"{where}: expected a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        raise UsageError(f"{where}: expected a finite number, got {value!r}")
     if key in _ALLOW_ZERO:
         if value < 0:
-            raise ValueError(f"{where}: expected a value >= 0, got {value!r}")
+            raise UsageError(f"{where}: expected a value >= 0, got {value!r}")
     elif value <= 0:
-        raise ValueError(f"{where}: expected a value > 0, got {value!r}")
+        raise UsageError(f"{where}: expected a value > 0, got {value!r}")
     if key in _INTEGER_KEYS and value != int(value):
-        raise ValueError(f"{where}: expected a whole number, got {value!r}")
+        raise UsageError(f"{where}: expected a whole number, got {value!r}")
     if key in _BIT_KEYS and not 1 <= value <= 32:
-        raise ValueError(f"{where}: expected a bit width in [1, 32], got {value!r}")
+        raise UsageError(f"{where}: expected a bit width in [1, 32], got {value!r}")
     if (section, key) in _POWER_OF_TWO_KEYS and (value < 2 or int(value) & (int(value) - 1)):
-        raise ValueError(f"{where}: expected a power of two >= 2, got {value!r}")
+        raise UsageError(f"{where}: expected a power of two >= 2, got {value!r}")
     return value
 
 
@@ -201,16 +201,16 @@ def hardware_from_dict(config: dict[str, Any]) -> tuple[Hardware, Options]:
         lanes, bit widths outside [1, 32], unknown dataflow or stage order.
     """
     if not isinstance(config, dict):
-        raise ValueError(f"hardware config: expected a mapping of sections, got {type(config).__name__}")
+        raise UsageError(f"hardware config: expected a mapping of sections, got {type(config).__name__}")
     merged = default_config_dict()
     for section, values in config.items():
         if section not in merged:
-            raise ValueError(f"hardware config: unknown section {section!r}; expected one of {sorted(merged)}")
+            raise UsageError(f"hardware config: unknown section {section!r}; expected one of {sorted(merged)}")
         if not isinstance(values, dict):
-            raise ValueError(f"hardware config: section {section!r} must be a mapping, got {values!r}")
+            raise UsageError(f"hardware config: section {section!r} must be a mapping, got {values!r}")
         for key, value in values.items():
             if key not in merged[section]:
-                raise ValueError(f"hardware config: unknown key {section}.{key}; expected one of {sorted(merged[section])}")
+                raise UsageError(f"hardware config: unknown key {section}.{key}; expected one of {sorted(merged[section])}")
             merged[section][key] = value
     options = Options(**merged["options"])
     parts = {}
@@ -233,20 +233,20 @@ def load_hardware(path: str | Path | None) -> tuple[Hardware, Options]:
         return hardware_from_dict({})
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"hardware config: file not found: {str(path)!r}")
+        raise MissingFileError(f"hardware config: file not found: {str(path)!r}")
     text = path.read_text()
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ValueError(f"hardware config {str(path)!r}: invalid JSON: {error}") from None
+            raise UsageError(f"hardware config {str(path)!r}: invalid JSON: {error}") from None
     elif path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"hardware config {str(path)!r}: invalid TOML: {error}") from None
+            raise UsageError(f"hardware config {str(path)!r}: invalid TOML: {error}") from None
     else:
-        raise ValueError(f"hardware config: expected a .json or .toml file, got {str(path)!r}")
+        raise UsageError(f"hardware config: expected a .json or .toml file, got {str(path)!r}")
     return hardware_from_dict(data)
 
 

@@ -36,6 +36,7 @@ from collections import deque
 from typing import NamedTuple
 
 import numpy as np
+from runkit import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +220,7 @@ def simulate_decomposed(coef: np.ndarray, basis: np.ndarray, acts: np.ndarray, *
         row_done, chunks, matches, stalls = _run_sparse_engine(rows, dense_done, hw)
         cycles = int(row_done.max())
     else:
-        raise ValueError(f"order: expected 'coefficient_first' or 'basis_first', got {order!r}")
+        raise UsageError(f"order: expected 'coefficient_first' or 'basis_first', got {order!r}")
     dense_macs = h_out * row_macs
     return SimResult(cycles, int(row_done.max()), chunks, matches, dense_macs, stalls)
 

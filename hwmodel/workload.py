@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runkit import check_choice
+from runkit import MissingFileError, UsageError, check_choice
 
 
 class Workload(NamedTuple):
@@ -68,21 +68,21 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
     where = f"layers[{i}] ({layer.get('name', '?')!r})"
     missing = [k for k in REQUIRED_KEYS if k not in layer]
     if missing:
-        raise ValueError(f"{where}: missing keys {missing}; expected all of {list(REQUIRED_KEYS)}")
+        raise UsageError(f"{where}: missing keys {missing}; expected all of {list(REQUIRED_KEYS)}")
     check_choice(f"{where}.kind", layer["kind"], ("conv", "linear"))
     row = {}
     for key in ("h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel_size", "stride"):
         value = layer[key]
         if not isinstance(value, (int, float)) or value < 1 or value != int(value):
-            raise ValueError(f"{where}.{key}: expected a whole number >= 1, got {value!r}")
+            raise UsageError(f"{where}.{key}: expected a whole number >= 1, got {value!r}")
         row[key] = float(value)
     basis = layer["basis"]
     if not isinstance(basis, (int, float)) or basis < 0 or basis != int(basis):
-        raise ValueError(f"{where}.basis: expected a whole number >= 0, got {basis!r}")
+        raise UsageError(f"{where}.basis: expected a whole number >= 0, got {basis!r}")
     for key in ("coef_density", "act_density"):
         value = layer[key]
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
+            raise UsageError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
     decomposed = basis > 0
     # A width that does not apply to the layer may be 0 (the compression pipeline's convention):
     # weight_bits for decomposed layers, coef_bits/basis_bits for plain ones.
@@ -92,14 +92,14 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
         ok = isinstance(value, (int, float)) and (1 <= value <= 32 or (not applies and value == 0))
         if not ok:
             expected = "a bit width in [1, 32]" + ("" if applies else " (or 0: not used by this layer)")
-            raise ValueError(f"{where}.{key}: expected {expected}, got {value!r}")
+            raise UsageError(f"{where}.{key}: expected {expected}, got {value!r}")
     per_channel = layer.get("coef_density_per_out_channel")
     if per_channel is not None:
         per_channel = np.asarray(per_channel, np.float64)
         if per_channel.shape != (int(row["c_out"]),):
-            raise ValueError(f"{where}.coef_density_per_out_channel: expected length {int(row['c_out'])} (c_out), got shape {per_channel.shape}")
+            raise UsageError(f"{where}.coef_density_per_out_channel: expected length {int(row['c_out'])} (c_out), got shape {per_channel.shape}")
         if np.any(per_channel < 0) or np.any(per_channel > 1):
-            raise ValueError(f"{where}.coef_density_per_out_channel: expected densities in [0, 1]")
+            raise UsageError(f"{where}.coef_density_per_out_channel: expected densities in [0, 1]")
         live = float(np.mean(per_channel > 0))
     else:
         live = 1.0 if layer["coef_density"] > 0 else 0.0
@@ -124,7 +124,7 @@ def _optional_density(where: str, layer: dict[str, Any], key: str) -> float:
     if value is None:
         return -1.0
     if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
+        raise UsageError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -139,7 +139,7 @@ def workload_from_layers(layers: list[dict[str, Any]]) -> Workload:
       A :class:`Workload` whose fields have shape ``[len(layers)]``.
     """
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"layers: expected a non-empty list of layer dicts, got {type(layers).__name__} of length {len(layers) if hasattr(layers, '__len__') else '?'}")
+        raise UsageError(f"layers: expected a non-empty list of layer dicts, got {type(layers).__name__} of length {len(layers) if hasattr(layers, '__len__') else '?'}")
     rows = [_layer_row(i, layer) for i, layer in enumerate(layers)]
     return Workload(**{f: jnp.asarray([r[f] for r in rows], jnp.float32) for f in Workload._fields})
 
@@ -152,14 +152,14 @@ def load_layers(path: str | Path) -> list[dict[str, Any]]:
     """Read the per-layer list from a JSON report (key ``"layers"``) or a bare JSON list."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"workload: file not found: {str(path)!r}")
+        raise MissingFileError(f"workload: file not found: {str(path)!r}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"workload {str(path)!r}: invalid JSON: {error}") from None
+        raise UsageError(f"workload {str(path)!r}: invalid JSON: {error}") from None
     if isinstance(data, dict):
         if "layers" not in data:
-            raise ValueError(f"workload {str(path)!r}: expected a JSON list of layers or an object with key 'layers', got keys {sorted(data)[:10]}")
+            raise UsageError(f"workload {str(path)!r}: expected a JSON list of layers or an object with key 'layers', got keys {sorted(data)[:10]}")
         data = data["layers"]
     return list(data)
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from runkit import check_positive
+from runkit import MissingFileError, UsageError, check_positive
 from ndp.embedding import AXIS, ShardingPlan, TablePiece, slab_sharding
 from ndp.train import TrainState, replicate
 
@@ -125,7 +125,7 @@ def check_settings(saved: dict, current: dict, where: str = "the checkpoint") ->
         if saved.get(key, missing) != current.get(key, missing)
     ]
     if differences:
-        raise ValueError(f"resume: {where} was written with other settings: {'; '.join(differences)}; {_HINT}")
+        raise UsageError(f"resume: {where} was written with other settings: {'; '.join(differences)}; {_HINT}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,9 +147,9 @@ class _Copy(NamedTuple):
 
 def _check_same_tables(old: ShardingPlan, new: ShardingPlan) -> None:
     if tuple(old.table_sizes) != tuple(new.table_sizes):
-        raise ValueError(f"resume: table_sizes: expected {list(old.table_sizes)}, got {list(new.table_sizes)}; {_HINT}")
+        raise UsageError(f"resume: table_sizes: expected {list(old.table_sizes)}, got {list(new.table_sizes)}; {_HINT}")
     if old.embedding_dim != new.embedding_dim:
-        raise ValueError(f"resume: embedding_dim: expected {old.embedding_dim}, got {new.embedding_dim}; {_HINT}")
+        raise UsageError(f"resume: embedding_dim: expected {old.embedding_dim}, got {new.embedding_dim}; {_HINT}")
 
 
 def repack_copies(old: ShardingPlan, new: ShardingPlan) -> tuple[_Copy, ...]:
@@ -183,7 +183,7 @@ def repack_copies(old: ShardingPlan, new: ShardingPlan) -> tuple[_Copy, ...]:
                 copies.append(_Copy(src, c0 - p.col_start, dst, c0 - q.col_start, r1 - r0, c1 - c0, c0 == q.col_start))
     covered = sum(c.rows * c.cols for c in copies)
     if covered != sum(new.table_sizes) * new.embedding_dim:
-        raise ValueError(
+        raise UsageError(
             f"plan: expected the old plan's pieces to cover the {sum(new.table_sizes)} x {new.embedding_dim} table "
             f"values once, got {covered} values"
         )
@@ -339,15 +339,15 @@ def repack(mesh: jax.sharding.Mesh, old: ShardingPlan, new: ShardingPlan, slab: 
     """
     devices = mesh.shape.get(AXIS)
     if devices != new.num_shards:
-        raise ValueError(f"mesh: expected {AXIS!r} of size {new.num_shards} (the new plan's), got {dict(mesh.shape)}")
+        raise UsageError(f"mesh: expected {AXIS!r} of size {new.num_shards} (the new plan's), got {dict(mesh.shape)}")
     need = old.num_shards * old.slab_rows
     if slab.ndim != 2 or slab.shape[0] < need or slab.shape[0] % devices or slab.shape[1] != old.slab_width:
-        raise ValueError(
+        raise UsageError(
             f"slab: expected shape (>= {need} rows, a multiple of {devices}, {old.slab_width}) (the old plan's), "
             f"got {tuple(slab.shape)}"
         )
     if accumulators is not None and accumulators.shape != (slab.shape[0],):
-        raise ValueError(
+        raise UsageError(
             f"accumulators: expected shape ({slab.shape[0]},) (one per slab row), got {tuple(accumulators.shape)}"
         )
     source_rows = slab.shape[0] // devices
@@ -419,11 +419,11 @@ class TrainCheckpoints:
         if step is None:
             step = self.latest_step()
             if step is None:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"checkpoints: expected a complete checkpoint in {str(self.directory)!r}, got none"
                 )
         elif step not in self._manager.all_steps():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"step: expected one of the checkpoints {self.steps()} in {str(self.directory)!r}, got {step}"
             )
         return int(step)
@@ -443,7 +443,7 @@ class TrainCheckpoints:
         """
         check_positive("step", step, allow_zero=True)
         if state.slab.shape != (plan.num_shards * plan.slab_rows, plan.slab_width):
-            raise ValueError(
+            raise UsageError(
                 f"state.slab: expected shape {(plan.num_shards * plan.slab_rows, plan.slab_width)} (the plan's), "
                 f"got {tuple(state.slab.shape)}"
             )
@@ -467,7 +467,7 @@ class TrainCheckpoints:
             ),
         )
         if not saved:  # orbax skips steps at or before the latest one
-            raise ValueError(f"step: expected a step after the latest checkpoint {self.latest_step()}, got {step}")
+            raise UsageError(f"step: expected a step after the latest checkpoint {self.latest_step()}, got {step}")
 
     def delete_all(self) -> None:
         """Delete every checkpoint in the folder (a run that starts over)."""
@@ -521,19 +521,19 @@ class TrainCheckpoints:
         meta = self.metadata(step)
         where = f"checkpoint {str(self.directory / str(step))!r}"
         if meta.get("format") != FORMAT:
-            raise ValueError(f"resume: {where}: expected format {FORMAT}, got {meta.get('format')!r}; {_HINT}")
+            raise UsageError(f"resume: {where}: expected format {FORMAT}, got {meta.get('format')!r}; {_HINT}")
         if settings is not None:
             check_settings(meta.get("settings", {}), settings, where)
         old = plan_from_dict(meta["plan"])
         _check_same_tables(old, plan)
         if mesh.shape.get(AXIS) != plan.num_shards:
-            raise ValueError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {dict(mesh.shape)}")
+            raise UsageError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {dict(mesh.shape)}")
         saved_items = self._manager.item_metadata(step)
         has_accumulators = "slab_state" in saved_items["tables"]
         wants_accumulators = math.prod(like.slab_state.shape) > 0
         if has_accumulators != wants_accumulators:
             expected, got = ("row-wise Adagrad", "sgd") if has_accumulators else ("sgd", "row-wise Adagrad")
-            raise ValueError(f"resume: {where}: optimizer: expected {expected} accumulators, got {got}; {_HINT}")
+            raise UsageError(f"resume: {where}: optimizer: expected {expected} accumulators, got {got}; {_HINT}")
 
         # The saved slab, row-sharded over this mesh (zero-padded to a multiple of its devices).
         devices = plan.num_shards

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 
 #: Rows of the 26 Criteo Kaggle embedding tables, in feature order (C1..C26).
 CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (
@@ -89,11 +89,11 @@ class DLRMConfig:
         check_choice("interaction", self.interaction, ("dot", "cat", "dot_cat"))
         check_choice("pooling", self.pooling, ("sum", "mean"))
         if self.bottom_mlp and self.bottom_mlp[-1] != self.embedding_dim:
-            raise ValueError(
+            raise UsageError(
                 f"bottom_mlp: expected the last width to equal embedding_dim={self.embedding_dim}, got {self.bottom_mlp}"
             )
         if not self.top_mlp:
-            raise ValueError("top_mlp: expected at least the output width, got ()")
+            raise UsageError("top_mlp: expected at least the output width, got ()")
         for rows in self.table_sizes:
             check_positive("table size", rows)
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 
 AXIS = "storage"
 SHARDING_KINDS = ("tw", "rw", "cw", "twrw")
@@ -100,7 +100,7 @@ class ShardingPlan:
         ``i - starts[t, p] + offsets[t, p]``.
         """
         if self.kind not in ROUTED_KINDS:
-            raise ValueError(f"kind: owners are defined for {list(ROUTED_KINDS)}, got {self.kind!r}")
+            raise UsageError(f"kind: owners are defined for {list(ROUTED_KINDS)}, got {self.kind!r}")
         count = max(sum(p.table == t for p in self.pieces) for t in range(self.num_tables))
         starts = np.full((self.num_tables, count), np.iinfo(np.int32).max, np.int32)
         shards = np.zeros((self.num_tables, count), np.int32)
@@ -192,7 +192,7 @@ def plan_sharding(
     """
     table_sizes = tuple(int(n) for n in table_sizes)
     if not table_sizes:
-        raise ValueError("table_sizes: expected at least one table, got ()")
+        raise UsageError("table_sizes: expected at least one table, got ()")
     for n in table_sizes:
         check_positive("table size", n)
     check_positive("embedding_dim", embedding_dim)
@@ -200,10 +200,10 @@ def plan_sharding(
     check_choice("kind", kind, SHARDING_KINDS)
     d, s_count = int(embedding_dim), int(num_shards)
     if group_size is not None and kind != "twrw":
-        raise ValueError(f"group_size: only the 'twrw' layout has groups, got group_size={group_size} with kind {kind!r}")
+        raise UsageError(f"group_size: only the 'twrw' layout has groups, got group_size={group_size} with kind {kind!r}")
     group = default_group_size(s_count) if group_size is None else int(group_size)
     if kind == "twrw" and (group < 1 or s_count % group):
-        raise ValueError(f"group_size: expected a divisor of num_shards ({s_count}), got {group_size}")
+        raise UsageError(f"group_size: expected a divisor of num_shards ({s_count}), got {group_size}")
     pieces: list[TablePiece] = []
     fill = [0] * s_count
     if kind == "twrw":
@@ -237,7 +237,7 @@ def plan_sharding(
         width = d
     else:
         if d % s_count:
-            raise ValueError(
+            raise UsageError(
                 f"embedding_dim: column-wise sharding over {s_count} devices needs a multiple of {s_count}, got {d}"
             )
         width = d // s_count
@@ -259,11 +259,11 @@ def pack_tables(plan: ShardingPlan, tables: Sequence[np.ndarray]) -> np.ndarray:
         [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
     """
     if len(tables) != plan.num_tables:
-        raise ValueError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
+        raise UsageError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
     slab = np.zeros((plan.num_shards * plan.slab_rows, plan.slab_width), np.float32)
     for t, table in enumerate(tables):
         if tuple(np.shape(table)) != (plan.table_sizes[t], plan.embedding_dim):
-            raise ValueError(
+            raise UsageError(
                 f"tables[{t}]: expected shape {(plan.table_sizes[t], plan.embedding_dim)}, got {tuple(np.shape(table))}"
             )
     for p in plan.pieces:

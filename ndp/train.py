@@ -50,7 +50,7 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 from ndp.embedding import (
     AXIS,
     OPTIMIZERS,
@@ -111,7 +111,7 @@ def storage_mesh(num_devices: int | None = None, devices: Sequence[jax.Device] |
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices) if num_devices is None else int(num_devices)
     if not 1 <= n <= len(devices):
-        raise ValueError(f"num_devices: expected 1..{len(devices)} (devices available), got {num_devices}")
+        raise UsageError(f"num_devices: expected 1..{len(devices)} (devices available), got {num_devices}")
     return jax.make_mesh((n,), (AXIS,), devices=devices[:n])
 
 
@@ -127,13 +127,13 @@ def jagged_to_padded(values: Sequence[np.ndarray], offsets: Sequence[np.ndarray]
         ([[3, 4], [0, 0], [5, 0]], [2, 0, 1])
     """
     if len(values) != len(offsets):
-        raise ValueError(f"offsets: expected one array per table ({len(values)}), got {len(offsets)}")
+        raise UsageError(f"offsets: expected one array per table ({len(values)}), got {len(offsets)}")
     lengths = np.stack([np.diff(np.asarray(o)) for o in offsets], axis=1).astype(np.int32)
     batch, tables = lengths.shape
     longest = int(lengths.max()) if lengths.size else 0
     cap = max(1, longest) if max_length is None else int(max_length)
     if longest > cap:
-        raise ValueError(f"max_length: expected >= the longest bag ({longest}), got {cap}")
+        raise UsageError(f"max_length: expected >= the longest bag ({longest}), got {cap}")
     ids = np.zeros((batch, tables, cap), np.int32)
     for t, (v, o) in enumerate(zip(values, offsets)):
         o = np.asarray(o)

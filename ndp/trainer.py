@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import atomic_write_json, check_choice, check_positive
+from runkit import UsageError, atomic_write_json, check_choice, check_positive
 from ndp.checkpoint import TrainCheckpoints
 from ndp.configs import DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData
@@ -177,7 +177,7 @@ class SyntheticSource:
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         if batch_size != self.config.batch_size:
-            raise ValueError(f"batch_size: expected the generator's {self.config.batch_size}, got {batch_size}")
+            raise UsageError(f"batch_size: expected the generator's {self.config.batch_size}, got {batch_size}")
         return self._convert(batch_at(self.config, step))
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Batch, int]]:
@@ -227,7 +227,7 @@ def _head(model: str, source, options: TrainOptions) -> tuple[nnx.Module, Any]:
     offset = source.label_mean if source.task == "rating" else 0.0
     if model == "mf":
         if len(source.table_sizes) != 2:
-            raise ValueError(f"model: 'mf' needs exactly two tables (user, item), got {len(source.table_sizes)}")
+            raise UsageError(f"model: 'mf' needs exactly two tables (user, item), got {len(source.table_sizes)}")
         return MFHead(global_mean=offset), None
     bottom = tuple(options.bottom_mlp[:-1]) + (options.embedding_dim,) if source.num_dense else ()
     config = DLRMConfig(num_dense=source.num_dense, table_sizes=tuple(source.table_sizes),
@@ -310,7 +310,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     mesh = storage_mesh(options.devices)
     devices = mesh.shape["storage"]
     if options.batch_size % devices:
-        raise ValueError(f"batch_size: expected a multiple of the {devices} devices, got {options.batch_size}")
+        raise UsageError(f"batch_size: expected a multiple of the {devices} devices, got {options.batch_size}")
     head, _ = _head(model, source, options)
     plan = plan_sharding(source.table_sizes, options.embedding_dim, devices, options.sharding)
     tx = optax.adamw(options.dense_lr, weight_decay=options.dense_weight_decay)
@@ -338,7 +338,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
         legacy = out / "checkpoint.npz"
         if options.resume and legacy.is_file() and checkpoints.latest_step() is None:
             checkpoints.close()
-            raise ValueError(
+            raise UsageError(
                 f"resume: {str(legacy)!r} is a checkpoint of an older version (a single .npz), which is no longer "
                 "read; use a new --out or --no-resume"
             )

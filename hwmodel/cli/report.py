@@ -12,7 +12,7 @@ from pathlib import Path
 from hwmodel.hardware import load_hardware
 from hwmodel.report import build_report, format_table, plot_energy
 from hwmodel.workload import MODELS, load_layers, model_layers
-from runkit import atomic_write_json
+from runkit import MissingFileError, atomic_write_json
 
 DESCRIPTION = "Per-layer latency/energy of the ESCALATE-style design and the dense, SCNN-like and SparTen-like baselines."
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         path = Path(args.workload)
         if not path.exists():
-            raise FileNotFoundError(f"--workload: expected a model name ({', '.join(MODELS)}) or an existing JSON file, got {args.workload!r}")
+            raise MissingFileError(f"--workload: expected a model name ({', '.join(MODELS)}) or an existing JSON file, got {args.workload!r}")
         layers, label = load_layers(path), path.stem
     hw, options = load_hardware(args.hardware)
     report = build_report(layers, hw, options)

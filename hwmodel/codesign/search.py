@@ -53,7 +53,7 @@ from hwmodel.codesign.space import (
 from hwmodel.cost import evaluate, network_totals
 from hwmodel.hardware import Hardware, Options
 from hwmodel.workload import Workload
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 
 METRICS = ("latency", "energy", "edp")
 
@@ -69,7 +69,7 @@ def network_metric(workload: Workload, hw: Hardware, options: Options, metric: s
         return joules
     if metric == "edp":
         return seconds * joules
-    raise ValueError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
+    raise UsageError(f"metric: expected one of {list(METRICS)}, got {metric!r}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,7 +90,7 @@ class Problem:
         validate_space(self.space, self.base)
         smallest = float(escalate_area_mm2(hardware_at(self.space, self.base, np.zeros(len(self.space.dims), np.int32)), self.area_table))
         if smallest > self.budget_mm2:
-            raise ValueError(f"budget_mm2: expected at least the smallest legal design's area ({smallest:.4f} mm^2), got {self.budget_mm2:.4f}")
+            raise UsageError(f"budget_mm2: expected at least the smallest legal design's area ({smallest:.4f} mm^2), got {self.budget_mm2:.4f}")
 
 
 def make_problem(workload: Workload, base: Hardware, options: Options, *, space: SearchSpace | None = None,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hwmodel.hardware import Hardware, hardware_from_dict, hardware_to_dict
+from runkit import UsageError
 
 
 class Dimension(NamedTuple):
@@ -92,10 +93,10 @@ def validate_space(space: SearchSpace, base: Hardware) -> None:
     config = hardware_to_dict(base)
     for dim in space.dims:
         if dim.section not in config or dim.key not in config[dim.section]:
-            raise ValueError(f"search space: unknown parameter {dim.name!r}")
+            raise UsageError(f"search space: unknown parameter {dim.name!r}")
         values = np.asarray(dim.values, np.float64)
         if values.size < 1 or np.any(np.diff(values) <= 0):
-            raise ValueError(f"search space: {dim.name} values must be distinct and increasing, got {dim.values}")
+            raise UsageError(f"search space: {dim.name} values must be distinct and increasing, got {dim.values}")
         for v in dim.values:
             hardware_from_dict({dim.section: {dim.key: float(v)}})
 

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from runkit import atomic_write_json
+from runkit import UsageError, atomic_write_json
 
 DESCRIPTION = "Co-design on CIFAR: hardware-aware per-layer pruning vs uniform PENNI thresholds, and iso-area accelerator search."
 
@@ -20,9 +20,9 @@ def _floats(name: str, text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{name}: expected comma-separated numbers, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"{name}: expected positive numbers, got {text!r}")
+        raise UsageError(f"{name}: expected positive numbers, got {text!r}")
     return values
 
 

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from runkit import SHARED_ENV, atomic_write_json, check_positive, find_shared_root
+from runkit import MissingFileError, SHARED_ENV, UsageError, atomic_write_json, check_positive, find_shared_root
 from jaxsparse.data import CIFAR10_PYTHON_URL, load_split
 from jaxsparse.models import MODEL_NAMES, PRETRAINED_NAMES, PRETRAINED_SUBDIR, build_model, evaluate_accuracy, load_pytorch_npz
 
@@ -66,25 +66,25 @@ def resolve_data(data: Path | None, shared: Path | None) -> Path:
     for source, path in (("--data", data), (f"${DATA_ENV}", os.environ.get(DATA_ENV) or None)):
         if path is not None:
             if not Path(path).is_dir():
-                raise FileNotFoundError(f"{source}: expected a folder, got {str(path)!r}, which does not exist.\n{HOW_TO_GET_CIFAR10}")
+                raise MissingFileError(f"{source}: expected a folder, got {str(path)!r}, which does not exist.\n{HOW_TO_GET_CIFAR10}")
             return Path(path)
     root = find_shared_root(shared, required=False)
     if root is not None and (root / SHARED_DATA_SUBDIR).is_dir():
         return root / SHARED_DATA_SUBDIR
-    raise FileNotFoundError(HOW_TO_GET_CIFAR10)
+    raise MissingFileError(HOW_TO_GET_CIFAR10)
 
 
 def resolve_weights(model: str, weights: Path | None, shared: Path | None) -> Path:
     """The weights file from the flag or the shared pretrained folder."""
     if weights is not None:
         if not weights.is_file():
-            raise FileNotFoundError(f"--weights: expected a .npz file, got {str(weights)!r}, which does not exist")
+            raise MissingFileError(f"--weights: expected a .npz file, got {str(weights)!r}, which does not exist")
         return weights
     if model not in PRETRAINED_NAMES:
-        raise ValueError(f"--weights: no pretrained weights ship for {model!r} (only {list(PRETRAINED_NAMES)}); pass --weights PATH")
+        raise UsageError(f"--weights: no pretrained weights ship for {model!r} (only {list(PRETRAINED_NAMES)}); pass --weights PATH")
     root = find_shared_root(shared, required=False)
     if root is None or not (root / PRETRAINED_SUBDIR / f"{model}.npz").is_file():
-        raise FileNotFoundError(f"no weights for {model!r} found.\n{HOW_TO_GET_CIFAR10}")
+        raise MissingFileError(f"no weights for {model!r} found.\n{HOW_TO_GET_CIFAR10}")
     return root / PRETRAINED_SUBDIR / f"{model}.npz"
 
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_pytorch_npz(build_model(args.model, rngs=nnx.Rngs(0)), weights_path)
     images, labels, class_names = load_split(data_path, args.split, cache_dir=args.cache_dir, progress=not args.no_progress)
     if len(class_names) != model.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"--data: expected {model.num_classes} classes for {args.model}, got {len(class_names)} in {str(data_path)!r}"
         )
     if args.limit is not None and args.limit < len(images):

@@ -53,7 +53,7 @@ from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
 from jaxsparse.penni import hwaware
-from runkit import atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
+from runkit import UsageError, atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
 from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
@@ -103,15 +103,15 @@ class CodesignConfig:
 
     def __post_init__(self):
         if self.model not in PRETRAINED_NAMES:
-            raise ValueError(f"model: expected one of {list(PRETRAINED_NAMES)} (pretrained weights needed), got {self.model!r}")
+            raise UsageError(f"model: expected one of {list(PRETRAINED_NAMES)} (pretrained weights needed), got {self.model!r}")
         for name in ("num_basis", "batch_size", "learning_rate", "threshold_learning_rate", "checkpoint_every"):
             check_positive(name, getattr(self, name))
         for name in ("hwaware_steps", "finetune_steps", "train_subset", "test_subset", "joint_rounds"):
             check_positive(name, getattr(self, name), allow_zero=True)
         if not self.uniform_thresholds or not self.cost_weights:
-            raise ValueError("uniform_thresholds / cost_weights: expected at least one value each")
+            raise UsageError("uniform_thresholds / cost_weights: expected at least one value each")
         if self.metric not in ("latency", "energy", "edp"):
-            raise ValueError(f"metric: expected one of ['latency', 'energy', 'edp'], got {self.metric!r}")
+            raise UsageError(f"metric: expected one of ['latency', 'energy', 'edp'], got {self.metric!r}")
 
 
 def quick_config(**overrides) -> CodesignConfig:
@@ -325,7 +325,7 @@ def run_codesign(
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous.get("settings") != settings:
-            raise ValueError(f"out: {str(out)!r} holds results of a run with other settings; use another folder or delete it")
+            raise UsageError(f"out: {str(out)!r} holds results of a run with other settings; use another folder or delete it")
         state = previous
         log(f"resuming: {len(state['points'])} points already done ({path})")
 
@@ -343,7 +343,7 @@ def run_codesign(
 
     if report_only:
         if not state["points"]:
-            raise ValueError(f"out: no finished points to report in {str(path)!r}")
+            raise UsageError(f"out: no finished points to report in {str(path)!r}")
         state["summary"] = summarize(state)
         save()
         plot_all(state, out, log)

@@ -32,6 +32,7 @@ from jaxsparse.data.image_folder import (
     load_image_folder,
 )
 from jaxsparse.data.transforms import CIFAR_MEAN, CIFAR_STD, CropFlip, apply_crop_flip, augment, normalize, sample_crop_flip
+from runkit import MissingFileError, UsageError
 
 
 def load_split(
@@ -50,10 +51,10 @@ def load_split(
     * an image folder ``<class>/<image>`` itself (``split`` is then not used).
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split: expected one of ['train', 'test'], got {split!r}")
+        raise UsageError(f"split: expected one of ['train', 'test'], got {split!r}")
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"data {str(path)!r} does not exist or is not a folder")
+        raise MissingFileError(f"data {str(path)!r} does not exist or is not a folder")
     for candidate in (path, path / "cifar-10-batches-py"):
         if is_cifar10_python_dir(candidate):
             return load_cifar10_python_split(candidate, split)
@@ -61,7 +62,7 @@ def load_split(
         folder = path / split
     elif any((path / other).is_dir() for other in ("train", "test")):
         present = [s for s in ("train", "test") if (path / s).is_dir()]
-        raise FileNotFoundError(f"split: expected a {split!r} sub-folder in {str(path)!r}, found only {present}")
+        raise MissingFileError(f"split: expected a {split!r} sub-folder in {str(path)!r}, found only {present}")
     else:
         folder = path
     return load_image_folder(folder, cache_dir=cache_dir, progress=progress)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 
 
 def num_batches(num_examples: int, batch_size: int, drop_last: bool = False) -> int:
@@ -56,7 +56,7 @@ def batches(
     """
     check_positive("batch_size", batch_size)
     if len(images) != len(labels):
-        raise ValueError(f"labels: expected {len(images)} labels (one per image), got {len(labels)}")
+        raise UsageError(f"labels: expected {len(images)} labels (one per image), got {len(labels)}")
     if epochs is not None:
         check_positive("epochs", epochs, allow_zero=True)
     n = len(images)

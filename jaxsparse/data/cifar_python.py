@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from runkit import MissingFileError, UsageError
 
 #: URL of the official download.
 CIFAR10_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -44,16 +45,16 @@ def is_cifar10_python_dir(path: str | os.PathLike) -> bool:
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 batch {str(path)!r} is missing (download {CIFAR10_PYTHON_URL} and unpack it)")
+        raise MissingFileError(f"CIFAR-10 batch {str(path)!r} is missing (download {CIFAR10_PYTHON_URL} and unpack it)")
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int32)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"CIFAR-10 batch {str(path)!r}: not a CIFAR-10 python pickle ({type(error).__name__}: {error})") from error
+        raise UsageError(f"CIFAR-10 batch {str(path)!r}: not a CIFAR-10 python pickle ({type(error).__name__}: {error})") from error
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise ValueError(
+        raise UsageError(
             f"CIFAR-10 batch {str(path)!r}: expected data of shape (N, 3072) and N labels, "
             f"got data {data.shape} and labels {labels.shape}"
         )
@@ -74,10 +75,10 @@ def _class_names(root: Path) -> list[str]:
 def load_cifar10_python_split(root: str | os.PathLike, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One split, ``"train"`` or ``"test"``: ``(images uint8 (N,32,32,3), labels int32 (N,), class_names)``."""
     if split not in ("train", "test"):
-        raise ValueError(f"split: expected one of ['train', 'test'], got {split!r}")
+        raise UsageError(f"split: expected one of ['train', 'test'], got {split!r}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 folder {str(root)!r} does not exist (download {CIFAR10_PYTHON_URL} and unpack it)")
+        raise MissingFileError(f"CIFAR-10 folder {str(root)!r} does not exist (download {CIFAR10_PYTHON_URL} and unpack it)")
     names = TRAIN_BATCHES if split == "train" else (TEST_BATCH,)
     parts = [_read_batch(root / name) for name in names]
     images = np.concatenate([p[0] for p in parts])

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from runkit import atomic_write_bytes
+from runkit import MissingFileError, UsageError, atomic_write_bytes
 
 #: File name endings recognised as images.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
@@ -70,7 +70,7 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
                 return np.repeat(gray[:, :, None], 3, axis=2)
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"image {str(path)!r}: cannot decode it ({type(error).__name__}: {error})") from error
+        raise UsageError(f"image {str(path)!r}: cannot decode it ({type(error).__name__}: {error})") from error
 
 
 def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -82,11 +82,11 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist or is not a folder")
+        raise MissingFileError(f"data folder {str(root)!r} does not exist or is not a folder")
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_names:
         loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        raise ValueError(
+        raise UsageError(
             f"data folder {str(root)!r}: expected one sub-folder per class (<root>/<class>/<image>), "
             f"found no sub-folders ({loose} image files directly inside)"
         )
@@ -99,7 +99,7 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[Path], np.ndarray, 
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not members:
-            raise ValueError(
+            raise UsageError(
                 f"class folder {str(root / name)!r} is empty: expected image files ({', '.join(IMAGE_EXTENSIONS)}), found none"
             )
         files.extend(members)
@@ -142,7 +142,7 @@ def _decode_all(files: list[Path], *, num_workers: int, progress: bool, descript
     def decode_into(i: int) -> None:
         image = decode_image(files[i])
         if image.shape != first.shape:
-            raise ValueError(
+            raise UsageError(
                 f"image {str(files[i])!r}: expected size {first.shape[1]}x{first.shape[0]} like {str(files[0])!r}, "
                 f"got {image.shape[1]}x{image.shape[0]} (all images of a data set must have one size)"
             )

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from runkit import UsageError
 
 #: Per-channel (R, G, B) mean of the [0, 1] pixels used to train the pretrained CIFAR
 #: ResNets (``models/cifar10-resnet``; these are the ImageNet statistics).
@@ -32,9 +33,9 @@ def normalize(images: jax.Array, mean=CIFAR_MEAN, std=CIFAR_STD) -> jax.Array:
     """
     images = jnp.asarray(images)
     if images.dtype != jnp.uint8:
-        raise ValueError(f"images: expected dtype uint8 (raw pixels), got {images.dtype}")
+        raise UsageError(f"images: expected dtype uint8 (raw pixels), got {images.dtype}")
     if images.ndim < 1 or images.shape[-1] != len(mean):
-        raise ValueError(f"images: expected shape (..., {len(mean)}), got {tuple(images.shape)}")
+        raise UsageError(f"images: expected shape (..., {len(mean)}), got {tuple(images.shape)}")
     shape = (1,) * (images.ndim - 1) + (len(mean),)
     mean = jnp.reshape(jnp.asarray(mean, jnp.float32), shape)
     std = jnp.reshape(jnp.asarray(std, jnp.float32), shape)

@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 from jaxsparse.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 
 
@@ -83,9 +83,9 @@ def evaluate_accuracy(
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"images: expected uint8 of shape (N, H, W, C), got {images.dtype} {images.shape}")
+        raise UsageError(f"images: expected uint8 of shape (N, H, W, C), got {images.dtype} {images.shape}")
     if labels.shape != (len(images),):
-        raise ValueError(f"labels: expected shape ({len(images)},), got {labels.shape}")
+        raise UsageError(f"labels: expected shape ({len(images)},), got {labels.shape}")
     check_positive("number of images", len(images))
     model.eval()
     num_devices = jax.device_count()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from runkit import atomic_write_bytes
+from runkit import MissingFileError, UsageError, atomic_write_bytes
 from jaxsparse.models.resnet import CifarResNet
 from jaxsparse.models.vgg import VGG16, VGG16_CFG
 
@@ -127,7 +127,7 @@ def load_pytorch_state_dict(model: nnx.Module, state: Mapping[str, np.ndarray], 
     if isinstance(model, CifarResNet):
         found = _blocks_per_stage(state)
         if found is not None and found != model.blocks_per_stage:
-            raise ValueError(
+            raise UsageError(
                 f"weights {source}: they hold a ResNet-{6 * found + 2} ({found} blocks per stage) but the model is "
                 f"ResNet-{model.depth} ({model.blocks_per_stage} blocks per stage); pick the matching --model/--weights"
             )
@@ -135,17 +135,17 @@ def load_pytorch_state_dict(model: nnx.Module, state: Mapping[str, np.ndarray], 
     if missing:
         shown = ", ".join(f"{k!r} (expected shape {_torch_shape(*expected[k])})" for k in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise ValueError(f"weights {source}: missing entries {shown}{more}")
+        raise UsageError(f"weights {source}: missing entries {shown}{more}")
     extra = [k for k in state if k not in expected]
     if extra:
         shown = ", ".join(f"{k!r} (shape {tuple(np.shape(state[k]))}, not in the model)" for k in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
-        raise ValueError(f"weights {source}: unexpected entries {shown}{more}")
+        raise UsageError(f"weights {source}: unexpected entries {shown}{more}")
     converted = {}
     for key, (variable, layout) in expected.items():
         want, got = _torch_shape(variable, layout), tuple(np.shape(state[key]))
         if want != got:
-            raise ValueError(f"weights {source}: entry {key!r} has shape {got}, expected {want} (PyTorch layout)")
+            raise UsageError(f"weights {source}: entry {key!r} has shape {got}, expected {want} (PyTorch layout)")
         value = _LAYOUTS[layout][0](np.asarray(state[key]))
         converted[key] = np.asarray(value, dtype=variable.get_value().dtype)
     for key, (variable, _) in expected.items():
@@ -163,12 +163,12 @@ def load_pytorch_npz(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights: no such file {str(path)!r}")
+        raise MissingFileError(f"weights: no such file {str(path)!r}")
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"weights: {str(path)!r} is not a readable .npz file ({error})") from error
+        raise UsageError(f"weights: {str(path)!r} is not a readable .npz file ({error})") from error
     return load_pytorch_state_dict(model, state, source=repr(str(path)))
 
 

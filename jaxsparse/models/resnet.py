@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 
 #: Depth of each ready-made CIFAR ResNet (6n+2, n blocks per stage).
 RESNET_DEPTHS = (20, 32, 44, 56)
@@ -89,7 +89,7 @@ class BasicBlock(nnx.Module):
         self.bn2 = batch_norm(planes, rngs=rngs)
         self.option_a_shortcut = stride != 1 or in_planes != planes
         if self.option_a_shortcut and (stride != 2 or planes != 2 * in_planes):
-            raise ValueError(
+            raise UsageError(
                 f"option-A shortcut: expected stride 2 and planes == 2 * in_planes, got stride={stride}, "
                 f"in_planes={in_planes}, planes={planes}"
             )
@@ -127,7 +127,7 @@ class CifarResNet(nnx.Module):
 
     def __init__(self, depth: int, num_classes: int = 10, *, rngs: nnx.Rngs):
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"depth: expected 6n+2 with n >= 1 (e.g. {list(RESNET_DEPTHS)}), got {depth!r}")
+            raise UsageError(f"depth: expected 6n+2 with n >= 1 (e.g. {list(RESNET_DEPTHS)}), got {depth!r}")
         check_positive("num_classes", num_classes)
         self.depth = depth
         self.num_classes = num_classes

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 
 
 class Decomposition(NamedTuple):
@@ -91,9 +91,9 @@ def _decompose_one(kernel: jax.Array, num_basis: int, centered: bool) -> Decompo
 def _check_num_basis(num_basis: int, kernel_shape) -> None:
     check_positive("num_basis", num_basis)
     if len(kernel_shape) != 4:
-        raise ValueError(f"kernel: expected shape (kh, kw, Cin, Cout), got {tuple(kernel_shape)}")
+        raise UsageError(f"kernel: expected shape (kh, kw, Cin, Cout), got {tuple(kernel_shape)}")
     if num_basis > kernel_shape[0] * kernel_shape[1]:
-        raise ValueError(
+        raise UsageError(
             f"num_basis: expected at most kh*kw = {kernel_shape[0] * kernel_shape[1]} for a kernel of shape "
             f"{tuple(kernel_shape)}, got {num_basis}"
         )

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 from jaxsparse.models import ConvBN
 
 
@@ -31,7 +31,7 @@ def load_digits_rgb(test_fraction: float = 0.2, seed: int = 0):
     from sklearn.datasets import load_digits
 
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction: expected a value in (0, 1), got {test_fraction!r}")
+        raise UsageError(f"test_fraction: expected a value in (0, 1), got {test_fraction!r}")
     digits = load_digits()
     grey = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     images = np.repeat(grey[..., None], 3, axis=-1)

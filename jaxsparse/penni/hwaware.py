@@ -58,7 +58,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import DecomposedConv, iter_layers
@@ -210,7 +210,7 @@ def gated_coefficients(
             hard = hard & channel_mask(coefficients, channel_threshold)[None, :, None]
         # p - stop_gradient(p) is exactly 0 forward, so the forward value is exactly c * hard.
         return coefficients * hard.astype(coefficients.dtype) + coefficients * (p - jax.lax.stop_gradient(p))
-    raise ValueError(f"gate: expected one of {list(GATES)}, got {gate!r}")
+    raise UsageError(f"gate: expected one of {list(GATES)}, got {gate!r}")
 
 
 # ----------------------------------------------------------------------------- model plumbing
@@ -242,7 +242,7 @@ def initial_raw_thresholds(model: nnx.Module, threshold: float) -> dict[str, jax
     """One raw threshold per decomposed layer, all giving ``s = threshold``."""
     paths = decomposed_paths(model)
     if not paths:
-        raise ValueError("model: expected at least one DecomposedConv layer (decompose the model first)")
+        raise UsageError("model: expected at least one DecomposedConv layer (decompose the model first)")
     value = raw_from_threshold(threshold)
     return {p: jnp.asarray(value, jnp.float32) for p in paths}
 
@@ -285,7 +285,7 @@ def density_layout(records: list[dict], paths: list[str]) -> DensityLayout:
     names = tuple(r["name"] for r in records)
     missing = [p for p in paths if p not in names]
     if missing:
-        raise ValueError(f"records: expected an entry for every decomposed layer, missing {missing}")
+        raise UsageError(f"records: expected an entry for every decomposed layer, missing {missing}")
     index = tuple(names.index(p) for p in paths)
     constant = np.asarray([0.0 if i in index else float(r["coef_density"]) for i, r in enumerate(records)], np.float32)
     return DensityLayout(names, index, tuple(paths), constant)
@@ -404,7 +404,7 @@ def hwaware_fit(
         >>> prune_with_thresholds(model, result.thresholds)  # doctest: +SKIP
     """
     if len(images) < config.batch_size:
-        raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+        raise UsageError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
     records = describe_layers(model, input_shape=(1, *images.shape[1:])) if records is None else records
     # Trainable thresholds: (coefficient raws, channel raws); the second is empty without channel gates.
     raw = (initial_raw_thresholds(model, config.initial_threshold),
@@ -414,7 +414,7 @@ def hwaware_fit(
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     reference = float(relaxed_cost(cost_fn, params, raw[0], raw[1], layout, config)[1])
     if not np.isfinite(reference) or reference <= 0:
-        raise ValueError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
+        raise UsageError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
     weight_tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(config.learning_rate, momentum=config.momentum or None))
     threshold_tx = optax.adam(config.threshold_learning_rate)
     weight_state, threshold_state = weight_tx.init(params), threshold_tx.init(raw)
@@ -502,12 +502,12 @@ def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | floa
     for path, layer in iter_layers(model, DecomposedConv):
         s = thresholds if isinstance(thresholds, (int, float)) else thresholds.get(path)
         if s is None:
-            raise ValueError(f"thresholds: expected an entry for layer {path!r}, got keys {sorted(thresholds)}")
+            raise UsageError(f"thresholds: expected an entry for layer {path!r}, got keys {sorted(thresholds)}")
         c = layer.coefficients[...]
         mask = penni_mask(c, float(s))
         if channel_thresholds:
             if path not in channel_thresholds:
-                raise ValueError(f"channel_thresholds: expected an entry for layer {path!r}, got keys {sorted(channel_thresholds)}")
+                raise UsageError(f"channel_thresholds: expected an entry for layer {path!r}, got keys {sorted(channel_thresholds)}")
             mask = mask & channel_mask(c, float(channel_thresholds[path]))[None, :, None]
         layer.coefficients[...] = jnp.where(mask, c, jnp.zeros_like(c))
         kept[path] = float(jnp.mean(mask))

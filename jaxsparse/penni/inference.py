@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
 from jaxsparse.penni.shrink import CompactBasicBlock, channel_shortcut
@@ -113,7 +113,7 @@ def plan_module(layer: DecomposedConv, form: str) -> nnx.Module:
         return SparseCoefficientConv(layer)
     if form == "sparse_pallas":
         if jax.default_backend() == "cpu":
-            raise ValueError("form: 'sparse_pallas' is compiled for GPU and TPU backends; on the CPU backend Pallas only "
+            raise UsageError("form: 'sparse_pallas' is compiled for GPU and TPU backends; on the CPU backend Pallas only "
                              "interprets it (PallasSparseConv(layer, interpret=True) runs it there, for tests)")
         return PallasSparseConv(layer)
     if form == "live_basis_first":
@@ -139,12 +139,12 @@ def _conv_bn_pairs(model: nnx.Module) -> list[tuple[str, str]]:
     for path, _ in iter_layers(model, nnx.BatchNorm):
         parent, _, name = path.rpartition(".")
         if not name.startswith("bn"):
-            raise ValueError(f"model: expected every BatchNorm to be named bn* beside its conv, got {path!r}")
+            raise UsageError(f"model: expected every BatchNorm to be named bn* beside its conv, got {path!r}")
         conv = (parent + "." if parent else "") + "conv" + name[2:]
         try:
             get_by_path(model, conv)
         except (AttributeError, IndexError, KeyError) as err:
-            raise ValueError(f"model: BatchNorm {path!r} has no conv {conv!r} beside it to fold into") from err
+            raise UsageError(f"model: BatchNorm {path!r} has no conv {conv!r} beside it to fold into") from err
         pairs.append((conv, path))
     return pairs
 
@@ -160,7 +160,7 @@ def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
         kernel = layer.kernel[...]
         layer.kernel[...] = kernel * jnp.reshape(jnp.asarray(scale), (1,) * (kernel.ndim - 1) + (-1,))
     else:
-        raise ValueError(f"layer: expected a conv layer before a BatchNorm, got {type(layer).__name__}")
+        raise UsageError(f"layer: expected a conv layer before a BatchNorm, got {type(layer).__name__}")
 
 
 def fold_batchnorm(model: nnx.Module) -> nnx.Module:
@@ -176,7 +176,7 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
     for conv_path, bn_path in _conv_bn_pairs(model):
         bn, conv = get_by_path(model, bn_path), get_by_path(model, conv_path)
         if getattr(conv, "use_bias", False):
-            raise ValueError(f"model: conv {conv_path!r} has a bias; only bias-free convs before BatchNorm are folded")
+            raise UsageError(f"model: conv {conv_path!r} has a bias; only bias-free convs before BatchNorm are folded")
         mean, var = (np.asarray(bn.mean[...], np.float64), np.asarray(bn.var[...], np.float64))
         gamma = np.asarray(bn.scale[...], np.float64) if bn.scale is not None else np.ones_like(mean)
         beta = np.asarray(bn.bias[...], np.float64) if bn.bias is not None else np.zeros_like(mean)
@@ -188,7 +188,7 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
 
 def _require_shrunk_resnet(model) -> None:
     if not isinstance(model, CifarResNet) or not all(isinstance(b, CompactBasicBlock) for s in model.stages for b in s):
-        raise ValueError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
+        raise UsageError(f"model: expected a shrunk CifarResNet (CompactBasicBlock blocks), got {type(model).__name__}")
 
 
 def _to_planar(x: jax.Array) -> jax.Array:
@@ -212,7 +212,7 @@ class PlanarResidualBlock(nnx.Module):
 
     def __init__(self, block: CompactBasicBlock):
         if not isinstance(block.bn1, ChannelBias) or not isinstance(block.bn2, ChannelBias):
-            raise ValueError("block: expected folded BatchNorms (fold_batchnorm first), got "
+            raise UsageError("block: expected folded BatchNorms (fold_batchnorm first), got "
                              f"{type(block.bn1).__name__} and {type(block.bn2).__name__}")
         self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
         self.subsample, self.source = block.subsample, block.source
@@ -250,7 +250,7 @@ class PlanarResNet(nnx.Module):
 
     def __init__(self, model: CifarResNet):
         if not isinstance(model.bn1, ChannelBias):
-            raise ValueError(f"model: expected a folded stem BatchNorm (fold_batchnorm first), got {type(model.bn1).__name__}")
+            raise UsageError(f"model: expected a folded stem BatchNorm (fold_batchnorm first), got {type(model.bn1).__name__}")
         self.conv1, self.bn1, self.linear = model.conv1, model.bn1, model.linear
         self.fused_stem = isinstance(self.conv1, SparseCoefficientConv)
         if self.fused_stem:
@@ -294,7 +294,7 @@ def _padded_layer(layer: nnx.Module, cin: int, cout: int) -> nnx.Module:
                               coef_bits=layer.coef_bits, basis_bits=layer.basis_bits, per_channel=layer.per_channel)
     if isinstance(layer, nnx.Conv) and not layer.use_bias:
         return _bias_free_conv(_pad_axis(_pad_axis(layer.kernel[...], 2, cin), 3, cout), layer.strides, layer.padding)
-    raise ValueError(f"layer: expected a DecomposedConv or a bias-free nnx.Conv, got {type(layer).__name__}")
+    raise UsageError(f"layer: expected a DecomposedConv or a bias-free nnx.Conv, got {type(layer).__name__}")
 
 
 def _padded_norm(norm: nnx.Module, size: int) -> nnx.Module:

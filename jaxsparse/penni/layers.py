@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import check_choice
+from runkit import UsageError, check_choice
 from jaxsparse.penni.decompose import decompose_kernels, reconstruct_kernel
 from jaxsparse.penni.quantize import fake_quant
 
@@ -72,7 +72,7 @@ class DecomposedConv(nnx.Module):
         per_channel: bool = False,
     ):
         if basis.ndim != 3 or coefficients.ndim != 3 or basis.shape[0] != coefficients.shape[2]:
-            raise ValueError(
+            raise UsageError(
                 f"basis/coefficients: expected shapes (d, kh, kw) and (Cin, Cout, d) with the same d, "
                 f"got {tuple(basis.shape)} and {tuple(coefficients.shape)}"
             )
@@ -135,7 +135,7 @@ def apply_decomposed(x, basis, coefficients, strides, padding, form: str) -> jax
         maps = jnp.einsum("nhwi,ik->nhwk", x, mixing)
         grouped = jnp.tile(taps[:, :, :, None], (1, 1, 1, cout))  # group o reads maps o*d .. o*d+d-1
         return jax.lax.conv_general_dilated(maps, grouped, strides, padding, dimension_numbers=_DIMENSIONS, feature_group_count=cout)
-    raise ValueError(f"form: expected one of {list(FORMS)}, got {form!r}")
+    raise UsageError(f"form: expected one of {list(FORMS)}, got {form!r}")
 
 
 class LiveBasisFirstConv(nnx.Module):
@@ -159,7 +159,7 @@ class LiveBasisFirstConv(nnx.Module):
 
     def __init__(self, layer: DecomposedConv):
         if isinstance(layer.padding, str):
-            raise ValueError(f"layer: expected explicit padding pairs, got {layer.padding!r}")
+            raise UsageError(f"layer: expected explicit padding pairs, got {layer.padding!r}")
         basis, coefficients = (np.asarray(t, np.float32) for t in layer.effective_tensors())
         cin, cout, d = coefficients.shape
         live = np.any(coefficients != 0, axis=1)  # (Cin, d)

@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
@@ -123,20 +123,20 @@ class CompressConfig:
         check_choice("model", self.model, PIPELINE_MODELS)
         check_positive("num_basis", self.num_basis)
         if self.num_basis > 9:
-            raise ValueError(f"num_basis: expected at most 9 (3x3 kernels), got {self.num_basis}")
+            raise UsageError(f"num_basis: expected at most 9 (3x3 kernels), got {self.num_basis}")
         for name in ("retrain_epochs", "finetune_epochs", "pretrain_epochs", "alternate_every", "l1", "prune_std", "augment_pad"):
             check_positive(name, getattr(self, name), allow_zero=True)
         for name in ("coef_bits", "basis_bits"):
             value = getattr(self, name)
             if value != 0 and not 2 <= value <= 16:
-                raise ValueError(f"{name}: expected 0 (no quantization) or 2..16, got {value!r}")
+                raise UsageError(f"{name}: expected 0 (no quantization) or 2..16, got {value!r}")
         check_positive("batch_size", self.batch_size)
         if not 0.0 <= self.gradual_prune <= 1.0:
-            raise ValueError(f"gradual_prune: expected a fraction of the retraining steps in [0, 1], got {self.gradual_prune!r}")
+            raise UsageError(f"gradual_prune: expected a fraction of the retraining steps in [0, 1], got {self.gradual_prune!r}")
         if not 0.0 <= self.channel_sparsity < 1.0:
-            raise ValueError(f"channel_sparsity: expected a fraction in [0, 1), got {self.channel_sparsity!r}")
+            raise UsageError(f"channel_sparsity: expected a fraction in [0, 1), got {self.channel_sparsity!r}")
         if not 0.0 <= self.distill <= 1.0:
-            raise ValueError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
+            raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
         check_positive("distill_temperature", self.distill_temperature)
 
 
@@ -162,7 +162,7 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
     """The dense starting model: built from its name, with PyTorch-layout weights when given."""
     if config.model == "digits-cnn":
         if weights is not None:
-            raise ValueError("weights: the digits CNN is trained from scratch, expected no weights file")
+            raise UsageError("weights: the digits CNN is trained from scratch, expected no weights file")
         return DigitsCNN(rngs=nnx.Rngs(config.seed))
     if weights is None:
         model = build_model(config.model, rngs=nnx.Rngs(config.seed))
@@ -172,7 +172,7 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
         unset = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
                  if isinstance(leaf, jax.ShapeDtypeStruct)]  # fmt: skip
         if unset:
-            raise ValueError(f"weights: {str(weights)!r} sets no value for {len(unset)} variables of {config.model}, e.g. {unset[:3]}")
+            raise UsageError(f"weights: {str(weights)!r} sets no value for {len(unset)} variables of {config.model}, e.g. {unset[:3]}")
     model.eval()
     return model
 
@@ -350,7 +350,7 @@ def compress(
             _, meta = load_checkpoint(ckpt_dir / f"{stage}.npz")
             break
     if done is not None and _with_defaults(meta.get("settings")) != settings_json:
-        raise ValueError(
+        raise UsageError(
             f"out: {str(out)!r} holds checkpoints of a run with other settings ({meta.get('settings')}); "
             "use another output folder or delete it to start over"
         )
@@ -521,7 +521,7 @@ def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrun
     out = Path(report_dir)
     ckpt = out / "checkpoints" / "finetune.npz"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"report_dir: expected a finished run with {str(ckpt)!r}, found none")
+        raise MissingFileError(f"report_dir: expected a finished run with {str(ckpt)!r}, found none")
     _, meta = load_checkpoint(ckpt)
     config = CompressConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["settings"]["config"].items()})
     model = initial_model(config, weights if weights is not None else meta["settings"]["weights"])

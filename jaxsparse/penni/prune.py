@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from runkit import check_choice
+from runkit import UsageError, check_choice
 
 
 def penni_mask(coefficients: jax.Array, threshold_std: float = 1.0) -> jax.Array:
@@ -53,7 +53,7 @@ def channel_norm_mask(coefficients: jax.Array, sparsity: float | jax.Array) -> j
     """
     c = jnp.asarray(coefficients)
     if c.ndim != 3:
-        raise ValueError(f"coefficients: expected shape (Cin, Cout, d), got {tuple(c.shape)}")
+        raise UsageError(f"coefficients: expected shape (Cin, Cout, d), got {tuple(c.shape)}")
     norms = jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
     keep = magnitude_mask(norms, sparsity)
     return jnp.broadcast_to(keep[None, :, None], c.shape)
@@ -102,9 +102,9 @@ def polynomial_sparsity(final: float, *, begin_step: int, end_step: int, initial
         [0.0, 0.7, 0.8, 0.8]
     """
     if not 0.0 <= initial <= 1.0 or not 0.0 <= final <= 1.0:
-        raise ValueError(f"sparsity: expected initial and final in [0, 1], got initial={initial!r}, final={final!r}")
+        raise UsageError(f"sparsity: expected initial and final in [0, 1], got initial={initial!r}, final={final!r}")
     if end_step <= begin_step:
-        raise ValueError(f"end_step: expected > begin_step ({begin_step}), got {end_step}")
+        raise UsageError(f"end_step: expected > begin_step ({begin_step}), got {end_step}")
 
     def schedule(step):
         progress = jnp.clip((jnp.asarray(step, jnp.float32) - begin_step) / (end_step - begin_step), 0.0, 1.0)
@@ -165,7 +165,7 @@ def masked(
     """
     check_choice("scope", scope, ("layer", "global"))
     if sparsity_schedule is not None and mask_schedule is not None:
-        raise ValueError("mask_schedule: expected None when sparsity_schedule is given (one rule at a time), got both")
+        raise UsageError("mask_schedule: expected None when sparsity_schedule is given (one rule at a time), got both")
 
     def init(params):
         start = full_masks(params) if masks is None else jax.tree.map(lambda m: jnp.asarray(m, jnp.bool_), masks)
@@ -186,7 +186,7 @@ def masked(
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError("params: masked() needs the current parameters (pass params to update)")
+            raise UsageError("params: masked() needs the current parameters (pass params to update)")
         current = state.masks
         if sparsity_schedule is not None or mask_schedule is not None:
             refresh = (state.count % update_every) == 0

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 
 
 class QuantizedTensor(NamedTuple):
@@ -41,7 +41,7 @@ def _reduce_axes(ndim: int, channel_axis: int | None) -> tuple[int, ...]:
 def quantization_scale(x: jax.Array, bits: int, channel_axis: int | None = None) -> jax.Array:
     """``max|x| / (2^(bits-1) - 1)`` over the tensor (or all axes but ``channel_axis``); 1 where ``x`` is all zero."""
     if bits < 2:
-        raise ValueError(f"bits: expected an integer >= 2 for symmetric quantization, got {bits!r}")
+        raise UsageError(f"bits: expected an integer >= 2 for symmetric quantization, got {bits!r}")
     qmax = float(2 ** (bits - 1) - 1)
     amax = jnp.max(jnp.abs(x), axis=_reduce_axes(x.ndim, channel_axis), keepdims=True)
     return jnp.where(amax > 0, amax / qmax, 1.0).astype(x.dtype)

@@ -40,6 +40,7 @@ from flax import nnx
 
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import DecomposedConv, get_by_path, set_by_path
+from runkit import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ def channel_graph(model: nnx.Module) -> ChannelGraph:
                 edges.append(Edge(f"{prefix}.conv1", current, mid, f"{prefix}.bn1"))
                 edges.append(Edge(f"{prefix}.conv2", mid, out, f"{prefix}.bn2"))
                 if isinstance(block, CompactBasicBlock):
-                    raise ValueError("model: already shrunk (its blocks are CompactBasicBlock); shrink the original model")
+                    raise UsageError("model: already shrunk (its blocks are CompactBasicBlock); shrink the original model")
                 shortcuts.append(Shortcut(prefix, current, out, int(block.shortcut_pad), bool(block.option_a_shortcut)))
                 current = out
         sizes["logits"] = _out_size(model.linear)
@@ -113,7 +114,7 @@ def channel_graph(model: nnx.Module) -> ChannelGraph:
         sizes["logits"] = _out_size(model.classifier)
         edges.append(Edge("classifier", current, "logits"))
         return ChannelGraph(sizes, frozenset({"input", "logits"}), tuple(edges), ())
-    raise ValueError(
+    raise UsageError(
         f"model: expected a CifarResNet or a chain of conv/BN units with a classifier (e.g. VGG16), got {type(model).__name__}"
     )
 
@@ -151,7 +152,7 @@ def connections(layer, in_size: int) -> np.ndarray:
     if isinstance(layer, nnx.Linear):
         kernel = np.asarray(layer.kernel[...]) != 0
         return np.any(np.reshape(kernel, (-1, in_size, kernel.shape[1])), axis=0)
-    raise ValueError(f"layer: expected DecomposedConv, nnx.Conv or nnx.Linear, got {type(layer).__name__}")
+    raise UsageError(f"layer: expected DecomposedConv, nnx.Conv or nnx.Linear, got {type(layer).__name__}")
 
 
 @dataclasses.dataclass

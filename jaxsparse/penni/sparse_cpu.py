@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import check_choice, check_shape
+from runkit import UsageError, check_choice, check_shape
 from jaxsparse.penni.layers import stencil_kernel_support
 
 try:
@@ -90,7 +90,7 @@ def pack_coefficients(coefficients: np.ndarray) -> PackedCoefficients:
     """
     coefficients = np.asarray(coefficients, np.float32)
     if coefficients.ndim != 3:
-        raise ValueError(f"coefficients: expected shape (Cin, Cout, d), got {coefficients.shape}")
+        raise UsageError(f"coefficients: expected shape (Cin, Cout, d), got {coefficients.shape}")
     cin, cout, d = coefficients.shape
     channel, basis = np.nonzero(np.any(coefficients != 0, axis=1))
     pair_of = np.full((cin, d), -1, np.int64)
@@ -424,10 +424,10 @@ class SparseCoefficientConv(nnx.Module):
     def __init__(self, layer, *, tile_rows: int | None = None, images: int | None = None):
         ok, reason = supports(layer)
         if not ok:
-            raise ValueError(f"layer: the sparse CPU kernel cannot run it: {reason}")
+            raise UsageError(f"layer: the sparse CPU kernel cannot run it: {reason}")
         for name, value in (("tile_rows", tile_rows), ("images", images)):
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+                raise UsageError(f"{name}: expected a positive int or None, got {value!r}")
         basis, coefficients = (np.asarray(t, np.float32) for t in layer.effective_tensors())
         self.in_features, self.out_features = int(coefficients.shape[0]), int(coefficients.shape[1])
         self.strides = tuple(int(v) for v in layer.strides)
@@ -491,16 +491,16 @@ class SparseCoefficientConv(nnx.Module):
         planar_in, planar_out = self.layout_in == "NCHW", self.layout_out == "NCHW"
         channels = (x.shape[1] if planar_in else x.shape[-1]) if x.ndim == 4 else None
         if x.ndim != 4 or channels != self.in_features or x.dtype != jnp.float32:
-            raise ValueError(f"x: expected float32 {self.layout_in} with {self.in_features} channels, got {x.dtype} {x.shape}")
+            raise UsageError(f"x: expected float32 {self.layout_in} with {self.in_features} channels, got {x.dtype} {x.shape}")
         _register()
         (top, _), (left, _) = self.padding
         stride = self.strides[0]
         n, h, w = (x.shape[0], *x.shape[2:]) if planar_in else x.shape[:3]
         out_h, out_w = (h + 2 * top - 3) // stride + 1, (w + 2 * left - 3) // stride + 1
         if out_h < 1 or out_w < 1:
-            raise ValueError(f"x: spatial size {(h, w)} is too small for a 3x3 kernel with padding {self.padding}")
+            raise UsageError(f"x: spatial size {(h, w)} is too small for a 3x3 kernel with padding {self.padding}")
         if stride == 2 and (w + 2 * left) % 2:
-            raise ValueError(f"x: a stride-2 kernel needs an even padded width, got width {w} with padding {left} on each side")
+            raise UsageError(f"x: a stride-2 kernel needs an even padded width, got width {w} with padding {left} on each side")
         if residual is None:
             residual, source, residual_stride = jnp.zeros((1, 1, 1, 1), jnp.float32), np.full(self.out_features, -1), 0
         else:
@@ -511,10 +511,10 @@ class SparseCoefficientConv(nnx.Module):
                               else tuple(residual.shape)) if residual.ndim == 4 else (0, 0, 0, 0)
             if (residual.dtype != jnp.float32 or residual_stride not in (1, 2) or rn != n
                     or rh < (out_h - 1) * residual_stride + 1 or rw < (out_w - 1) * residual_stride + 1):
-                raise ValueError(f"residual: expected float32 {self.layout_in} with {n} images covering {(out_h, out_w)} "
+                raise UsageError(f"residual: expected float32 {self.layout_in} with {n} images covering {(out_h, out_w)} "
                                  f"outputs at stride 1 or 2, got {residual.dtype} {residual.shape} at stride {residual_stride}")
             if source.shape != (self.out_features,) or source.max(initial=-1) >= rc or source.min(initial=0) < -1:
-                raise ValueError(f"residual_source: expected {self.out_features} channel indices in [-1, {rc}), "
+                raise UsageError(f"residual_source: expected {self.out_features} channel indices in [-1, {rc}), "
                                  f"got {tuple(source.tolist())}")
         tile_rows = min(self.tile_rows or out_h, out_h)
         lanes = tile_rows * (w + 2 * left) // stride

@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import pallas as pl
 
-from runkit import check_shape
+from runkit import UsageError, check_shape
 from jaxsparse.penni.layers import stencil_kernel_support
 from jaxsparse.penni.sparse_cpu import KernelTable
 
@@ -131,9 +131,9 @@ class PallasSparseConv(nnx.Module):
                  platform: str | None = None):
         ok, reason = supports(layer)
         if not ok:
-            raise ValueError(f"layer: the Pallas kernel cannot run it: {reason}")
+            raise UsageError(f"layer: the Pallas kernel cannot run it: {reason}")
         if not isinstance(tile, int) or tile < 1 or tile & (tile - 1):
-            raise ValueError(f"tile: expected a power of two, got {tile!r}")
+            raise UsageError(f"tile: expected a power of two, got {tile!r}")
         basis, coefficients = (np.asarray(t, np.float32) for t in layer.effective_tensors())
         cin, cout, _ = coefficients.shape
         channel, which = np.nonzero(np.any(coefficients != 0, axis=1))  # the live pairs
@@ -154,7 +154,7 @@ class PallasSparseConv(nnx.Module):
         self.interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
         self.tile, self.window_bytes = tile, int(window_bytes)
         if platform not in (None, "cpu", "gpu", "tpu"):
-            raise ValueError(f"platform: expected one of ['cpu', 'gpu', 'tpu'] or None, got {platform!r}")
+            raise UsageError(f"platform: expected one of ['cpu', 'gpu', 'tpu'] or None, got {platform!r}")
         self.platform = platform
 
     @property
@@ -193,13 +193,13 @@ class PallasSparseConv(nnx.Module):
           ``(N, Ho, Wo, Cout)``.
         """
         if x.ndim != 4 or x.shape[-1] != self.in_features or x.dtype != jnp.float32:
-            raise ValueError(f"x: expected float32 NHWC with {self.in_features} channels, got {x.dtype} {x.shape}")
+            raise UsageError(f"x: expected float32 NHWC with {self.in_features} channels, got {x.dtype} {x.shape}")
         n, h, w, _ = x.shape
         (top, bottom), (left, right) = self.padding
         s = self.strides[0]
         out_h, out_w = (h + top + bottom - 3) // s + 1, (w + left + right - 3) // s + 1
         if out_h < 1 or out_w < 1:
-            raise ValueError(f"x: spatial size {(h, w)} is too small for a 3x3 kernel with padding {self.padding}")
+            raise UsageError(f"x: spatial size {(h, w)} is too small for a 3x3 kernel with padding {self.padding}")
         pairs, lanes = self.mixing.shape
         # Stride phases of the padded input, each flattened with row pitch ``wq``.
         hq, wq = -(-(h + top + bottom) // s), -(-(w + left + right) // s)
@@ -251,10 +251,10 @@ class PallasSparseConv(nnx.Module):
         rc = residual.shape[-1] if residual.ndim == 4 else 0
         if (residual.ndim != 4 or residual.dtype != jnp.float32 or stride not in (1, 2) or residual.shape[0] != n
                 or residual.shape[1] < (out_h - 1) * stride + 1 or residual.shape[2] < (out_w - 1) * stride + 1):
-            raise ValueError(f"residual: expected float32 NHWC with {n} images covering {(out_h, out_w)} outputs at "
+            raise UsageError(f"residual: expected float32 NHWC with {n} images covering {(out_h, out_w)} outputs at "
                              f"stride 1 or 2, got {residual.dtype} {residual.shape} at stride {stride}")
         if source.shape != (self.out_features,) or source.max(initial=-1) >= rc or source.min(initial=0) < -1:
-            raise ValueError(f"residual_source: expected {self.out_features} channel indices in [-1, {rc}), "
+            raise UsageError(f"residual_source: expected {self.out_features} channel indices in [-1, {rc}), "
                              f"got {tuple(source.tolist())}")
         lanes = self.mixing.shape[1]
         sub = residual[:, : (out_h - 1) * stride + 1 : stride, : (out_w - 1) * stride + 1 : stride, :]

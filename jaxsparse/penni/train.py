@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.prune import masked
 
@@ -80,7 +80,7 @@ class TrainConfig:
     def __post_init__(self):
         check_positive("epochs", self.epochs, allow_zero=True)
         if not 0.0 <= self.distill <= 1.0:
-            raise ValueError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
+            raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
         check_positive("distill_temperature", self.distill_temperature)
         check_positive("batch_size", self.batch_size)
         check_positive("learning_rate", self.learning_rate)
@@ -248,9 +248,9 @@ def fit(
     """
     steps_per_epoch = len(images) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+        raise UsageError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
     if config.distill > 0 and teacher is None:
-        raise ValueError(f"teacher: expected a model to distil from (config.distill = {config.distill}), got None")
+        raise UsageError(f"teacher: expected a model to distil from (config.distill = {config.distill}), got None")
     teacher_graphdef, teacher_state = None, None
     if config.distill > 0:
         teacher.eval()
@@ -267,7 +267,7 @@ def fit(
     if checkpoint is not None and Path(checkpoint).is_file():
         (params, stats, opt_state), meta = load_checkpoint(checkpoint, like=(params, stats, opt_state))
         if "run" in meta and meta["run"] != run:
-            raise ValueError(
+            raise UsageError(
                 f"checkpoint: {str(checkpoint)!r} was written by a run with other settings ({meta['run']}), "
                 f"expected {run}; delete it or pass another path"
             )

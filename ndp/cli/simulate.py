@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runkit import atomic_write_json, check_positive
+from runkit import UsageError, atomic_write_json, check_positive
 
 DESCRIPTION = "Model NDRec-style training (CSDs + CXL + lookahead) against CPU-GPU, GPU-cache and SSD baselines."
 
@@ -51,7 +51,7 @@ def _settings(args, system_file):
         changes["row_cap"] = check_positive("--row-cap", args.row_cap)
     if args.trace_batches is not None:
         if args.trace_batches < 2:
-            raise ValueError(f"--trace-batches: expected >= 2, got {args.trace_batches}")
+            raise UsageError(f"--trace-batches: expected >= 2, got {args.trace_batches}")
         changes["trace_batches"] = args.trace_batches
     settings = dataclasses.replace(system_file.workload, **changes)
     options = system_file.options
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for s in systems:
         check_choice("--systems", s, SYSTEMS)
     if "ndrec" not in systems:
-        raise ValueError(f"--systems: expected the list to include 'ndrec' (speedups are relative to it), got {systems}")
+        raise UsageError(f"--systems: expected the list to include 'ndrec' (speedups are relative to it), got {systems}")
     system_file = load_system_file(args.config)
     settings, options = _settings(args, system_file)
     out = Path(args.out or Path("results") / "simulate" / f"{system_file.name}-{args.workload}")

@@ -19,7 +19,7 @@ import argparse
 import math
 import os
 
-from runkit import atomic_write_json, check_positive, find_shared_root
+from runkit import UsageError, atomic_write_json, check_positive, find_shared_root
 
 DESCRIPTION = "Train a DLRM (or matrix factorisation) with embedding tables sharded over a 'storage' device mesh."
 DATA_KINDS = ("ml-100k", "synthetic", "criteo-tsv")
@@ -79,7 +79,7 @@ def _check_devices(count: int | None) -> None:
     import jax
 
     if count is not None and len(jax.devices()) < count:
-        raise ValueError(f"devices: expected at most the {len(jax.devices())} available devices, got {count}")
+        raise UsageError(f"devices: expected at most the {len(jax.devices())} available devices, got {count}")
 
 
 def _prepare_devices(count: int | None) -> None:
@@ -107,7 +107,7 @@ def _bag_lengths(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(x) for x in text.split(":"))
     except ValueError:
-        raise ValueError(f"bag-length: expected MIN:MAX (e.g. 1:4), got {text!r}") from None
+        raise UsageError(f"bag-length: expected MIN:MAX (e.g. 1:4), got {text!r}") from None
     return lo, hi
 
 
@@ -117,7 +117,7 @@ def _widths(name: str, text: str | None) -> tuple[int, ...] | None:
     try:
         widths = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise ValueError(f"{name}: expected comma-separated layer widths (e.g. 128,64,1), got {text!r}") from None
+        raise UsageError(f"{name}: expected comma-separated layer widths (e.g. 128,64,1), got {text!r}") from None
     for w in widths:
         check_positive(name, w)
     return widths
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 sizes = tuple(int(x) for x in args.tables.split(","))
             except ValueError:
-                raise ValueError(f"tables: expected 'criteo-kaggle' or comma-separated row counts, got {args.tables!r}") from None
+                raise UsageError(f"tables: expected 'criteo-kaggle' or comma-separated row counts, got {args.tables!r}") from None
         lo, hi = _bag_lengths(args.bag_length)
         batch = args.batch_size or 2048
         config = SyntheticConfig(sizes, batch_size=batch, zipf_exponent=args.zipf, min_bag_length=lo,
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         from ndp.data.criteo import CriteoTSVSource
 
         if not args.path:
-            raise ValueError("path: expected the Criteo TSV file after --data criteo-tsv, got nothing")
+            raise UsageError("path: expected the Criteo TSV file after --data criteo-tsv, got nothing")
         check_positive("hash-rows", args.hash_rows)
         source = CriteoTSVSource(args.path, (args.hash_rows,) * 26, eval_lines=args.eval_lines)
         batch = args.batch_size or 2048

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runkit import check_positive
+from runkit import MissingFileError, UsageError, check_positive
 from ndp.configs import CRITEO_NUM_DENSE
 from ndp.train import Batch
 
@@ -37,7 +37,7 @@ def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0) -> t
     fields = line.rstrip("\n").rstrip("\r").split("\t")
     expected = 1 + CRITEO_NUM_DENSE + NUM_CATEGORICAL
     if len(fields) != expected:
-        raise ValueError(f"criteo line {line_number}: expected {expected} tab-separated fields, got {len(fields)}")
+        raise UsageError(f"criteo line {line_number}: expected {expected} tab-separated fields, got {len(fields)}")
     try:
         label = float(int(fields[0]))
         dense = np.array(
@@ -51,7 +51,7 @@ def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0) -> t
             np.int32,
         )
     except ValueError as error:
-        raise ValueError(f"criteo line {line_number}: {error}") from None
+        raise UsageError(f"criteo line {line_number}: {error}") from None
     return label, dense, ids
 
 
@@ -81,9 +81,9 @@ def read_batches(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Criteo TSV file not found: {str(path)!r}")
+        raise MissingFileError(f"Criteo TSV file not found: {str(path)!r}")
     if len(table_sizes) != NUM_CATEGORICAL:
-        raise ValueError(f"table_sizes: expected {NUM_CATEGORICAL} tables, got {len(table_sizes)}")
+        raise UsageError(f"table_sizes: expected {NUM_CATEGORICAL} tables, got {len(table_sizes)}")
     check_positive("batch_size", batch_size)
     while True:
         labels, dense, ids = [], [], []
@@ -106,7 +106,7 @@ def read_batches(
         if not cycle:
             return
         if emitted == 0:
-            raise ValueError(f"batch_size: {str(path)!r} has fewer than {batch_size} lines to train on")
+            raise UsageError(f"batch_size: {str(path)!r} has fewer than {batch_size} lines to train on")
 
 
 class CriteoTSVSource:
@@ -120,15 +120,15 @@ class CriteoTSVSource:
     def __init__(self, path: str | os.PathLike, table_sizes: Sequence[int], *, eval_lines: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"Criteo TSV file not found: {str(self.path)!r}")
+            raise MissingFileError(f"Criteo TSV file not found: {str(self.path)!r}")
         self.table_sizes = tuple(int(n) for n in table_sizes)
         if len(self.table_sizes) != NUM_CATEGORICAL:
-            raise ValueError(f"table_sizes: expected {NUM_CATEGORICAL} tables, got {len(self.table_sizes)}")
+            raise UsageError(f"table_sizes: expected {NUM_CATEGORICAL} tables, got {len(self.table_sizes)}")
         total = count_lines(self.path)
         self.eval_lines = min(total // 10, 100_000) if eval_lines is None else int(eval_lines)
         self.train_lines = total - self.eval_lines
         if self.train_lines <= 0:
-            raise ValueError(f"eval_lines: expected fewer than the file's {total} lines, got {self.eval_lines}")
+            raise UsageError(f"eval_lines: expected fewer than the file's {total} lines, got {self.eval_lines}")
         self.task = "click"
         self.label_mean = 0.0
         self.num_dense = CRITEO_NUM_DENSE
@@ -138,7 +138,7 @@ class CriteoTSVSource:
     def train_batch(self, step: int, batch_size: int) -> Batch:
         per_epoch = self.train_lines // batch_size
         if per_epoch == 0:
-            raise ValueError(f"batch_size: expected at most the {self.train_lines} training lines, got {batch_size}")
+            raise UsageError(f"batch_size: expected at most the {self.train_lines} training lines, got {batch_size}")
         if self._stream is None or step != self._next:
             skip = (step % per_epoch) * batch_size
             self._stream = read_batches(self.path, self.table_sizes, batch_size, skip=skip,

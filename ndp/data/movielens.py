@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runkit import check_choice
+from runkit import MissingFileError, check_choice
 
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -58,7 +58,7 @@ class MovieLensData(NamedTuple):
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"MovieLens-100k file missing: {str(path)!r} (expected the original ml-100k folder)")
+        raise MissingFileError(f"MovieLens-100k file missing: {str(path)!r} (expected the original ml-100k folder)")
     return path
 
 
@@ -82,7 +82,7 @@ def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "r
     check_choice("task", task, TASKS)
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"MovieLens-100k folder not found: {str(root)!r}")
+        raise MissingFileError(f"MovieLens-100k folder not found: {str(root)!r}")
     occupations = [
         line.strip() for line in _require(root / "u.occupation").read_text(encoding="latin-1").splitlines() if line.strip()
     ]

@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 from ndp.configs import CRITEO_NUM_DENSE
 
 __all__ = [
@@ -98,20 +98,20 @@ class SyntheticConfig:
     def __post_init__(self):
         object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
         if not self.table_sizes:
-            raise ValueError("table_sizes: expected at least one table, got ()")
+            raise UsageError("table_sizes: expected at least one table, got ()")
         for rows in self.table_sizes:
             check_positive("table_sizes[i]", rows)
         check_positive("batch_size", self.batch_size)
         check_positive("min_bag_length", self.min_bag_length, allow_zero=True)
         check_positive("max_bag_length", self.max_bag_length)
         if self.max_bag_length < self.min_bag_length:
-            raise ValueError(
+            raise UsageError(
                 f"max_bag_length: expected >= min_bag_length={self.min_bag_length}, got {self.max_bag_length}"
             )
         check_positive("num_dense", self.num_dense, allow_zero=True)
         exps = self.exponents
         if len(exps) != len(self.table_sizes):
-            raise ValueError(f"zipf_exponent: expected a float or {len(self.table_sizes)} floats, got {len(exps)}")
+            raise UsageError(f"zipf_exponent: expected a float or {len(self.table_sizes)} floats, got {len(exps)}")
         for s in exps:
             check_positive("zipf_exponent", s, allow_zero=True)
 
@@ -259,7 +259,7 @@ def index_trace(config: SyntheticConfig, table: int, num_batches: int, *, start:
     because only that table's draws are kept. Returns ``int64 (total lookups,)``.
     """
     if not 0 <= table < config.num_tables:
-        raise ValueError(f"table: expected an index in [0, {config.num_tables}), got {table}")
+        raise UsageError(f"table: expected an index in [0, {config.num_tables}), got {table}")
     check_positive("num_batches", num_batches, allow_zero=True)
     return np.concatenate(
         [batch_at(config, i).tables[table].values for i in range(start, start + num_batches)]
@@ -270,7 +270,7 @@ def index_trace(config: SyntheticConfig, table: int, num_batches: int, *, start:
 def top_share(indices: np.ndarray, num_rows: int, fraction: float = 0.01) -> float:
     """Share of lookups in ``indices`` that hit the ``ceil(fraction * num_rows)`` most-looked-up rows."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+        raise UsageError(f"fraction: expected a value in (0, 1], got {fraction}")
     indices = np.asarray(indices)
     if indices.size == 0:
         return 0.0
@@ -290,7 +290,7 @@ def expected_top_share(num_rows: int, exponent: float, fraction: float = 0.01) -
     """
     check_positive("num_rows", num_rows)
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+        raise UsageError(f"fraction: expected a value in (0, 1], got {fraction}")
     k = max(1, math.ceil(fraction * num_rows))
     top = num_rows + 1.0
     if abs(exponent - 1.0) < 1e-9:
@@ -308,7 +308,7 @@ def zipf_exponent_for_top_share(num_rows: int, target_share: float, fraction: fl
         0.45
     """
     if not 0.0 < target_share < 1.0:
-        raise ValueError(f"target_share: expected a value in (0, 1), got {target_share}")
+        raise UsageError(f"target_share: expected a value in (0, 1), got {target_share}")
     lo, hi = 0.0, 8.0
     if target_share <= expected_top_share(num_rows, lo, fraction):
         return 0.0

@@ -31,6 +31,7 @@ from typing import Any
 
 from ndp.sysmodel.params import PARAMETER_TABLE, HardwareParams, default_hardware
 from ndp.sysmodel.systems import CACHE_POLICIES, SystemOptions
+from runkit import MissingFileError, UsageError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 OPTIMIZER_STATE_BYTES = {"sgd": 0.0, "rowwise_adagrad": 4.0}
@@ -82,27 +83,27 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if bundled.exists():
         return bundled
     available = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-    raise FileNotFoundError(f"config: no file {str(name_or_path)!r} and no bundled config of that name (bundled: {available})")
+    raise MissingFileError(f"config: no file {str(name_or_path)!r} and no bundled config of that name (bundled: {available})")
 
 
 def _number(where: str, key: str, value: Any, *, integer=False, fraction=False, allow_zero=False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}: {key}: expected a finite number, got {value!r}")
+        raise UsageError(f"{where}: {key}: expected a finite number, got {value!r}")
     if integer and float(value) != int(value):
-        raise ValueError(f"{where}: {key}: expected a whole number, got {value!r}")
+        raise UsageError(f"{where}: {key}: expected a whole number, got {value!r}")
     if fraction and not 0.0 < value <= 1.0:
-        raise ValueError(f"{where}: {key}: expected a value in (0, 1], got {value!r}")
+        raise UsageError(f"{where}: {key}: expected a value in (0, 1], got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{where}: {key}: expected a value {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise UsageError(f"{where}: {key}: expected a value {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return float(value)
 
 
 def _check_keys(where: str, section: Any, allowed) -> dict:
     if not isinstance(section, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(section).__name__}")
+        raise UsageError(f"{where}: expected a JSON object, got {type(section).__name__}")
     unknown = sorted(set(section) - set(allowed))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+        raise UsageError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
     return section
 
 
@@ -120,10 +121,10 @@ def parse_system(data: Any, *, source: str = "<dict>") -> SystemFile:
         changes[key] = _number(f"{source}: hardware", key, value, integer=info.integer, fraction=info.fraction,
                                allow_zero=zero_ok)  # fmt: skip
     if changes.get("csd_write_amplification", 1.0) < 1.0:
-        raise ValueError(f"{source}: hardware: csd_write_amplification: expected >= 1, got {changes['csd_write_amplification']}")
+        raise UsageError(f"{source}: hardware: csd_write_amplification: expected >= 1, got {changes['csd_write_amplification']}")
     hw = hw._replace(**changes)
     if hw.gpu_active_power < hw.gpu_idle_power or hw.host_active_power < hw.host_idle_power or hw.csd_active_power < hw.csd_idle_power:
-        raise ValueError(f"{source}: hardware: expected every *_active_power >= its *_idle_power")
+        raise UsageError(f"{source}: hardware: expected every *_active_power >= its *_idle_power")
 
     opt_section = _check_keys(f"{source}: options", top.get("options", {}), ("lookahead_batches", "csd_cache_policy", "num_batches"))
     opts = {}
@@ -134,12 +135,12 @@ def parse_system(data: Any, *, source: str = "<dict>") -> SystemFile:
     if "csd_cache_policy" in opt_section:
         policy = opt_section["csd_cache_policy"]
         if policy not in CACHE_POLICIES:
-            raise ValueError(f"{source}: options: csd_cache_policy: expected one of {list(CACHE_POLICIES)}, got {policy!r}")
+            raise UsageError(f"{source}: options: csd_cache_policy: expected one of {list(CACHE_POLICIES)}, got {policy!r}")
         opts["csd_cache_policy"] = policy
     try:
         options = SystemOptions(**opts)
     except ValueError as error:
-        raise ValueError(f"{source}: options: {error}") from None
+        raise UsageError(f"{source}: options: {error}") from None
 
     fields = {f.name for f in dataclasses.fields(WorkloadSettings)}
     wl_section = _check_keys(f"{source}: workload", top.get("workload", {}), fields)
@@ -147,7 +148,7 @@ def parse_system(data: Any, *, source: str = "<dict>") -> SystemFile:
     for key, value in wl_section.items():
         if key == "optimizer":
             if value not in OPTIMIZER_STATE_BYTES:
-                raise ValueError(f"{source}: workload: optimizer: expected one of {list(OPTIMIZER_STATE_BYTES)}, got {value!r}")
+                raise UsageError(f"{source}: workload: optimizer: expected one of {list(OPTIMIZER_STATE_BYTES)}, got {value!r}")
             wl[key] = value
         elif key == "row_cap" and value is None:
             wl[key] = None
@@ -158,10 +159,10 @@ def parse_system(data: Any, *, source: str = "<dict>") -> SystemFile:
         else:
             wl[key] = _number(f"{source}: workload", key, value)
     if wl.get("trace_batches", 2) < 2:
-        raise ValueError(f"{source}: workload: trace_batches: expected >= 2, got {wl['trace_batches']}")
+        raise UsageError(f"{source}: workload: trace_batches: expected >= 2, got {wl['trace_batches']}")
     name = top.get("name", Path(source).stem)
     if not isinstance(name, str):
-        raise ValueError(f"{source}: name: expected a string, got {name!r}")
+        raise UsageError(f"{source}: name: expected a string, got {name!r}")
     return SystemFile(name, str(top.get("description", "")), hw, options, WorkloadSettings(**wl), source)
 
 
@@ -171,5 +172,5 @@ def load_system_file(name_or_path: str | Path) -> SystemFile:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"config {str(path)!r}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise UsageError(f"config {str(path)!r}: not valid JSON ({error.msg} at line {error.lineno})") from None
     return parse_system(data, source=str(path))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from runkit import UsageError
 
 
 class ParamInfo(NamedTuple):
@@ -105,7 +106,7 @@ def replace_params(hw: HardwareParams, **changes: float) -> HardwareParams:
     """``hw`` with some fields changed; unknown names raise ``ValueError``."""
     for name in changes:
         if name not in PARAMETER_TABLE:
-            raise ValueError(f"hardware parameter: expected one of {list(PARAMETER_NAMES)}, got {name!r}")
+            raise UsageError(f"hardware parameter: expected one of {list(PARAMETER_NAMES)}, got {name!r}")
     return hw._replace(**{k: float(v) for k, v in changes.items()})
 
 

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runkit import check_choice, find_shared_root
+from runkit import UsageError, check_choice, find_shared_root
 from ndp.configs import DLRMConfig, criteo_kaggle_config, scale_table_sizes
 from ndp.sysmodel.config import WorkloadSettings
 from ndp.sysmodel.params import PARAMETER_TABLE, HardwareParams, as_arrays, stack_params
@@ -69,7 +69,7 @@ def build_trace(kind: str, settings: WorkloadSettings, *, shared_root=None) -> t
     """The access trace of a trace-driven workload: ``(model, global row keys, lookups per iteration)``."""
     config = workload_model(kind, settings)
     if kind == "mlperf":
-        raise ValueError("workload: 'mlperf' uses analytic cache curves and has no trace; use kaggle, synthetic or movielens")
+        raise UsageError("workload: 'mlperf' uses analytic cache curves and has no trace; use kaggle, synthetic or movielens")
     if kind == "movielens":
         root = find_shared_root(shared_root)
         keys, _ = movielens_trace(root / "data" / "ml-100k" / "u.data")
@@ -78,7 +78,7 @@ def build_trace(kind: str, settings: WorkloadSettings, *, shared_root=None) -> t
     from ndp.data.synthetic import SyntheticConfig
 
     if settings.pooling_factor != int(settings.pooling_factor):
-        raise ValueError(f"pooling_factor: expected a whole number for trace-driven workloads, got {settings.pooling_factor}")
+        raise UsageError(f"pooling_factor: expected a whole number for trace-driven workloads, got {settings.pooling_factor}")
     length = int(settings.pooling_factor)
     synth = SyntheticConfig(table_sizes=config.table_sizes, batch_size=settings.batch_size,
                             zipf_exponent=settings.zipf_exponent, min_bag_length=length, max_bag_length=length)  # fmt: skip

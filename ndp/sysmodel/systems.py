@@ -63,7 +63,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from runkit import check_choice, check_positive
+from runkit import UsageError, check_choice, check_positive
 from ndp.sysmodel.params import HardwareParams
 from ndp.sysmodel.timeline import Schedule, Task, schedule, steady_state_period
 from ndp.sysmodel.workload import Workload
@@ -96,7 +96,7 @@ class SystemOptions:
         check_positive("lookahead_batches", self.lookahead_batches, allow_zero=True)
         check_choice("csd_cache_policy", self.csd_cache_policy, CACHE_POLICIES)
         if self.num_batches < self.lookahead_batches + 4:
-            raise ValueError(
+            raise UsageError(
                 f"num_batches: expected at least lookahead_batches + 4 = {self.lookahead_batches + 4}, got {self.num_batches}"
             )
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runkit import check_positive
+from runkit import UsageError, check_positive
 from ndp.configs import DLRMConfig
 from ndp.sysmodel import cache
 
@@ -151,7 +151,7 @@ def workload_from_zipf(
     sizes = config.table_sizes
     exps = [float(zipf_exponent)] * len(sizes) if np.isscalar(zipf_exponent) else [float(s) for s in zipf_exponent]
     if len(exps) != len(sizes):
-        raise ValueError(f"zipf_exponent: expected a float or {len(sizes)} floats, got {len(exps)}")
+        raise UsageError(f"zipf_exponent: expected a float or {len(sizes)} floats, got {len(exps)}")
     bins = [cache.zipf_bins(n, s, num_bins=num_bins, weight=1.0 / len(sizes)) for n, s in zip(sizes, exps)]
     rows = np.concatenate([b[0] for b in bins])
     prob = np.concatenate([b[1] for b in bins])
@@ -192,7 +192,7 @@ def workload_from_trace(
     trace = np.asarray(trace, np.int64)
     lookups = int(round(batch_size * config.num_tables * pooling_factor))
     if trace.size < 2 * lookups:
-        raise ValueError(f"trace: expected at least two iterations ({2 * lookups} lookups), got {trace.size}")
+        raise UsageError(f"trace: expected at least two iterations ({2 * lookups} lookups), got {trace.size}")
     total = sum(config.table_sizes)
     caps = np.round(CURVE_FRACTIONS * total).astype(np.int64)
     lru = cache.lru_hit_rates(trace, caps, warmup_fraction=warmup_fraction)
@@ -226,7 +226,7 @@ def movielens_trace(path) -> tuple[np.ndarray, tuple[int, int]]:
     """
     data = np.loadtxt(path, dtype=np.int64)
     if data.ndim != 2 or data.shape[1] < 4:
-        raise ValueError(f"movielens file {str(path)!r}: expected rows 'user item rating timestamp', got shape {data.shape}")
+        raise UsageError(f"movielens file {str(path)!r}: expected rows 'user item rating timestamp', got shape {data.shape}")
     data = data[np.argsort(data[:, 3], kind="stable")]
     users, items = data[:, 0] - 1, data[:, 1] - 1
     num_users, num_items = int(users.max()) + 1, int(items.max()) + 1
