@@ -40,6 +40,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit.figures import save_figure, subplots
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
@@ -260,15 +261,10 @@ def export_quantized(model: nnx.Module, path: str | Path, *, coef_bits: int, bas
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = [r for r in report["layers"] if r["kind"] == "conv"]
     dense_channels = {r["name"]: r["c_out"] for r in report["dense_layers"]}
     stages = report["stages"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    fig, axes = subplots(2, 2, figsize=(13, 8))
     x = np.arange(len(layers))
     axes[0, 0].bar(x, [r["coef_density"] for r in layers], color="tab:blue")
     axes[0, 0].set(title="coefficient density per conv layer", ylabel="non-zero fraction", ylim=(0, 1.05))
@@ -294,12 +290,7 @@ def _plot(report: dict, path: Path) -> None:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(f"PENNI compression of {report['config']['model']}")
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path, dpi=90)
 
 
 def compress(
