@@ -45,7 +45,7 @@ from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
-from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
+from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, path_name, set_quantization
 from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
@@ -170,7 +170,7 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
     else:  # every variable comes from the file: build only the structure (no initialiser runs or compiles)
         model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(config.seed)))
         load_pytorch_npz(model, weights)
-        unset = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+        unset = [path_name(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
                  if isinstance(leaf, jax.ShapeDtypeStruct)]  # fmt: skip
         if unset:
             raise UsageError(f"weights: {str(weights)!r} sets no value for {len(unset)} variables of {config.model}, e.g. {unset[:3]}")

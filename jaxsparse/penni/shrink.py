@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsparse.models import CifarResNet
-from jaxsparse.penni.layers import DecomposedConv, get_by_path, set_by_path
+from jaxsparse.penni.layers import DecomposedConv, get_by_path, path_name, set_by_path
 from runkit import UsageError
 
 
@@ -272,10 +272,8 @@ def param_module_path(path) -> tuple[str, str]:
         ...                    jax.tree_util.DictKey("coefficients")))
         ('layer1.0.conv1', 'coefficients')
     """
-    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
-        keys = keys[:-1]  # a Variable flattens to its value
-    return ".".join(keys[:-1]), keys[-1]
+    module, _, attr = path_name(path).rpartition(".")
+    return module, attr
 
 
 def param_masks_like(model: nnx.Module, plan: ShrinkPlan | None = None) -> nnx.State:
