@@ -171,7 +171,7 @@ def _point(model, data: Data, hw: Hardware, options: Options, **extra) -> dict[s
     share = np.asarray(layer_latency_share(layers, hw, options))
     return {**extra, "top1": top1, **exact_cost(layers, hw, options),
             "layers": [{"name": r["name"], "basis": r["basis"], "coef_density": r["coef_density"],
-                        "live_out_fraction": float(np.mean(np.asarray(r["coef_density_per_out_channel"]) > 0)), "latency_share": float(s)}
+                        "live_out_fraction": r["live_out_fraction"], "latency_share": float(s)}
                        for r, s in zip(layers, share)],
             "description": layers}
 
