@@ -20,6 +20,7 @@ import numpy as np
 from hwmodel.cost import ASSUMPTIONS, DESIGNS, evaluate
 from hwmodel.hardware import Hardware, Options, hardware_to_dict
 from hwmodel.workload import layer_names, workload_from_layers
+from runkit.figures import save_figure, subplots
 
 ENERGY_PARTS = ("mac_pj", "buffer_pj", "dram_pj", "network_pj")
 DESIGN_LABELS = {"escalate": "ESCALATE-style", "systolic": "dense systolic", "scnn": "SCNN-like", "sparten": "SparTen-like"}
@@ -78,17 +79,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 def plot_energy(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """Stacked bars of the energy breakdown (MACs / buffers / DRAM / network) per design."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from runkit import atomic_write_bytes
-
     t = report["totals"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     bottom = np.zeros(len(DESIGNS))
     for part in ENERGY_PARTS:
         values = np.array([t[d][part] / 1e6 for d in DESIGNS])
@@ -98,7 +90,4 @@ def plot_energy(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
     ax.set_title(title or "energy breakdown")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path, dpi=120)

@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 from runkit import UsageError
+from runkit.layer_record import LayerRecord, live_out_fraction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +246,9 @@ def simulate_plain(weights: np.ndarray, acts: np.ndarray, *, stride: int, paddin
     return SimResult(cycles, cycles, chunks, matches, 0, stalls)
 
 
-def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: int, padding: int, basis: np.ndarray | None = None, coef_bits: int = 4, basis_bits: int = 8, weight_bits: int = 8, name: str = "layer") -> dict:
-    """The per-layer dict (workload interface) of the tensors given to the simulator, with measured densities."""
+def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: int, padding: int, basis: np.ndarray | None = None, coef_bits: int = 4, basis_bits: int = 8, weight_bits: int = 8, name: str = "layer") -> LayerRecord:
+    """The :class:`~runkit.layer_record.LayerRecord` of the tensors given to the simulator, with measured densities
+    (the bit widths a layer does not use are 0, as the record's conventions say)."""
     if basis is not None:
         c_out, c_in, d = coef_or_weights.shape
         k = basis.shape[-1]
@@ -266,9 +268,10 @@ def layer_description(coef_or_weights: np.ndarray, acts: np.ndarray, *, stride: 
         "name": name, "kind": "conv", "h_in": h_in, "w_in": w_in,
         "h_out": h_out, "w_out": w_out,
         "c_in": c_in, "c_out": c_out, "kernel_size": k, "stride": stride, "padding": padding, "basis": d,
-        "coef_density": float(per_channel.mean()), "coef_density_per_out_channel": per_channel.tolist(),
-        "act_density": float((acts != 0).mean()), "act_window_density": float(window_any.mean()), "coef_bits": coef_bits, "basis_bits": basis_bits if d else 0,
-        "weight_bits": weight_bits,
+        "coef_density": float(per_channel.mean()), "live_out_fraction": live_out_fraction(per_channel),
+        "coef_density_per_out_channel": per_channel.tolist(),
+        "act_density": float((acts != 0).mean()), "act_window_density": float(window_any.mean()), "coef_bits": coef_bits if d else 0,
+        "basis_bits": basis_bits if d else 0, "weight_bits": 0 if d else weight_bits,
     }
 
 

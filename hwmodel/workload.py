@@ -1,14 +1,15 @@
 """Per-layer workload descriptions as a batched pytree of arrays.
 
-A workload comes either from the per-layer list a compressed model exports (plain dicts,
+A workload comes either from the per-layer records a compressed model exports (plain dicts,
 also stored under ``"layers"`` in its JSON report; :func:`workload_from_layers`) or from a
 CIFAR architecture built here from its shapes plus a stated density profile
-(:func:`model_layers`). No training code is imported: the list of dicts is the interface.
+(:func:`model_layers`). No training code is imported: the record,
+:class:`runkit.layer_record.LayerRecord`, is the interface; its conventions are documented there.
 
-Ragged per-output-channel densities are summarised into two numbers per layer: the mean
-coefficient density and the fraction of *live* output channels (density > 0). Dead output
-channels are skipped by every sparse design (their rows are empty in the compressed format),
-so the sparse engines work on ``c_out * live_out_fraction`` channels at density
+Each layer's sparsity is two numbers given by the record's producer: the coefficient density
+over all coefficients and the fraction of *live* output channels (any non-zero value). Dead
+output channels are skipped by every sparse design (their rows are empty in the compressed
+format), so the sparse engines work on ``c_out * live_out_fraction`` channels at density
 ``coef_density / live_out_fraction``.
 
 Example:
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from runkit import MissingFileError, UsageError, check_choice
+from runkit.layer_record import DESCRIBED_KEYS, REQUIRED_KEYS, LayerRecord, live_out_fraction
 
 
 class Workload(NamedTuple):
@@ -61,10 +63,7 @@ class Workload(NamedTuple):
     window_density: jax.Array
 
 
-REQUIRED_KEYS = ("name", "kind", "h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel_size", "stride", "basis", "coef_density", "act_density", "coef_bits", "basis_bits", "weight_bits")
-
-
-def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
+def _layer_row(i: int, layer: LayerRecord) -> dict[str, float]:
     where = f"layers[{i}] ({layer.get('name', '?')!r})"
     missing = [k for k in REQUIRED_KEYS if k not in layer]
     if missing:
@@ -79,10 +78,13 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
     basis = layer["basis"]
     if not isinstance(basis, (int, float)) or basis < 0 or basis != int(basis):
         raise UsageError(f"{where}.basis: expected a whole number >= 0, got {basis!r}")
-    for key in ("coef_density", "act_density"):
+    for key in ("coef_density", "live_out_fraction", "act_density"):
         value = layer[key]
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UsageError(f"{where}.{key}: expected a density in [0, 1], got {value!r}")
+    live = float(layer["live_out_fraction"])
+    if layer["coef_density"] > live + 1e-6:
+        raise UsageError(f"{where}.coef_density: expected at most live_out_fraction ({live!r}): dead output channels hold no values, got {layer['coef_density']!r}")
     decomposed = basis > 0
     # A width that does not apply to the layer may be 0 (the compression pipeline's convention):
     # weight_bits for decomposed layers, coef_bits/basis_bits for plain ones.
@@ -100,9 +102,8 @@ def _layer_row(i: int, layer: dict[str, Any]) -> dict[str, float]:
             raise UsageError(f"{where}.coef_density_per_out_channel: expected length {int(row['c_out'])} (c_out), got shape {per_channel.shape}")
         if np.any(per_channel < 0) or np.any(per_channel > 1):
             raise UsageError(f"{where}.coef_density_per_out_channel: expected densities in [0, 1]")
-        live = float(np.mean(per_channel > 0))
-    else:
-        live = 1.0 if layer["coef_density"] > 0 else 0.0
+        if abs(live_out_fraction(per_channel) - live) > 1e-6:
+            raise UsageError(f"{where}.live_out_fraction: expected the fraction of non-zero coef_density_per_out_channel ({live_out_fraction(per_channel)!r}), got {live!r}")
     # A plain layer's weights run through the sparse engine as its coefficients; the baselines run a
     # decomposed layer's rebuilt kernel (W = C.B) stored at the wider of its two precisions.
     coef_bits = layer["coef_bits"] if decomposed or layer["coef_bits"] else layer["weight_bits"]
@@ -128,12 +129,14 @@ def _optional_density(where: str, layer: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def workload_from_layers(layers: list[dict[str, Any]]) -> Workload:
-    """Build a batched :class:`Workload` from per-layer dicts (validated, with clear errors).
+def workload_from_layers(layers: list[LayerRecord]) -> Workload:
+    """Build a batched :class:`Workload` from per-layer records (validated, with clear errors).
 
     Args:
-      layers: dicts with the keys of :data:`REQUIRED_KEYS` (``coef_density_per_out_channel``,
-        ``padding``, ``act_window_density`` and the MAC/parameter counts are optional).
+      layers: :class:`~runkit.layer_record.LayerRecord` dicts: the keys of
+        :data:`~runkit.layer_record.REQUIRED_KEYS` (``coef_density_per_out_channel``, checked
+        against ``live_out_fraction`` when given, ``padding``, ``act_window_density`` and the
+        MAC/parameter counts are optional).
 
     Returns:
       A :class:`Workload` whose fields have shape ``[len(layers)]``.
@@ -186,30 +189,48 @@ DENSITY_PROFILE = {
 MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "vgg16")
 
 
-def _conv(name, h_in, c_in, c_out, stride, coef_density, act_density, *, kernel=3, profile=DENSITY_PROFILE):
+def _conv(name, h_in, c_in, c_out, stride, coef_density, act_density, *, kernel=3, profile=DENSITY_PROFILE, kind="conv") -> LayerRecord:
+    """One record with the conventions of :mod:`runkit.layer_record`: every output channel holds
+    ``coef_density`` of its values (so all are live when it is above 0), every (input channel,
+    basis kernel) map is read; a plain layer (1x1 here: the classifier) has a bias."""
     h_out = (h_in + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
     d = profile["basis"] if kernel > 1 else 0
-    macs_dense = h_out * h_out * c_out * c_in * kernel * kernel
-    return {
-        "name": name, "kind": "conv", "h_in": h_in, "w_in": h_in, "h_out": h_out, "w_out": h_out,
+    pixels = h_out * h_out
+    macs_dense = pixels * c_out * c_in * kernel * kernel
+    per_out = [coef_density] * c_out
+    if d:
+        nnz = round(coef_density * c_in * d * c_out)
+        live_pairs = c_in * d if nnz else 0
+        counts = {
+            "coef_bits": profile["coef_bits"], "basis_bits": profile["basis_bits"], "weight_bits": 0, "params": d * kernel * kernel + nnz,
+            "macs_decomposed": h_in * h_in * c_in * d * c_out + pixels * c_out * d * kernel * kernel,
+            "macs_sparse": pixels * (live_pairs * kernel * kernel + nnz),
+        }
+    else:
+        nnz = round(coef_density * c_in * kernel * kernel * c_out)
+        counts = {
+            "coef_bits": 0, "basis_bits": 0, "weight_bits": profile["weight_bits"], "params": nnz + c_out,
+            "macs_decomposed": macs_dense, "macs_sparse": round(macs_dense * coef_density),
+        }
+    record = {
+        "name": name, "kind": kind, "h_in": h_in, "w_in": h_in, "h_out": h_out, "w_out": h_out,
         "c_in": c_in, "c_out": c_out, "kernel_size": kernel, "stride": stride, "basis": d,
-        "coef_density": coef_density, "coef_density_per_out_channel": [coef_density] * c_out,
-        "act_density": act_density, "coef_bits": profile["coef_bits"], "basis_bits": profile["basis_bits"] if d else 0,
-        "weight_bits": profile["weight_bits"], "params": c_out * c_in * kernel * kernel,
-        "macs_dense": macs_dense,
-        "macs_decomposed": h_in * h_in * c_out * c_in * d + h_out * h_out * c_out * d * kernel * kernel if d else macs_dense,
-        "macs_sparse": (h_in * h_in * c_out * c_in * d * coef_density * act_density + h_out * h_out * c_out * d * kernel * kernel) if d else macs_dense * coef_density * act_density,
+        "coef_density": coef_density, "live_out_fraction": live_out_fraction(per_out), "act_density": act_density,
+        "coef_density_per_out_channel": per_out, "macs_dense": macs_dense, **counts,
     }
+    return LayerRecord(**{key: record[key] for key in DESCRIBED_KEYS})
 
 
-def model_layers(model: str, profile: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Per-layer dicts of a CIFAR-10 model (32x32 input) with the :data:`DENSITY_PROFILE`.
+def model_layers(model: str, profile: dict[str, Any] | None = None) -> list[LayerRecord]:
+    """Per-layer records of a CIFAR-10 model (32x32 input) with the :data:`DENSITY_PROFILE`.
 
     ResNet-(6n+2): conv1 3->16, three stages of ``n`` BasicBlocks (two 3x3 convs each) with
     16/32/64 channels, stride 2 in the first block of stages 2 and 3 (option-A shortcuts,
     which hold no weights), global pooling, linear 64->10. VGG-16: cfg
     ``[64,64,M,128,128,M,256,256,256,M,512,512,512,M,512,512,512,M]`` on 32x32, linear 512->10.
-    The final linear layer is kept dense and undecomposed.
+    Every 3x3 conv is decomposed into ``profile["basis"]`` kernels; the final linear layer is
+    kept dense and undecomposed. Layer names are those of the models in
+    :mod:`jaxsparse.models` (``layer1.0.conv1``, ``linear``; ``features.0.conv``, ``classifier``).
 
     Example:
         >>> len(model_layers("resnet56")), len(model_layers("vgg16"))
@@ -246,12 +267,11 @@ def model_layers(model: str, profile: dict[str, Any] | None = None) -> list[dict
                 density, act = p["coef_density_mid"], p["act_density"]
             else:
                 density, act = p["coef_density_late"], p["act_density_late"]
-            layers.append(_conv(f"features.{index}", size, c_in, item, 1, density, act, profile=p))
+            layers.append(_conv(f"features.{index}.conv", size, c_in, item, 1, density, act, profile=p))
             c_in, index = item, index + 1
         fc_in = 512
-    fc = _conv("fc", 1, fc_in, 10, 1, 1.0, p["act_density_late"], kernel=1, profile=p)
-    fc["kind"] = "linear"
-    layers.append(fc)
+    classifier = "linear" if model.startswith("resnet") else "classifier"
+    layers.append(_conv(classifier, 1, fc_in, 10, 1, 1.0, p["act_density_late"], kernel=1, profile=p, kind="linear"))
     return layers
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from runkit import UsageError, atomic_write_json, check_choice, check_positive
+from runkit.figures import save_figure, subplots
 from ndp.checkpoint import TrainCheckpoints
 from ndp.configs import DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData
@@ -268,13 +268,8 @@ def evaluate(predict, state, source, mesh, batch_size: int) -> dict:
 
 def plot_curve(history: list[dict], path: Path, title: str) -> None:
     """Training loss and test metric against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(steps, [h["train_loss"] for h in history], "o-", label="train loss (mean since last eval)")
     metric = "rmse" if "rmse" in history[-1] else "auc"
     ax2 = ax.twinx()
@@ -287,11 +282,7 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -> dict:

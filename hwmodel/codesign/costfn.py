@@ -99,7 +99,7 @@ def make_cost_fn(
 
     Args:
       layers: the model's per-layer description (dicts with the keys of
-        :data:`hwmodel.workload.REQUIRED_KEYS`).
+        :data:`runkit.layer_record.REQUIRED_KEYS`).
       hw, options: the design point.
       metric: ``"latency"``, ``"energy"`` or ``"edp"``.
       relaxed: smooth surrogates for ``ceil``/``max`` (informative gradients).

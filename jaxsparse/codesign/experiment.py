@@ -34,7 +34,6 @@ same settings skips finished points and resumes the interrupted one.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import time
@@ -53,7 +52,8 @@ from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
 from jaxsparse.penni import hwaware
-from runkit import UsageError, atomic_write_bytes, atomic_write_json, check_positive, find_shared_root
+from runkit import UsageError, atomic_write_json, check_positive, find_shared_root
+from runkit.figures import save_figure, subplots
 from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
@@ -171,7 +171,7 @@ def _point(model, data: Data, hw: Hardware, options: Options, **extra) -> dict[s
     share = np.asarray(layer_latency_share(layers, hw, options))
     return {**extra, "top1": top1, **exact_cost(layers, hw, options),
             "layers": [{"name": r["name"], "basis": r["basis"], "coef_density": r["coef_density"],
-                        "live_out_fraction": float(np.mean(np.asarray(r["coef_density_per_out_channel"]) > 0)), "latency_share": float(s)}
+                        "live_out_fraction": r["live_out_fraction"], "latency_share": float(s)}
                        for r, s in zip(layers, share)],
             "description": layers}
 
@@ -445,27 +445,13 @@ def summarize(state: dict) -> dict:
 # ----------------------------------------------------------------------------- plots
 
 
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
 def plot_all(state: dict, out: Path, log=print) -> list[Path]:
     """``pareto.png`` (top-1 vs latency and energy), ``hardware.png``, ``layer_density.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = list(state["points"].values())
     uniform = sorted((p for p in points if p["method"] == "uniform"), key=lambda p: p["latency_ms"])
     aware = sorted((p for p in points if p["method"] == "hwaware"), key=lambda p: p["latency_ms"])
     written = []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = subplots(1, 2, figsize=(12, 4.5))
     for ax, key, label in ((axes[0], "latency_ms", "modelled latency (ms)"), (axes[1], "energy_uj", "modelled energy (uJ)")):
         ax.plot([p[key] for p in uniform], [100 * p["top1"] for p in uniform], "o--", label="uniform PENNI rule (s swept)")
         for p in uniform:
@@ -486,7 +472,7 @@ def plot_all(state: dict, out: Path, log=print) -> list[Path]:
         ax.legend(fontsize=8)
     fig.suptitle("accuracy vs modelled cost on the ESCALATE-style design")
     fig.tight_layout()
-    written.append(_save(fig, out / "pareto.png"))
+    written.append(save_figure(fig, out / "pareto.png", dpi=110))
 
     joint = state.get("joint", {})
     rounds = sorted(k for k in joint if k.startswith("round"))
@@ -498,7 +484,7 @@ def plot_all(state: dict, out: Path, log=print) -> list[Path]:
         chosen["joint"] = joint[rounds[-1]]["hardware"]
     params = [("escalate", "pes"), ("escalate", "lanes"), ("escalate", "multipliers"), ("escalate", "basis_macs"),
               ("escalate", "pe_buffer_kib"), ("memory", "glb_kib")]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = subplots(figsize=(9, 4))
     width = 0.8 / len(chosen)
     for j, (name, hwd) in enumerate(chosen.items()):
         values = [hwd[s][k] / base[s][k] for s, k in params]
@@ -510,12 +496,12 @@ def plot_all(state: dict, out: Path, log=print) -> list[Path]:
     ax.set(ylabel="relative to the default design", title="chosen hardware (iso-area)")
     ax.legend()
     fig.tight_layout()
-    written.append(_save(fig, out / "hardware.png"))
+    written.append(save_figure(fig, out / "hardware.png", dpi=110))
 
     if aware and uniform:
         best_aware = max(aware, key=lambda p: p["top1"])
         ref = min(uniform, key=lambda p: abs(p["threshold"] - 1.0))
-        fig, ax = plt.subplots(figsize=(12, 4.5))
+        fig, ax = subplots(figsize=(12, 4.5))
         convs = [i for i, layer in enumerate(ref["layers"]) if layer["basis"] > 0]
         names = [ref["layers"][i]["name"] for i in convs]
         x = np.arange(len(convs))
@@ -530,7 +516,7 @@ def plot_all(state: dict, out: Path, log=print) -> list[Path]:
         ax.legend(loc="upper left", fontsize=8)
         ax2.legend(loc="upper right", fontsize=8)
         fig.tight_layout()
-        written.append(_save(fig, out / "layer_density.png"))
+        written.append(save_figure(fig, out / "layer_density.png", dpi=110))
     log("wrote " + ", ".join(str(p) for p in written))
     return written
 

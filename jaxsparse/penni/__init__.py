@@ -18,7 +18,7 @@ Inference: :mod:`~jaxsparse.penni.inference` (execution plans, BatchNorm folding
 one Pallas kernel for GPU and TPU that skips dead (input channel, basis) pairs.
 """
 
-from jaxsparse.penni.count import LAYER_KEYS, describe_layers, summarize
+from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.decompose import Decomposition, decompose_kernel, decompose_kernels, reconstruct_kernel
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, apply_decomposed, decompose_model, set_form, set_quantization
 from jaxsparse.penni.prune import (
@@ -45,7 +45,6 @@ from jaxsparse.penni.train import TrainConfig, alternating, evaluate, fit, param
 
 __all__ = [
     "FORMS",
-    "LAYER_KEYS",
     "CompactBasicBlock",
     "DecomposedConv",
     "LiveBasisFirstConv",

@@ -1,27 +1,11 @@
 """Stage 7, *Count*: parameters, MACs, densities and bit widths, per layer, as plain data.
 
-:func:`describe_layers` returns one JSON-able record per conv/linear layer, in forward
-order, with these keys (the interface the hardware model consumes):
-
-``name, kind ("conv" | "linear"), h_in, w_in, h_out, w_out, c_in, c_out, kernel_size,
-stride, basis, coef_density, coef_density_per_out_channel, act_density, coef_bits,
-basis_bits, weight_bits, params, macs_dense, macs_decomposed, macs_sparse``
-
-Conventions (with ``P = h_out * w_out``, ``k = kernel_size``, ``d = basis``):
-
-* ``macs_dense = P * c_in * c_out * k^2`` for the layer's current (possibly shrunk) shape;
-* decomposed layers, basis-first order: ``macs_decomposed = P * (c_in * d * k^2 + c_in * d * c_out)``;
-  ``macs_sparse = P * (live_pairs * k^2 + nnz(coefficients))`` where ``live_pairs`` counts the
-  (input channel, basis kernel) maps some non-zero coefficient reads: the paper's
-  counting, only non-zero coefficients cost a multiply-accumulate;
-* layers that are not decomposed: ``basis = 0``, ``coef_density = 1.0``,
-  ``coef_bits = basis_bits = 0``, ``macs_decomposed = macs_dense`` and
-  ``macs_sparse = macs_dense * (fraction of non-zero weights)``;
-* ``params``: stored non-zero parameters, ``d * k^2 + nnz(coefficients)`` for a decomposed
-  layer, ``nnz(weights) + bias`` otherwise (BatchNorm is not counted, as in the paper);
-* ``weight_bits``: bits of a non-decomposed layer's weights (32 unquantized), 0 for decomposed
-  layers, whose storage is ``basis_bits`` per basis value and ``coef_bits`` per coefficient;
-* ``act_density``: the measured fraction of non-zero input activations when images are given, else 1.0.
+:func:`describe_layers` returns one :class:`runkit.layer_record.LayerRecord` per conv/linear
+layer, in forward order, with the keys :data:`runkit.layer_record.DESCRIBED_KEYS`: the
+interface the hardware model consumes. Units and conventions (which density is which, which
+MAC count is coefficient-first and which basis-first, the bit widths a layer does not use)
+are documented once, in :mod:`runkit.layer_record`. Here: ``act_density`` is measured when
+images are given, else 1.0; an unquantized layer reports 32-bit widths.
 """
 
 from __future__ import annotations
@@ -32,13 +16,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsparse.penni.layers import DecomposedConv, iter_layers, set_by_path
-
-#: Keys of every record of :func:`describe_layers`.
-LAYER_KEYS = (
-    "name", "kind", "h_in", "w_in", "h_out", "w_out", "c_in", "c_out", "kernel_size", "stride", "basis",
-    "coef_density", "coef_density_per_out_channel", "act_density", "coef_bits", "basis_bits", "weight_bits",
-    "params", "macs_dense", "macs_decomposed", "macs_sparse",
-)
+from runkit.layer_record import DESCRIBED_KEYS, LayerRecord, live_out_fraction
 
 
 class _Recorder:
@@ -87,7 +65,7 @@ def _record(model: nnx.Module, images: jax.Array, *, measure: bool) -> dict[str,
     finally:
         for path, layer in layers:
             set_by_path(model, path, layer)
-    return {p: recorder.seen[p] for p, _ in layers if p in recorder.seen}
+    return dict(recorder.seen)  # in call order: the forward order (graph order may differ, e.g. VGG's classifier)
 
 
 def _stride(layer) -> int:
@@ -95,8 +73,8 @@ def _stride(layer) -> int:
     return int(strides[0]) if isinstance(strides, (tuple, list)) else int(strides)
 
 
-def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input_shape=(1, 32, 32, 3)) -> list[dict]:
-    """Per-layer description of ``model`` (see the module notes for keys and conventions).
+def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input_shape=(1, 32, 32, 3)) -> list[LayerRecord]:
+    """Per-layer description of ``model`` (keys and conventions: :mod:`runkit.layer_record`).
 
     Args:
       model: any NNX model built from ``DecomposedConv``, ``nnx.Conv`` and ``nnx.Linear`` layers.
@@ -104,7 +82,7 @@ def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input
       input_shape: shape of the zero batch used to trace shapes when ``images`` is None.
 
     Returns:
-      List of plain dicts (ints, floats, strings, lists), in forward order.
+      One :class:`~runkit.layer_record.LayerRecord` (a plain JSON-able dict) per layer, in forward order.
 
     Example:
         >>> from jaxsparse.models import build_model
@@ -130,31 +108,32 @@ def describe_layers(model: nnx.Module, images: jax.Array | None = None, *, input
         pixels = int(h_out) * int(w_out)
         macs_dense = pixels * c_in * c_out * k * k
         if isinstance(layer, DecomposedConv):
-            coef = np.asarray(layer.coefficients[...]) != 0
+            coef = np.asarray(layer.coefficients[...]) != 0  # (c_in, c_out, d)
             d = int(layer.num_basis)
             nnz = int(coef.sum())
-            live_pairs = int(coef.any(axis=1).sum())
+            live_pairs = int(coef.any(axis=1).sum())  # (input channel, basis kernel) maps some coefficient reads
             per_out = coef.sum(axis=(0, 2)) / max(c_in * d, 1)
             record = dict(
-                basis=d, coef_density=nnz / max(coef.size, 1), coef_density_per_out_channel=[float(v) for v in per_out],
-                coef_bits=layer.coef_bits or 32, basis_bits=layer.basis_bits or 32, weight_bits=0,
-                params=d * k * k + nnz, macs_decomposed=pixels * (c_in * d * k * k + c_in * d * c_out),
+                basis=d, coef_density=nnz / max(coef.size, 1), coef_bits=layer.coef_bits or 32, basis_bits=layer.basis_bits or 32,
+                weight_bits=0, params=d * k * k + nnz,
+                macs_decomposed=int(h_in) * int(w_in) * c_in * d * c_out + pixels * c_out * d * k * k,
                 macs_sparse=pixels * (live_pairs * k * k + nnz),
             )
         else:
-            kernel = np.asarray(layer.kernel[...])
-            density = float(np.mean(kernel != 0)) if kernel.size else 1.0
+            kernel = np.asarray(layer.kernel[...]) != 0  # (..., c_out)
+            density = float(np.mean(kernel)) if kernel.size else 1.0
+            per_out = kernel.reshape(-1, c_out).mean(axis=0) if kernel.size else np.ones(c_out)
             bias = int(layer.bias.size) if getattr(layer, "bias", None) is not None and layer.use_bias else 0
             record = dict(
-                basis=0, coef_density=1.0, coef_density_per_out_channel=[1.0] * c_out, coef_bits=0, basis_bits=0,
-                weight_bits=32, params=int((kernel != 0).sum()) + bias, macs_decomposed=macs_dense,
-                macs_sparse=int(round(macs_dense * density)),
+                basis=0, coef_density=density, coef_bits=0, basis_bits=0, weight_bits=32, params=int(kernel.sum()) + bias,
+                macs_decomposed=macs_dense, macs_sparse=int(round(macs_dense * density)),
             )
         record.update(
             name=path, kind=kind, h_in=int(h_in), w_in=int(w_in), h_out=int(h_out), w_out=int(w_out), c_in=c_in, c_out=c_out,
             kernel_size=k, stride=stride, act_density=float(act), macs_dense=int(macs_dense),
+            coef_density_per_out_channel=[float(v) for v in per_out], live_out_fraction=live_out_fraction(per_out),
         )
-        records.append({key: record[key] for key in LAYER_KEYS})
+        records.append(LayerRecord(**{key: record[key] for key in DESCRIBED_KEYS}))
     return records
 
 

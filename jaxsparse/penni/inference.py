@@ -48,7 +48,7 @@ from flax import nnx
 from runkit import UsageError, check_choice, check_positive
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
-from jaxsparse.penni.shrink import CompactBasicBlock, channel_shortcut
+from jaxsparse.penni.shrink import CompactBasicBlock, channel_graph, channel_shortcut
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv
 from jaxsparse.penni.sparse_pallas import PallasSparseConv
 
@@ -133,22 +133,6 @@ def apply_plan(model: nnx.Module, plan: str | dict[str, str]) -> nnx.Module:
     return model
 
 
-def _conv_bn_pairs(model: nnx.Module) -> list[tuple[str, str]]:
-    """``(conv path, bn path)`` for every BatchNorm whose sibling ``convK``/``conv`` feeds it directly."""
-    pairs = []
-    for path, _ in iter_layers(model, nnx.BatchNorm):
-        parent, _, name = path.rpartition(".")
-        if not name.startswith("bn"):
-            raise UsageError(f"model: expected every BatchNorm to be named bn* beside its conv, got {path!r}")
-        conv = (parent + "." if parent else "") + "conv" + name[2:]
-        try:
-            get_by_path(model, conv)
-        except (AttributeError, IndexError, KeyError) as err:
-            raise UsageError(f"model: BatchNorm {path!r} has no conv {conv!r} beside it to fold into") from err
-        pairs.append((conv, path))
-    return pairs
-
-
 def _scale_outputs(layer: nnx.Module, scale: np.ndarray) -> None:
     if isinstance(layer, DecomposedConv):  # baked by fold_batchnorm: the stored tensors are the ones used
         layer.coefficients[...] = layer.coefficients[...] * jnp.asarray(scale)[None, :, None]
@@ -173,7 +157,10 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
       the model, whose outputs equal the eval-mode outputs of the original.
     """
     bake_quantization(model)
-    for conv_path, bn_path in _conv_bn_pairs(model):
+    for edge in channel_graph(model).edges:
+        if edge.bn is None or not isinstance(get_by_path(model, edge.bn), nnx.BatchNorm):
+            continue  # no BatchNorm, or already folded
+        conv_path, bn_path = edge.path, edge.bn
         bn, conv = get_by_path(model, bn_path), get_by_path(model, conv_path)
         if getattr(conv, "use_bias", False):
             raise UsageError(f"model: conv {conv_path!r} has a bias; only bias-free convs before BatchNorm are folded")
@@ -326,29 +313,21 @@ def pad_channels(model: CifarResNet, multiple: int) -> CifarResNet:
     def up(n: int) -> int:
         return -(-n // multiple) * multiple
 
-    def pad_unit(conv_path: str, norm_path: str, cin: int) -> int:
-        conv = get_by_path(model, conv_path)
-        cout = up(int(conv.out_features))
-        set_by_path(model, conv_path, _padded_layer(conv, cin, cout))
-        set_by_path(model, norm_path, _padded_norm(get_by_path(model, norm_path), cout))
-        return cout
-
-    original = int(model.conv1.out_features)
-    current = pad_unit("conv1", "bn1", int(model.conv1.in_features))
-    for s, stage in enumerate(model.stages, start=1):
-        for b, block in enumerate(stage):
-            prefix = f"layer{s}.{b}"
-            mid = pad_unit(f"{prefix}.conv1", f"{prefix}.bn1", current)
-            out = pad_unit(f"{prefix}.conv2", f"{prefix}.bn2", mid)
-            # A padded output channel may read any padded (all-zero) input channel; reading the one at
-            # the same index keeps an identity shortcut an identity (no gather).
-            source = block.source + tuple(k if original <= k < current else -1 for k in range(len(block.source), out))
-            original = len(block.source)
-            block.source = source  # pad_unit already swapped the block's padded layers in
-            current = out
-    linear = model.linear
-    model.linear = nnx.Linear(current, linear.out_features, use_bias=linear.use_bias,
-                              kernel_init=_given(_pad_axis(linear.kernel[...], 0, current)),
-                              bias_init=_given(linear.bias[...]) if linear.use_bias else nnx.initializers.zeros_init(),
-                              rngs=nnx.Rngs(0))
+    graph = channel_graph(model)
+    padded = {space: size if space in graph.fixed else up(size) for space, size in graph.sizes.items()}
+    *units, classifier = graph.edges
+    for edge in units:  # every conv with its norm, in forward order
+        conv = get_by_path(model, edge.path)
+        set_by_path(model, edge.path, _padded_layer(conv, padded[edge.src], padded[edge.dst]))
+        set_by_path(model, edge.bn, _padded_norm(get_by_path(model, edge.bn), padded[edge.dst]))
+    for sc in graph.shortcuts:
+        # A padded output channel may read any padded (all-zero) input channel; reading the one at
+        # the same index keeps an identity shortcut an identity (no gather).
+        block, original, current = get_by_path(model, sc.owner), graph.sizes[sc.src], padded[sc.src]
+        block.source = sc.source + tuple(k if original <= k < current else -1 for k in range(len(sc.source), padded[sc.dst]))
+    linear = get_by_path(model, classifier.path)
+    set_by_path(model, classifier.path, nnx.Linear(padded[classifier.src], linear.out_features, use_bias=linear.use_bias,
+                                                   kernel_init=_given(_pad_axis(linear.kernel[...], 0, padded[classifier.src])),
+                                                   bias_init=_given(linear.bias[...]) if linear.use_bias else nnx.initializers.zeros_init(),
+                                                   rngs=nnx.Rngs(0)))
     return model

@@ -235,11 +235,37 @@ def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
 
+def path_name(path) -> str:
+    """The dotted name of a path: pytree keys (``jax.tree_util`` key paths) or the plain
+    strings and integers of ``nnx.iter_graph``. A trailing ``.value`` attribute (a
+    ``Variable`` flattening to its array) is dropped, so a parameter leaf is named after
+    its module and attribute.
+
+    Args:
+      path: a sequence of ``DictKey``/``GetAttrKey``/``SequenceKey``/``FlattenedIndexKey``,
+        ``str`` or ``int``.
+
+    Returns:
+      ``"layer1.0.conv1.coefficients"``-style name (``""`` for the empty path).
+
+    Example:
+        >>> from jax.tree_util import DictKey, GetAttrKey, SequenceKey
+        >>> path_name((DictKey("layer1"), SequenceKey(0), DictKey("conv1"), DictKey("coefficients"), GetAttrKey("value")))
+        'layer1.0.conv1.coefficients'
+        >>> path_name(("layer1", 0, "conv1"))
+        'layer1.0.conv1'
+    """
+    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
+        keys = keys[:-1]
+    return ".".join(keys)
+
+
 def iter_layers(model: nnx.Module, types) -> Iterator[tuple[str, nnx.Module]]:
     """``(dotted path, module)`` of every sub-module of the given type(s), in graph order."""
     for path, node in nnx.iter_graph(model):
         if isinstance(node, types):
-            yield ".".join(str(p) for p in path), node
+            yield path_name(path), node
 
 
 def get_by_path(model, path: str):

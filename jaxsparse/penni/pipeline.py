@@ -40,11 +40,12 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit.figures import save_figure, subplots
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
-from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
+from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, path_name, set_quantization
 from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
@@ -169,7 +170,7 @@ def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Mod
     else:  # every variable comes from the file: build only the structure (no initialiser runs or compiles)
         model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(config.seed)))
         load_pytorch_npz(model, weights)
-        unset = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+        unset = [path_name(path) for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model))
                  if isinstance(leaf, jax.ShapeDtypeStruct)]  # fmt: skip
         if unset:
             raise UsageError(f"weights: {str(weights)!r} sets no value for {len(unset)} variables of {config.model}, e.g. {unset[:3]}")
@@ -260,15 +261,10 @@ def export_quantized(model: nnx.Module, path: str | Path, *, coef_bits: int, bas
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     layers = [r for r in report["layers"] if r["kind"] == "conv"]
     dense_channels = {r["name"]: r["c_out"] for r in report["dense_layers"]}
     stages = report["stages"]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    fig, axes = subplots(2, 2, figsize=(13, 8))
     x = np.arange(len(layers))
     axes[0, 0].bar(x, [r["coef_density"] for r in layers], color="tab:blue")
     axes[0, 0].set(title="coefficient density per conv layer", ylabel="non-zero fraction", ylim=(0, 1.05))
@@ -294,12 +290,7 @@ def _plot(report: dict, path: Path) -> None:
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle(f"PENNI compression of {report['config']['model']}")
     fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path, dpi=90)
 
 
 def compress(

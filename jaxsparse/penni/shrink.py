@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from jaxsparse.models import CifarResNet
-from jaxsparse.penni.layers import DecomposedConv, get_by_path, set_by_path
+from jaxsparse.penni.layers import DecomposedConv, get_by_path, path_name, set_by_path
 from runkit import UsageError
 
 
@@ -55,13 +55,18 @@ class Edge:
 
 @dataclasses.dataclass(frozen=True)
 class Shortcut:
-    """A residual copy ``dst[offset + c] += src[c]`` (after spatial subsampling when ``subsample``), owned by block ``owner``."""
+    """A residual copy ``dst[offset + c] += src[c]`` (after spatial subsampling when ``subsample``), owned by block ``owner``.
+
+    In a shrunk block (:class:`CompactBasicBlock`) the copy is a gather instead: ``source[k]`` is
+    the ``src`` channel added to ``dst`` channel ``k`` (``-1``: none) and ``offset`` is unused.
+    """
 
     owner: str
     src: str
     dst: str
     offset: int = 0
     subsample: bool = False
+    source: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +84,22 @@ def _out_size(layer) -> int:
 
 
 def channel_graph(model: nnx.Module) -> ChannelGraph:
-    """The channel graph of a model of the package (see the module notes).
+    """The channel graph of a model of the package (see the module notes): the one description
+    of its structure (which layer reads and writes which channel space, which BatchNorm follows
+    which layer, which shortcut joins which spaces) that shrinking, BatchNorm folding and
+    channel padding all read. The model may already be shrunk, or have its layers replaced by
+    inference plans or its BatchNorms folded: the structure is the same.
+
+    Returns:
+      A :class:`ChannelGraph`; its ``edges`` are in forward order.
 
     Raises:
-      ValueError: the model's structure is not one this function knows.
+      runkit.UsageError: the model's structure is not one this function knows.
+
+    Example:
+        >>> graph = channel_graph(build_model("resnet20", rngs=nnx.Rngs(0)))  # doctest: +SKIP
+        >>> graph.edges[1]  # doctest: +SKIP
+        Edge(path='layer1.0.conv1', src='stem', dst='layer1.0.mid', bn='layer1.0.bn1')
     """
     if isinstance(model, CifarResNet):
         sizes, edges, shortcuts = {"input": int(model.conv1.in_features), "stem": _out_size(model.conv1)}, [], []
@@ -97,8 +114,9 @@ def channel_graph(model: nnx.Module) -> ChannelGraph:
                 edges.append(Edge(f"{prefix}.conv1", current, mid, f"{prefix}.bn1"))
                 edges.append(Edge(f"{prefix}.conv2", mid, out, f"{prefix}.bn2"))
                 if isinstance(block, CompactBasicBlock):
-                    raise UsageError("model: already shrunk (its blocks are CompactBasicBlock); shrink the original model")
-                shortcuts.append(Shortcut(prefix, current, out, int(block.shortcut_pad), bool(block.option_a_shortcut)))
+                    shortcuts.append(Shortcut(prefix, current, out, 0, bool(block.subsample), tuple(block.source)))
+                else:
+                    shortcuts.append(Shortcut(prefix, current, out, int(block.shortcut_pad), bool(block.option_a_shortcut)))
                 current = out
         sizes["logits"] = _out_size(model.linear)
         edges.append(Edge("linear", current, "logits"))
@@ -187,6 +205,8 @@ def plan_shrink(model: nnx.Module, max_iterations: int = 100) -> ShrinkPlan:
         (11, 16)
     """
     graph = channel_graph(model)
+    if any(sc.source is not None for sc in graph.shortcuts):
+        raise UsageError("model: already shrunk (its blocks are CompactBasicBlock); shrink the original model")
     usage = {e.path: connections(get_by_path(model, e.path), graph.sizes[e.src]) for e in graph.edges}
     live = {s: np.ones(n, bool) for s, n in graph.sizes.items()}
     for iteration in range(1, max_iterations + 1):
@@ -272,10 +292,8 @@ def param_module_path(path) -> tuple[str, str]:
         ...                    jax.tree_util.DictKey("coefficients")))
         ('layer1.0.conv1', 'coefficients')
     """
-    keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-    if len(keys) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and keys[-1] == "value":
-        keys = keys[:-1]  # a Variable flattens to its value
-    return ".".join(keys[:-1]), keys[-1]
+    module, _, attr = path_name(path).rpartition(".")
+    return module, attr
 
 
 def param_masks_like(model: nnx.Module, plan: ShrinkPlan | None = None) -> nnx.State:

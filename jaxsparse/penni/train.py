@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
+from jaxsparse.penni.layers import path_name
 from jaxsparse.penni.prune import masked
 
 #: Parameter groups of :func:`param_groups`.
@@ -89,19 +90,11 @@ class TrainConfig:
         check_choice("first_group", self.first_group, ("coefficients", "basis"))
 
 
-def _leaf_name(path) -> str:
-    last = path[-1]
-    for attr in ("key", "name", "idx"):
-        if hasattr(last, attr):
-            return str(getattr(last, attr))
-    return str(last)
-
-
 def param_groups(params: Any) -> Any:
     """Label every parameter leaf ``"basis"``, ``"coefficients"`` or ``"shared"`` (everything else)."""
 
     def label(path, _):
-        names = [_leaf_name(path[: i + 1]) for i in range(len(path))]
+        names = path_name(path).split(".")
         for group in ("basis", "coefficients"):
             if group in names:
                 return group

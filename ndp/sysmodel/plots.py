@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
-from runkit import atomic_write_bytes
+from runkit.figures import save_figure, subplots
 
 
-def _figure(*args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(*args, **kwargs)
-
-
-def _save(plt, fig, path) -> Path:
-    buffer = io.BytesIO()
+def _save(fig, path) -> Path:
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path, dpi=110)
 
 
 def gantt(path, timelines: dict, titles: dict | None = None) -> Path:
@@ -35,8 +22,10 @@ def gantt(path, timelines: dict, titles: dict | None = None) -> Path:
         the window shown is one period ending at the completion of the second-to-last batch,
         with the tasks of all batches active in it (colour = batch).
     """
-    plt, (fig, axes) = _figure(len(timelines), 1, figsize=(11, 2.3 * len(timelines) + 0.5), squeeze=False)
-    cmap = plt.get_cmap("tab10")
+    fig, axes = subplots(len(timelines), 1, figsize=(11, 2.3 * len(timelines) + 0.5), squeeze=False)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
     for ax, (system, tl) in zip(axes[:, 0], timelines.items()):
         start, finish = np.asarray(tl["start"]) * 1e3, np.asarray(tl["finish"]) * 1e3
         period = float(tl["period"]) * 1e3
@@ -59,12 +48,12 @@ def gantt(path, timelines: dict, titles: dict | None = None) -> Path:
         title = (titles or {}).get(system, system)
         ax.set_title(f"{title}: {period:.3f} ms per iteration (colour = batch)", fontsize=9)
         ax.set_xlabel("time (ms)", fontsize=8)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def sweep(path, x, series: dict, *, xlabel: str, ylabel: str, title: str, logx: bool = False, baseline: float | None = 1.0) -> Path:
     """Lines ``series[name](x)`` on one axis."""
-    plt, (fig, ax) = _figure(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     for name, y in series.items():
         ax.plot(x, np.asarray(y), marker="o", markersize=3, label=name)
     if baseline is not None:
@@ -76,13 +65,13 @@ def sweep(path, x, series: dict, *, xlabel: str, ylabel: str, title: str, logx: 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def tornado(path, base: float, effects: dict, *, label: str, factor: float, top: int = 10) -> Path:
     """Tornado plot: ``effects = {param: (value at /factor, value at *factor)}`` around ``base``."""
     items = list(effects.items())[:top][::-1]
-    plt, (fig, ax) = _figure(figsize=(7.5, 0.45 * len(items) + 1.2))
+    fig, ax = subplots(figsize=(7.5, 0.45 * len(items) + 1.2))
     for y, (name, (low, high)) in enumerate(items):
         ax.barh(y, low - base, left=base, color="tab:blue", label=f"/{factor:g}" if y == len(items) - 1 else None)
         ax.barh(y, high - base, left=base, color="tab:orange", label=f"x{factor:g}" if y == len(items) - 1 else None)
@@ -91,4 +80,4 @@ def tornado(path, base: float, effects: dict, *, label: str, factor: float, top:
     ax.set_xlabel(label)
     ax.set_title(f"sensitivity: each parameter divided / multiplied by {factor:g}", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return _save(fig, path)

@@ -71,9 +71,14 @@ def test_model_mac_counts_match_published_figures():
 
 def test_workload_validation_and_per_channel_summary():
     layer = model_layers("resnet20")[1]
-    dead = dict(layer, coef_density_per_out_channel=[0.0] * 4 + [0.4] * 12, coef_density=0.3)
+    dead = dict(layer, coef_density_per_out_channel=[0.0] * 4 + [0.4] * 12, coef_density=0.3, live_out_fraction=0.75)
     wl = workload_from_layers([dead])
     assert float(wl.live_out_fraction[0]) == pytest.approx(0.75)
+    # the live fraction is the producer's; the consumer only checks it against the per-channel list
+    with pytest.raises(ValueError, match=r"live_out_fraction: expected the fraction of non-zero coef_density_per_out_channel \(0.75\), got 1.0"):
+        workload_from_layers([dict(dead, live_out_fraction=1.0)])
+    with pytest.raises(ValueError, match=r"coef_density: expected at most live_out_fraction \(0.25\)"):
+        workload_from_layers([dict(dead, coef_density_per_out_channel=[0.0] * 12 + [0.4] * 4, live_out_fraction=0.25)])
     with pytest.raises(ValueError, match=r"layers\[0\] \('layer1.0.conv1'\).coef_density_per_out_channel: expected length 16"):
         workload_from_layers([dict(layer, coef_density_per_out_channel=[0.1] * 3)])
     with pytest.raises(ValueError, match=r"act_density: expected a density in \[0, 1\], got 1.5"):

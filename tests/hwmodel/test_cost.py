@@ -62,7 +62,7 @@ def test_valid_tap_fraction_matches_brute_force(h, k, stride, pad):
         return
     inside = sum(0 <= y * stride + t - pad < h for y in range(h_out) for t in range(k))
     expected = (inside / (h_out * k)) ** 2
-    layer = dict(model_layers("resnet20")[1], h_in=h, w_in=h, h_out=h_out, w_out=h_out, kernel_size=k, stride=stride, padding=pad, basis=0)
+    layer = dict(model_layers("resnet20")[1], h_in=h, w_in=h, h_out=h_out, w_out=h_out, kernel_size=k, stride=stride, padding=pad, basis=0, weight_bits=8)  # a plain layer stores weights
     got = float(cost.valid_tap_fraction(slice_layer(workload_from_layers([layer]), 0)))
     assert got == pytest.approx(expected, rel=1e-6)
 

@@ -7,7 +7,7 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxsparse.penni.layers import FORMS, DecomposedConv, apply_decomposed, decompose_model, set_form
+from jaxsparse.penni.layers import FORMS, DecomposedConv, apply_decomposed, decompose_model, get_by_path, iter_layers, path_name, set_form
 
 # One compilation per shape and form (eager calls would compile op by op).
 _apply = jax.jit(apply_decomposed, static_argnums=(3, 4, 5))
@@ -53,3 +53,17 @@ def test_decomposed_resnet_matches_dense_at_full_basis():
     for form in FORMS:
         set_form(model, form)
         np.testing.assert_allclose(model(x), dense, atol=1e-4 * float(jnp.max(jnp.abs(dense))))
+
+
+def test_path_name_names_graph_paths_and_parameter_leaves_alike():
+    from jaxsparse.models import build_model
+
+    model = nnx.eval_shape(lambda: build_model("resnet20", rngs=nnx.Rngs(0)))
+    convs = dict(iter_layers(model, nnx.Conv))
+    assert "layer1.0.conv1" in convs and all(get_by_path(model, name) is layer for name, layer in convs.items())
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    names = [path_name(path) for path, _ in leaves]
+    # reference: JAX's own simple key string, less the Variable's trailing ".value" when present
+    reference = [jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value") for path, _ in leaves]
+    assert names == reference and "layer1.0.conv1.kernel" in names
+    assert {name.rpartition(".")[0] for name in names} >= set(convs)
