@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import UsageError, atomic_write_json, check_choice, check_positive
 from ndp.checkpoint import TrainCheckpoints
@@ -373,7 +373,7 @@ def _train(model, name, source, options, mesh, plan, state, step_fn, predict, st
     serialize = devices > 1 and jax.default_backend() == "cpu"
     losses: list[jax.Array] = []
     started = time.perf_counter()
-    bar = tqdm(range(start, options.steps), initial=start, total=options.steps, desc=f"train {name}",
+    bar = progress_bar(range(start, options.steps), initial=start, total=options.steps, desc=f"train {name}",
                disable=not options.progress, leave=False)  # fmt: skip
     for step in bar:
         batch = source.train_batch(step, options.batch_size)  # host arrays: the step routes and places them

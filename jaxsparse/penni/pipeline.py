@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import normalize
@@ -401,7 +401,7 @@ def compress(
                         {"settings": settings_json, "results": results, "extras": extras, "resumed": resumed})
 
     start = STAGES.index(done) + 1 if done is not None else 0
-    bar = tqdm(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
+    bar = progress_bar(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
     for stage in STAGES[start:]:
         bar.set_postfix_str(stage)
         started, cpu_started = time.time(), time.process_time()
