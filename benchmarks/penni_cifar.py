@@ -45,8 +45,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from jaxsparse.cli.compress import load_cifar
-from jaxsparse.cli.evaluate import resolve_data, resolve_weights
+from jaxsparse.data import load_split_subset
+from jaxsparse.userfiles import resolve_data, resolve_weights
 from runkit import atomic_write_json, load_checkpoint, save_checkpoint
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
 
     data_path = resolve_data(args.data, args.shared)
     weights = resolve_weights(args.model, None, args.shared)
-    xtr, ytr = load_cifar(data_path, "train", plan["train_subset"], seed=args.seed, cache_dir=None, progress=True)
-    xte, yte = load_cifar(data_path, "test", plan["test_subset"], seed=args.seed, cache_dir=None, progress=True)
+    xtr, ytr = load_split_subset(data_path, "train", plan["train_subset"], seed=args.seed, cache_dir=None, progress=True)
+    xte, yte = load_split_subset(data_path, "test", plan["test_subset"], seed=args.seed, cache_dir=None, progress=True)
     data = Dataset(xtr, ytr, xte, yte, f"cifar10:{data_path.name}")
     total_epochs = plan["retrain_epochs"] + plan["finetune_epochs"]
 
