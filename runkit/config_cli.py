@@ -95,6 +95,52 @@ def value_parser(annotation: Any, option: str) -> Callable[[str], Any]:
     return parse_optional
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> text from the ``Attributes:`` section of a class docstring (Google style).
+
+    An entry ``a, b: text`` documents both fields; continuation lines are joined.
+
+    Example:
+        >>> class C:
+        ...     '''Doc.
+        ...
+        ...     Attributes:
+        ...       steps: optimizer steps
+        ...         (more text).
+        ...       lr, momentum: the SGD recipe.
+        ...     '''
+        >>> attribute_docs(C)["steps"], attribute_docs(C)["momentum"]
+        ('optimizer steps (more text).', 'the SGD recipe.')
+    """
+    lines = (cls.__doc__ or "").splitlines()
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    indent = None
+    inside = False
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside, indent = True, None
+            continue
+        if not inside:
+            continue
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        if width < indent:
+            break
+        match = re.match(r"\s*([\w, ]+):\s*(.*)$", line) if width == indent else None
+        if match:
+            names = [n.strip() for n in match.group(1).split(",") if n.strip()]
+            for n in names:
+                docs[n] = match.group(2).strip()
+        else:
+            for n in names:
+                docs[n] = (docs[n] + " " + line.strip()).strip()
+    return docs
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) if value else "(none)"
@@ -117,6 +163,9 @@ class ConfigOptions:
       default_preset: the preset used when ``--preset`` is not given (``None``: the class
         defaults), or a function of the parsed args returning that name.
       exclude: field names that get no option (the caller sets them).
+      choices: field name -> allowed values (else ``metadata["choices"]``).
+
+    Help texts come from ``metadata["help"]``, else from the class docstring's ``Attributes:``.
 
     Example:
         >>> import dataclasses
@@ -138,13 +187,15 @@ class ConfigOptions:
 
     def __init__(self, config_class: type, presets: Mapping[str, Any] | None = None, *,
                  default_preset: str | Callable[[argparse.Namespace], str] | None = None,
-                 exclude: tuple[str, ...] = ()):  # fmt: skip
+                 exclude: tuple[str, ...] = (), choices: Mapping[str, tuple] | None = None):  # fmt: skip
         if not dataclasses.is_dataclass(config_class):
             raise TypeError(f"config_class: expected a dataclass, got {config_class!r}")
         self.config_class = config_class
         self.presets = dict(presets or {})
         self.default_preset = default_preset
         self.exclude = tuple(exclude)
+        self.choices = dict(choices or {})
+        self.docs: dict[str, str] = {}
         self.leaves = self._leaves(config_class, ())
         names = [leaf.path[-1] for leaf in self.leaves]
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -153,6 +204,7 @@ class ConfigOptions:
 
     def _leaves(self, cls: type, prefix: tuple[str, ...]) -> list[_Leaf]:
         hints = typing.get_type_hints(cls)
+        self.docs = {**attribute_docs(cls), **self.docs}
         leaves = []
         for f in dataclasses.fields(cls):
             if f.name in self.exclude or not f.init:
@@ -191,7 +243,7 @@ class ConfigOptions:
         for leaf in self.leaves:
             name = leaf.path[-1]
             meta = leaf.field.metadata
-            text = meta.get("help", name.replace("_", " "))
+            text = meta.get("help") or self.docs.get(name) or name.replace("_", " ")
             text = f"{text} ({self._default_help(leaf)})".replace("%", "%%")
             kind, _ = _unwrap_optional(leaf.annotation)
             kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
@@ -200,8 +252,8 @@ class ConfigOptions:
             else:
                 kwargs["type"] = value_parser(leaf.annotation, flag(name))
                 kwargs["metavar"] = meta.get("metavar", name.upper())
-                if "choices" in meta:
-                    kwargs["choices"] = tuple(meta["choices"])
+                if name in self.choices or "choices" in meta:
+                    kwargs["choices"] = tuple(self.choices.get(name, meta.get("choices")))
                     kwargs.pop("metavar")
             parser.add_argument(flag(name), **kwargs)
 

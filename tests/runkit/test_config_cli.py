@@ -98,3 +98,29 @@ def test_fixed_values_and_excluded_fields():
     options.add_arguments(parser)
     assert "--kind" not in parser.format_help()
     assert options.build(parser.parse_args([]), kind="b").kind == "b"
+
+
+@dataclasses.dataclass(frozen=True)
+class Documented:
+    """Settings.
+
+    Attributes:
+      steps: optimizer steps
+        of the run.
+      lr, momentum: the SGD recipe.
+    """
+
+    steps: int = 1
+    lr: float = 0.1
+    momentum: float = 0.9
+    mode: str = "x"
+
+
+def test_help_from_the_docstring_and_choices_given_by_the_caller():
+    options = ConfigOptions(Documented, choices={"mode": ("x", "y")})
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    options.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "optimizer steps of the run. (default: 1)" in text and "the SGD recipe. (default: 0.9)" in text
+    with pytest.raises(argparse.ArgumentError, match="--mode"):
+        parser.parse_args(["--mode", "z"])
