@@ -141,6 +141,13 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def _metavar(annotation: Any) -> str:
+    kind, _ = _unwrap_optional(annotation)
+    if typing.get_origin(kind) is tuple:
+        return "A,B,..."
+    return {int: "N", float: "X", str: "TEXT"}.get(kind, "PATH")
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) if value else "(none)"
@@ -244,14 +251,14 @@ class ConfigOptions:
             name = leaf.path[-1]
             meta = leaf.field.metadata
             text = meta.get("help") or self.docs.get(name) or name.replace("_", " ")
-            text = f"{text} ({self._default_help(leaf)})".replace("%", "%%")
+            text = f"{text.rstrip('.')} ({self._default_help(leaf)})".replace("%", "%%")
             kind, _ = _unwrap_optional(leaf.annotation)
             kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
                 kwargs["type"] = value_parser(leaf.annotation, flag(name))
-                kwargs["metavar"] = meta.get("metavar", name.upper())
+                kwargs["metavar"] = meta.get("metavar", _metavar(leaf.annotation))
                 if name in self.choices or "choices" in meta:
                     kwargs["choices"] = tuple(self.choices.get(name, meta.get("choices")))
                     kwargs.pop("metavar")

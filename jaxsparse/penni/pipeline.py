@@ -138,6 +138,12 @@ class CompressConfig:
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
         check_positive("distill_temperature", self.distill_temperature)
+        for name in ("learning_rate", "finetune_learning_rate", "pretrain_learning_rate"):
+            check_positive(name, getattr(self, name))
+        for name in ("weight_decay", "seed"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            raise UsageError(f"momentum: expected a value in [0, 1), got {self.momentum!r}")
 
 
 class Dataset(NamedTuple):

@@ -121,6 +121,6 @@ def test_help_from_the_docstring_and_choices_given_by_the_caller():
     parser = argparse.ArgumentParser(exit_on_error=False)
     options.add_arguments(parser)
     text = " ".join(parser.format_help().split())
-    assert "optimizer steps of the run. (default: 1)" in text and "the SGD recipe. (default: 0.9)" in text
+    assert "optimizer steps of the run (default: 1)" in text and "the SGD recipe (default: 0.9)" in text
     with pytest.raises(argparse.ArgumentError, match="--mode"):
         parser.parse_args(["--mode", "z"])
