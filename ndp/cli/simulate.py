@@ -111,7 +111,10 @@ def run(namespace: argparse.Namespace) -> int:
     from ndp.sysmodel.systems import SYSTEM_TITLES, simulate, system_tasks
 
     systems = list(args.systems)
-    system_file = load_system_file(args.config)
+    try:
+        system_file = load_system_file(args.config)
+    except UsageError as error:
+        raise UsageError(OPTIONS.reword(str(error))) from None
     settings, options = _settings(args, system_file)
     out = namespace.out if namespace.out is not None else default_out("simulate", f"{system_file.name}-{args.workload}")
 

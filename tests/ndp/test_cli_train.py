@@ -102,12 +102,16 @@ def test_train_synthetic_writes_outputs_resumes_and_matches_an_uninterrupted_run
 def test_train_criteo_tsv_and_bad_arguments(tmp_path, capsys):
     path = tmp_path / "day.tsv"
     write_criteo(path, 48)
-    assert main(["train", "--data", "criteo-tsv", str(path), "--hash-rows", "64", "--batch-size", "16",
+    assert main(["train", "--data", str(path), "--hash-rows", "64", "--batch-size", "16",
                  "--steps", "2", "--eval-lines", "16", "--devices", "2", "--embedding-dim", "4",
                  "--out", str(tmp_path / "run"), "--no-progress"]) == 0  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test AUC: ")
-    assert main(["train", "--data", "criteo-tsv", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
+    assert "--data: expected ml-100k or synthetic, a MovieLens-100k folder or a Criteo TSV file" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--hash-rows", "64", "--out", str(tmp_path)]) == 1
+    assert "--hash-rows: only used with criteo-tsv data" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "0", "--out", str(tmp_path)]) == 1  # not replaced by a default
+    assert "--batch-size: expected a value > 0, got 0" in capsys.readouterr().err
     assert main(["train", "--data", "synthetic", "--tables", "10", "--batch-size", "12", "--devices", "8",
                  "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 1  # fmt: skip
     assert "batch_size: expected a multiple of the 8 devices, got 12" in capsys.readouterr().err
