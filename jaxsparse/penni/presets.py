@@ -9,6 +9,8 @@ benchmarks use.
   coefficients train jointly and the dense model is distilled from.
 * ``digits``: the same idea on scikit-learn's 8x8 digits with a small CNN trained from scratch
   (the default preset of ``--model digits-cnn``).
+* ``cifar-cpu``: the CPU schedule of ``benchmarks/penni_cifar.py`` (10,000 training images, 5 + 2
+  epochs, the whole test set, ``s = 1.15`` ramped over two thirds of retraining, distillation).
 * ``full``: the paper's CIFAR recipe, 100 retraining + 30 fine-tuning epochs on all images
   (a GPU job).
 
@@ -51,5 +53,7 @@ PRESETS = {
                                         distill=0.7), train_subset=4096, test_subset=2000),
     "digits": CompressRun(CompressConfig(model="digits-cnn", retrain_epochs=6, finetune_epochs=3, alternate_every=2, pretrain_epochs=15,
                                          batch_size=64, augment_pad=1)),
+    "cifar-cpu": CompressRun(CompressConfig(retrain_epochs=5, finetune_epochs=2, alternate_every=0, prune_std=1.15, gradual_prune=2 / 3,
+                                            distill=0.7), train_subset=10000),
     "full": CompressRun(CompressConfig()),
 }
