@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jaxsparse.codesign.experiment import CodesignConfig, condensed, format_table, job_order, quick_config, run_codesign  # noqa: E402
+from jaxsparse.codesign.experiment import PRESETS, condensed, format_table, job_order, run_codesign  # noqa: E402
 from runkit import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the points a (cut) run has finished")
     args = parser.parse_args(argv)
     suffix = "_quick" if args.quick else ""
-    config = quick_config() if args.quick else CodesignConfig()
+    config = PRESETS["quick" if args.quick else "full"]
     run_dir = Path(args.run_dir or REPO / f"runs/codesign-cifar{suffix.replace('_', '-')}")
     state = run_codesign(config, run_dir, shared_root=args.shared, progress=not args.no_progress, report_only=args.report_only)
     print(format_table(state))

@@ -23,7 +23,7 @@ import os
 import time
 
 import numpy as np
-from tqdm import tqdm
+from runkit.progress import progress_bar
 
 from hwmodel import cost
 from hwmodel.hardware import hardware_from_dict, load_hardware
@@ -58,7 +58,7 @@ def random_case(rng):
 def run_random(count, seed):
     rng = np.random.default_rng(seed)
     out = []
-    for _ in tqdm(range(count), desc="random layers"):
+    for _ in progress_bar(range(count), desc="random layers"):
         spec, d, pad = random_case(rng)
         hw, _ = hardware_from_dict({"escalate": {"pes": spec["pes"], "lanes": spec["lanes"], "multipliers": spec["multipliers"], "fifo_depth": 4 * spec["lanes"], "basis_macs": spec["basis_macs"]}})
         sim_hw = SimHardware.from_hardware(hw)
@@ -85,7 +85,7 @@ def run_resnet20(shared, image_rel, hw):
     _, convs = forward(params, load_image(shared / "data" / "cifar10-jpeg" / image_rel))
     sim_hw = SimHardware.from_hardware(hw)
     out = []
-    for conv in tqdm(convs, desc="ResNet-20 layers"):
+    for conv in progress_bar(convs, desc="ResNet-20 layers"):
         coef, basis = decompose_and_prune(conv.kernel, basis=5)
         desc = layer_description(coef, conv.activations, stride=conv.stride, padding=1, basis=basis, name=conv.name)
         for order in ORDERS:

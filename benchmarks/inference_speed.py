@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import atomic_write_json, load_checkpoint
 from jaxsparse.penni.count import describe_layers, summarize
@@ -166,7 +166,7 @@ def layer_plan(model: nnx.Module, batch: int, repeats: int, image_shape, candida
     records = {r["name"]: r for r in describe_layers(model, input_shape=(1, *image_shape))}
     choice, timings = {}, {}
     layers = list(iter_layers(model, DecomposedConv))
-    for path, layer in tqdm(layers, desc="per-layer plan", file=sys.stderr):
+    for path, layer in progress_bar(layers, desc="per-layer plan", file=sys.stderr):
         r = records[path]
         x = jax.nn.relu(jax.random.normal(jax.random.key(0), (batch, r["h_in"], r["w_in"], r["c_in"])))
         per = {}
@@ -223,7 +223,7 @@ def runnable_plan(model: nnx.Module, plan) -> dict:
 def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -> dict:
     """Median seconds per call of every forward, timed in alternation so load changes hit all alike."""
     samples = {name: [] for name in forwards}
-    for _ in tqdm(range(repeats), desc=desc, file=sys.stderr):
+    for _ in progress_bar(range(repeats), desc=desc, file=sys.stderr):
         for name, fn in forwards.items():
             t = time.perf_counter()
             jax.block_until_ready(fn(x))
@@ -242,7 +242,7 @@ def latency(variants: dict, batches, calls: int, image_shape, options: dict) -> 
             for _ in range(3):
                 jax.block_until_ready(fn(x))
         samples = {name: [] for name in forwards}
-        for _ in tqdm(range(calls), desc=f"latency, batch {batch}", file=sys.stderr):
+        for _ in progress_bar(range(calls), desc=f"latency, batch {batch}", file=sys.stderr):
             for name, fn in forwards.items():
                 t = time.perf_counter()
                 jax.block_until_ready(fn(x))

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             pass
 
-    from tqdm import tqdm
+    from runkit.progress import progress_bar
 
     llc = llc_bytes()
     load_before = os.getloadavg()
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             state["passes"].append({})
             state["bandwidths"].append(measure_bandwidth())
         done = state["passes"][p]
-        for rows, batch, exponent, bag in tqdm(grid, desc=f"timing ndp training steps, pass {p + 1}/{args.passes}", unit="case"):
+        for rows, batch, exponent, bag in progress_bar(grid, desc=f"timing ndp training steps, pass {p + 1}/{args.passes}", unit="case"):
             key = json.dumps([rows, batch, exponent, bag])
             if key in done:
                 continue

@@ -45,18 +45,24 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from jaxsparse.cli.compress import load_cifar
-from jaxsparse.cli.evaluate import resolve_data, resolve_weights
+from jaxsparse.data import load_split_subset
+from jaxsparse.userfiles import resolve_data, resolve_weights
 from runkit import atomic_write_json, load_checkpoint, save_checkpoint
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
+from jaxsparse.penni.presets import PRESETS
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
 
-SCHEDULES = {
-    "cpu": dict(train_subset=10000, test_subset=None, retrain_epochs=5, finetune_epochs=2, alternate_every=0, gradual_prune=2 / 3,
-                channel_sparsity=0.0, prune_std=1.15, distill=0.7),
-    "full": dict(train_subset=None, test_subset=None, retrain_epochs=100, finetune_epochs=30, alternate_every=2, gradual_prune=0.0,
-                 channel_sparsity=0.0, prune_std=1.0, distill=0.0),
-}
+#: --schedule -> the compression preset it runs (jaxsparse.penni.presets.PRESETS).
+SCHEDULES = {"cpu": "cifar-cpu", "full": "full"}
+#: The settings a flag of this script can override.
+PLAN_KEYS = ("train_subset", "test_subset", "retrain_epochs", "finetune_epochs", "alternate_every", "gradual_prune", "channel_sparsity",
+             "prune_std", "distill")
+
+
+def schedule_plan(name: str) -> dict:
+    """The overridable settings of a schedule, read from its preset."""
+    run = PRESETS[SCHEDULES[name]]
+    return {key: getattr(run, key) if hasattr(run, key) else getattr(run.config, key) for key in PLAN_KEYS}
 #: Published figures (PENNI, ICML 2020; public code) for the table.
 PAPER = {
     "resnet18 (paper)": {"param_reduction": 0.97, "mac_reduction": 0.92, "note": "CIFAR-10, no accuracy loss"},
@@ -87,7 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    plan = dict(SCHEDULES[args.schedule])
+    plan = schedule_plan(args.schedule)
     for key in plan:
         if getattr(args, key) is not None:
             plan[key] = getattr(args, key)
@@ -97,8 +103,8 @@ def main(argv=None) -> int:
 
     data_path = resolve_data(args.data, args.shared)
     weights = resolve_weights(args.model, None, args.shared)
-    xtr, ytr = load_cifar(data_path, "train", plan["train_subset"], seed=args.seed, cache_dir=None, progress=True)
-    xte, yte = load_cifar(data_path, "test", plan["test_subset"], seed=args.seed, cache_dir=None, progress=True)
+    xtr, ytr = load_split_subset(data_path, "train", plan["train_subset"], seed=args.seed, cache_dir=None, progress=True)
+    xte, yte = load_split_subset(data_path, "test", plan["test_subset"], seed=args.seed, cache_dir=None, progress=True)
     data = Dataset(xtr, ytr, xte, yte, f"cifar10:{data_path.name}")
     total_epochs = plan["retrain_epochs"] + plan["finetune_epochs"]
 
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
         "accuracy_drop_points": 100 * (top1_baseline - s["top1_compressed"]),
         "model": args.model,
         "schedule": args.schedule,
-        "schedule_overrides": {k: v for k, v in plan.items() if v != SCHEDULES[args.schedule][k]},
+        "schedule_overrides": {k: v for k, v in plan.items() if v != schedule_plan(args.schedule)[k]},
         "train_images": int(len(xtr)),
         "test_images": int(len(xte)),
         "retrain_epochs": plan["retrain_epochs"],

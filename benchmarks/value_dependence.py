@@ -33,7 +33,7 @@ from pathlib import Path
 
 import jax
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import atomic_write_json, load_checkpoint
 from jaxsparse.penni.inference import apply_plan, bake_quantization, fold_batchnorm, pad_channels
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             for _ in range(3):
                 jax.block_until_ready(forward(x))
         samples = {name: [] for name in forwards}
-        for _ in tqdm(range(args.rounds), desc=f"batch {batch}", file=sys.stderr):
+        for _ in progress_bar(range(args.rounds), desc=f"batch {batch}", file=sys.stderr):
             for name, forward in forwards.items():
                 t = time.perf_counter()
                 jax.block_until_ready(forward(x))

@@ -31,6 +31,9 @@ CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (
 #: Number of dense (integer-count) features in Criteo data.
 CRITEO_NUM_DENSE = 13
 
+#: DLRM feature interactions (see :class:`DLRMConfig`).
+INTERACTIONS = ("dot", "cat", "dot_cat")
+
 
 def scale_table_sizes(sizes: Sequence[int], *, row_cap: int | None = None, scale: float = 1.0) -> tuple[int, ...]:
     """Scale then cap table sizes: ``min(row_cap, max(1, ceil(rows * scale)))``.
@@ -86,7 +89,7 @@ class DLRMConfig:
 
     def __post_init__(self):
         check_positive("embedding_dim", self.embedding_dim)
-        check_choice("interaction", self.interaction, ("dot", "cat", "dot_cat"))
+        check_choice("interaction", self.interaction, INTERACTIONS)
         check_choice("pooling", self.pooling, ("sum", "mean"))
         if self.bottom_mlp and self.bottom_mlp[-1] != self.embedding_dim:
             raise UsageError(

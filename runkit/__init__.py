@@ -1,7 +1,10 @@
 """The neutral base that ``jaxsparse``, ``hwmodel`` and ``ndp`` stand on.
 
 Argument checks and the user-error type, atomic files and checkpoints, the shared-data
-lookup and the sub-command dispatcher. It imports none of the three packages.
+lookup, the sub-command dispatcher and its common options (:mod:`runkit.cli`), options
+generated from config dataclasses (:mod:`runkit.config_cli`) and the progress-bar factory
+(:mod:`runkit.progress`). It imports none of the three packages, and not JAX until a
+checkpoint is written or read.
 """
 
 from runkit.checks import MissingFileError, UsageError, check_choice, check_positive, check_shape

@@ -64,3 +64,26 @@ def check_shape(name: str, shape: Sequence[int], expected: Sequence[int | None])
     if len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
         shown = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ("," if len(expected) == 1 else "") + ")"
         raise UsageError(f"{name}: expected shape {shown}, got {shape}")
+
+
+def check_file(name: str, path: Any, suffixes: Sequence[str] = ()) -> Any:
+    """Return ``path`` if it is an existing file (with one of ``suffixes``, when given); else raise.
+
+    Raises:
+      MissingFileError: no such file (naming the option and the path).
+      UsageError: a folder, or another suffix.
+
+    Example:
+        >>> check_file("--hardware", __file__, (".py",)) == __file__
+        True
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError(f"{name}: expected an existing file, got {str(path)!r}, which does not exist")
+    if not p.is_file():
+        raise UsageError(f"{name}: expected a file, got the folder {str(path)!r}")
+    if suffixes and p.suffix not in suffixes:
+        raise UsageError(f"{name}: expected a {' or '.join(suffixes)} file, got {str(path)!r}")
+    return path

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from runkit.checks import UsageError
 
@@ -58,3 +59,50 @@ def run_subcommands(prog: str, description: str, commands: Mapping[str, str], ar
         print(f"{prog} {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0 if status is None else int(status)
+
+
+#: Every default output folder lies under this folder of the current directory.
+RUNS_DIR = Path("runs")
+
+
+def default_out(command: str, *parts: str) -> Path:
+    """The default output folder of a command: ``runs/<command>/<parts...>``.
+
+    Example:
+        >>> default_out("compress", "resnet20").as_posix()
+        'runs/compress/resnet20'
+    """
+    return RUNS_DIR.joinpath(command, *parts)
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, out_default: str, data_help: str | None = None,
+                       shared: bool = True, progress: bool = True) -> None:  # fmt: skip
+    """The options that mean the same in every command: ``--data``, ``--shared``, ``--out``, ``--progress``.
+
+    * ``--data``: which data set to use, a kind or a path (``data_help`` says which, per command);
+    * ``--shared``: the shared data/model folder (default ``$JAXSPARSE_SHARED`` or ``../shared``);
+    * ``--out``: the output folder (default ``out_default``, under ``runs/``);
+    * ``--progress/--no-progress``: progress bars (plain lines when stderr is not a terminal).
+
+    Check them with :func:`check_common_options` before any heavy work.
+    """
+    if data_help is not None:
+        parser.add_argument("--data", default=None, help=data_help)
+    if shared:
+        parser.add_argument("--shared", type=Path, default=None, help="shared data/model folder (default: $JAXSPARSE_SHARED or ../shared)")
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: {out_default})")
+    if progress:
+        parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                            help="progress bars; plain lines when stderr is not a terminal (default: on)")  # fmt: skip
+
+
+def check_common_options(args: argparse.Namespace) -> None:
+    """Raise :class:`UsageError` for a ``--shared`` folder that does not exist or an ``--out`` that is a file."""
+    from runkit.checks import MissingFileError
+
+    shared = getattr(args, "shared", None)
+    if shared is not None and not Path(shared).is_dir():
+        raise MissingFileError(f"--shared: expected an existing folder, got {str(shared)!r}")
+    out = getattr(args, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out: expected a folder (or a path to create one at), got the file {str(out)!r}")

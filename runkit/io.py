@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 
@@ -55,7 +54,7 @@ def _to_jsonable(obj: Any) -> Any:
         return {str(k): _to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, (np.ndarray, jax.Array)):
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):  # jax is imported only when used
         return _to_jsonable(np.asarray(obj).tolist())
     if isinstance(obj, np.generic):
         return obj.item()
@@ -83,6 +82,8 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, metadata: dict | None = 
         >>> meta["epoch"], tree["w"].tolist()
         (2, [1.0, 1.0, 1.0])
     """
+    import jax
+
     leaves_with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
     arrays = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in leaves_with_paths}
     arrays["__metadata__"] = np.frombuffer(json.dumps(_to_jsonable(metadata or {})).encode(), dtype=np.uint8)
@@ -102,6 +103,8 @@ def load_checkpoint(path: str | os.PathLike, like: Any = None) -> tuple[Any, dic
     Returns:
       ``(tree, metadata)``.
     """
+    import jax
+
     with np.load(path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     metadata = json.loads(arrays.pop("__metadata__").tobytes().decode()) if "__metadata__" in arrays else {}

@@ -1,19 +1,26 @@
 """``python -m jaxsparse compress``: the whole PENNI pipeline, resumable, with a JSON report and a PNG figure.
 
+Every field of :class:`~jaxsparse.penni.presets.CompressRun` (the pipeline's
+:class:`~jaxsparse.penni.pipeline.CompressConfig` and the image subsets) is an option;
+``--preset quick|digits|full`` picks one of :data:`~jaxsparse.penni.presets.PRESETS` (default:
+``quick``, or ``digits`` with ``--model digits-cnn``) and the options given override it.
+
 Examples::
 
-    # quick demonstration (a few minutes on 2 CPU cores): pretrained ResNet-20 on a
-    # CIFAR-10 subset when the shared folder is found, else scikit-learn's 8x8 digits
+    # quick demonstration (a few minutes on 2 CPU cores): pretrained ResNet-20 on a CIFAR-10 subset
     python -m jaxsparse compress
 
+    # a small CNN on scikit-learn's 8x8 digits (no data needed)
+    python -m jaxsparse compress --model digits-cnn
+
     # the paper's CIFAR recipe (100 retraining + 30 fine-tuning epochs, all 50,000 images)
-    python -m jaxsparse compress --model resnet56 --full
+    python -m jaxsparse compress --model resnet56 --preset full
 
     # anything in between
     python -m jaxsparse compress --model resnet56 --retrain-epochs 4 --finetune-epochs 2 --train-subset 10000
 
 Rerunning the same command resumes after the last finished stage or epoch (Ctrl-C is
-safe). Outputs in ``--out`` (default ``runs/compress-<model>``): ``report.json`` (stages,
+safe). Outputs in ``--out`` (default ``runs/compress/<model>-<preset>``): ``report.json`` (stages,
 per-layer description under ``"layers"``), ``report.png``, ``quantized.npz``, checkpoints.
 """
 
@@ -23,145 +30,94 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from runkit import check_positive, find_shared_root
-from jaxsparse.data import decode_image, list_image_folder, load_split
+from runkit import UsageError
+from runkit.cli import add_common_options, check_common_options, default_out
+from runkit.config_cli import ConfigOptions
+from jaxsparse.userfiles import PRETRAINED_NAMES, check_data_folder, check_weights_file, resolve_data, resolve_weights
 
 DESCRIPTION = "Compress a CNN with PENNI (decompose, retrain, prune, fine-tune, shrink, quantize, count); resumable."
+DIGITS = "digits-cnn"
 
-#: Settings of the quick default run and of ``--full`` (the paper's recipe); flags override both.
-#: The quick CIFAR run is the CPU schedule: pruning ramped while retraining and distillation from the dense model
-#: (short schedules cannot recover from the paper's one-shot prune); ``--full`` is the paper's recipe.
-QUICK_CIFAR = dict(retrain_epochs=3, finetune_epochs=1, alternate_every=0, train_subset=4096, test_subset=2000, batch_size=64,
-                   gradual_prune=0.67, distill=0.7)
-QUICK_DIGITS = dict(retrain_epochs=6, finetune_epochs=3, alternate_every=2, pretrain_epochs=15, batch_size=64,
-                    gradual_prune=0.0, distill=0.0)
-FULL_RECIPE = dict(retrain_epochs=100, finetune_epochs=30, alternate_every=2, train_subset=None, test_subset=None, batch_size=128,
-                   gradual_prune=0.0, distill=0.0)
+
+def _default_preset(args: argparse.Namespace) -> str:
+    return "digits" if getattr(args, "model", None) == DIGITS else "quick"
+
+
+def options() -> ConfigOptions:
+    """The generated options of :class:`~jaxsparse.penni.presets.CompressRun` with its presets."""
+    from jaxsparse.penni.pipeline import PIPELINE_MODELS
+    from jaxsparse.penni.presets import PRESETS, CompressRun
+
+    return ConfigOptions(CompressRun, PRESETS, default_preset=_default_preset, choices={"model": PIPELINE_MODELS})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jaxsparse.penni.pipeline import PIPELINE_MODELS
-
-    parser.add_argument("--model", default="auto", choices=("auto",) + PIPELINE_MODELS,
-                        help="architecture; 'auto' = resnet20 with the shared data, else digits-cnn (default: %(default)s)")
+    options().add_arguments(parser)
     parser.add_argument("--weights", type=Path, help="PyTorch-layout .npz of the dense model (default: the shared pretrained ResNet)")
-    parser.add_argument("--data", type=Path, help="CIFAR-10 image folder or cifar-10-batches-py (default: <shared>/data/cifar10-jpeg)")
-    parser.add_argument("--shared", type=Path, help="shared data/model folder (default: $JAXSPARSE_SHARED or ../shared)")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/compress-<model>)")
-    parser.add_argument("--full", action="store_true", help="the paper's recipe: 100 + 30 epochs on all training images (a GPU job)")
-    parser.add_argument("--basis", type=int, default=5, help="basis kernels per 3x3 layer (default: %(default)s)")
-    parser.add_argument("--centered", action="store_true", help="PCA basis of mean-removed kernels instead of SVD of the raw kernels")
-    parser.add_argument("--l1", type=float, default=1e-4, help="L1 weight on coefficients while retraining (default: %(default)s)")
-    parser.add_argument("--retrain-epochs", type=int, help="retraining epochs (quick: 3 CIFAR / 6 digits; --full: 100)")
-    parser.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (quick: 1 CIFAR / 3 digits; --full: 30)")
-    parser.add_argument("--pretrain-epochs", type=int, help="epochs to train the dense model from scratch (digits: 15; CIFAR: 0)")
-    parser.add_argument("--alternate-every", type=int, help="epochs per basis/coefficient phase, 0 = joint (default 2; quick CIFAR 0)")
-    parser.add_argument("--prune-std", type=float, default=1.0, help="prune |c| < s * std(c) per layer (default: %(default)s)")
-    parser.add_argument("--gradual-prune", type=float,
-                        help="prune while retraining, the threshold rising over this fraction of its steps (0 = once, after; "
-                             "quick CIFAR: 0.67; digits and --full: 0)")
-    parser.add_argument("--channel-sparsity", type=float, default=0.0,
-                        help="also remove this fraction of the output channels of each block's first conv, by coefficient norm "
-                             "(0 = off, as the paper; default: %(default)s)")
-    parser.add_argument("--distill", type=float,
-                        help="weight of distillation from the dense model's softened logits while retraining and "
-                             "fine-tuning (0 = off, as the paper; quick CIFAR: 0.7; digits and --full: 0)")
-    parser.add_argument("--distill-temperature", type=float, default=4.0,
-                        help="softmax temperature of the distillation term (default: %(default)s)")
-    parser.add_argument("--coef-bits", type=int, default=4, help="coefficient bits, 0 = float (default: %(default)s)")
-    parser.add_argument("--basis-bits", type=int, default=8, help="basis bits, 0 = float (default: %(default)s)")
-    parser.add_argument("--per-channel", action="store_true", help="one coefficient scale per output channel")
-    parser.add_argument("--no-qat", action="store_true", help="quantize after fine-tuning instead of fine-tuning with fake-quant")
-    parser.add_argument("--batch-size", type=int, help="training batch (quick: 64; --full: 128)")
-    parser.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (default: %(default)s)")
-    parser.add_argument("--finetune-lr", type=float, default=0.01, help="fine-tuning learning rate (default: %(default)s)")
-    parser.add_argument("--train-subset", type=int, help="use N training images (quick CIFAR: 4096; --full: all)")
-    parser.add_argument("--test-subset", type=int, help="evaluate on N test images (quick CIFAR: 2000; --full: all)")
-    parser.add_argument("--seed", type=int, default=0, help="data order, augmentation, subsets (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, help="decoded-image cache (default: $JAXSPARSE_CACHE or ~/.cache/jaxsparse)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_common_options(parser, out_default="runs/compress/<model>-<preset>", data_help=(
+        "CIFAR-10 image folder or cifar-10-batches-py (default: $JAXSPARSE_CIFAR10, else <shared>/data/cifar10-jpeg); "
+        f"not used by --model {DIGITS}, which trains on scikit-learn's digits"))
 
 
-def load_cifar(path: Path, split: str, subset: int | None, *, seed: int, cache_dir: Path | None, progress: bool):
-    """A split of CIFAR-10; with ``subset`` only that many images (a seeded choice), decoding only those files."""
-    folder = path / split if (path / split).is_dir() else None
-    if subset is not None and folder is not None:
-        files, labels, _ = list_image_folder(folder)
-        if subset < len(files):
-            pick = np.sort(np.random.default_rng((seed, 1 if split == "train" else 2)).permutation(len(files))[:subset])
-            return np.stack([decode_image(files[i]) for i in pick]), labels[pick]
-    images, labels, _ = load_split(path, split, cache_dir=cache_dir, progress=progress)
-    if subset is not None and subset < len(images):
-        pick = np.sort(np.random.default_rng((seed, 1 if split == "train" else 2)).permutation(len(images))[:subset])
-        images, labels = images[pick], labels[pick]
-    return images, labels
+def _check_files(args: argparse.Namespace, model: str, pretrain_epochs: int) -> tuple[Path | None, Path | None]:
+    """The CIFAR folder and the weights file, checked before any data is read (``None`` for the digits)."""
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        raise UsageError(f"--cache-dir: expected a folder, got the file {str(args.cache_dir)!r}")
+    if model == DIGITS:
+        for name in ("data", "weights"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"--{name}: not used by --model {DIGITS} (it trains on scikit-learn's digits from scratch), "
+                                 f"got {str(getattr(args, name))!r}")  # fmt: skip
+        return None, None
+    data_path = check_data_folder(resolve_data(args.data, args.shared))
+    if args.weights is None and model not in PRETRAINED_NAMES:
+        if pretrain_epochs == 0:
+            raise UsageError(f"--weights: no pretrained weights ship for {model!r}; pass --weights PATH or --pretrain-epochs N")
+        return data_path, None
+    return data_path, check_weights_file(resolve_weights(model, args.weights, args.shared), model)
 
 
 def run(args: argparse.Namespace) -> int:
-    from jaxsparse.cli.evaluate import resolve_data, resolve_weights
+    check_common_options(args)
+    opts = options()
+    job = opts.build(args)
+    config = job.config
+    data_path, weights = _check_files(args, config.model, config.pretrain_epochs)
+
+    from jaxsparse.data import load_split_subset
     from jaxsparse.penni.digits import load_digits_rgb
-    from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, finished_report
+    from jaxsparse.penni.pipeline import Dataset, compress, finished_report
 
-    model = args.model
-    data_path = None
-    if model == "auto":
-        try:
-            data_path = resolve_data(args.data, args.shared)
-            model = "resnet20"
-        except FileNotFoundError:
-            model = "digits-cnn"
-            print("no CIFAR-10 data found: compressing a small CNN on scikit-learn's 8x8 digits instead", file=sys.stderr)
-    digits = model == "digits-cnn"
-    preset = dict(FULL_RECIPE if args.full else (QUICK_DIGITS if digits else QUICK_CIFAR))
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else preset.get(name)  # noqa: E731
-    for name in ("retrain_epochs", "finetune_epochs", "pretrain_epochs", "alternate_every", "train_subset", "test_subset", "batch_size",
-                 "gradual_prune", "distill"):
-        value = pick(name)
-        if value is not None:
-            check_positive(f"--{name.replace('_', '-')}", value, allow_zero=name not in ("batch_size", "train_subset", "test_subset"))
-
-    if digits:  # small and bundled: loaded at once, so its image counts are known
-        weights, data_name = None, "sklearn-digits-8x8"
-        xtr, ytr, xte, yte = load_digits_rgb(seed=args.seed)
-        subset = pick("train_subset")
-        if subset is not None:
-            xtr, ytr = xtr[:subset], ytr[:subset]
+    if data_path is None:  # small and bundled: loaded at once, so its image counts are known
+        data_name = "sklearn-digits-8x8"
+        xtr, ytr, xte, yte = load_digits_rgb(seed=config.seed)
+        if job.train_subset is not None:
+            xtr, ytr = xtr[: job.train_subset], ytr[: job.train_subset]
+        if job.test_subset is not None:
+            xte, yte = xte[: job.test_subset], yte[: job.test_subset]
         digits_data = Dataset(xtr, ytr, xte, yte, data_name)
         counts = len(xtr), len(xte)
         load_data = lambda: digits_data  # noqa: E731
     else:
-        data_path = data_path or resolve_data(args.data, args.shared)
-        weights = resolve_weights(model, args.weights, args.shared) if (args.weights or model != "vgg16") else None
         data_name = f"cifar10:{Path(data_path).name}"
 
         def load_data():
-            progress = not args.no_progress
-            xtr, ytr = load_cifar(data_path, "train", pick("train_subset"), seed=args.seed, cache_dir=args.cache_dir, progress=progress)
-            xte, yte = load_cifar(data_path, "test", pick("test_subset"), seed=args.seed, cache_dir=args.cache_dir, progress=progress)
+            kwargs = dict(seed=config.seed, cache_dir=args.cache_dir, progress=args.progress)
+            xtr, ytr = load_split_subset(data_path, "train", job.train_subset, **kwargs)
+            xte, yte = load_split_subset(data_path, "test", job.test_subset, **kwargs)
             return Dataset(xtr, ytr, xte, yte, data_name)
 
-        counts = pick("train_subset"), pick("test_subset")  # the subsets' sizes (None: unknown until listed)
+        counts = job.train_subset, job.test_subset  # the subsets' sizes (None: unknown until listed)
 
-    config = CompressConfig(
-        model=model, num_basis=args.basis, centered=args.centered, l1=args.l1,
-        retrain_epochs=pick("retrain_epochs"), finetune_epochs=pick("finetune_epochs"),
-        pretrain_epochs=pick("pretrain_epochs") if pick("pretrain_epochs") is not None else (0 if weights is not None else 30),
-        alternate_every=pick("alternate_every"), prune_std=args.prune_std, gradual_prune=pick("gradual_prune"),
-        channel_sparsity=args.channel_sparsity, distill=pick("distill"), distill_temperature=args.distill_temperature,
-        coef_bits=args.coef_bits,
-        basis_bits=args.basis_bits, per_channel=args.per_channel, qat=not args.no_qat, batch_size=pick("batch_size"),
-        learning_rate=args.lr, finetune_learning_rate=args.finetune_lr, augment_pad=1 if digits else 4, seed=args.seed,
-    )
-    out = args.out if args.out is not None else Path("runs") / f"compress-{model}"
+    out = args.out if args.out is not None else default_out("compress", f"{config.model}-{opts.preset_name(args)}")
     report = finished_report(out, config, weights=str(weights) if weights else None, data_name=data_name,
                              train=counts[0], test=counts[1])  # fmt: skip
     if report is None:
         data = load_data()
-        print(f"compressing {model} on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images) -> {out}",
+        print(f"compressing {config.model} on {data.name} ({len(data.train_images)} train / {len(data.test_images)} test images) -> {out}",
               file=sys.stderr)
-        report = compress(config, data, out, weights=str(weights) if weights else None, progress=not args.no_progress,
+        report = compress(config, data, out, weights=str(weights) if weights else None, progress=args.progress,
                           log=lambda m: print(m, file=sys.stderr))
     print_summary(report, out)
     return 0

@@ -52,12 +52,16 @@ from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
 from jaxsparse.penni import hwaware
-from runkit import UsageError, atomic_write_json, check_positive, find_shared_root
+from runkit import UsageError, atomic_write_json, check_choice, check_positive, find_shared_root
 from runkit.figures import save_figure, subplots
 from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import decompose_model
+
+
+#: Costs the hardware-aware loss and the search can minimise.
+METRICS = ("latency", "energy", "edp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +114,13 @@ class CodesignConfig:
             check_positive(name, getattr(self, name), allow_zero=True)
         if not self.uniform_thresholds or not self.cost_weights:
             raise UsageError("uniform_thresholds / cost_weights: expected at least one value each")
-        if self.metric not in ("latency", "energy", "edp"):
-            raise UsageError(f"metric: expected one of ['latency', 'energy', 'edp'], got {self.metric!r}")
+        for name in ("uniform_thresholds", "cost_weights"):
+            for value in getattr(self, name):
+                check_positive(name, value)
+        if self.joint_cost_weight is not None:
+            check_positive("joint_cost_weight", self.joint_cost_weight)
+        check_positive("seed", self.seed, allow_zero=True)
+        check_choice("metric", self.metric, METRICS)
 
 
 def quick_config(**overrides) -> CodesignConfig:
@@ -120,6 +129,10 @@ def quick_config(**overrides) -> CodesignConfig:
                 train_subset=8192, test_subset=2000, joint_rounds=1, checkpoint_every=20)
     base.update(overrides)
     return CodesignConfig(**base)
+
+
+#: Named configurations of ``python -m jaxsparse codesign --preset NAME`` (and the benchmark).
+PRESETS = {"full": CodesignConfig(), "quick": quick_config()}
 
 
 # ----------------------------------------------------------------------------- pieces

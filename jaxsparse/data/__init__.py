@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from jaxsparse.data.batching import batches, epoch_order, num_batches
 from jaxsparse.data.cifar_python import (
     CIFAR10_CLASSES,
@@ -68,6 +70,41 @@ def load_split(
     return load_image_folder(folder, cache_dir=cache_dir, progress=progress)
 
 
+def load_split_subset(
+    path: str | os.PathLike,
+    split: str,
+    subset: int | None,
+    *,
+    seed: int,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+):
+    """One split as ``(images, labels)``; with ``subset`` only that many images, a seeded choice.
+
+    From an image folder only the chosen files are decoded (fast for small subsets);
+    other layouts are loaded whole and then subsampled. The choice depends on ``seed`` and
+    the split (train and test draw from different streams) and keeps the files' order.
+
+    Example:
+        >>> x, y = load_split_subset("../shared/data/cifar10-jpeg", "test", 100, seed=0)  # doctest: +SKIP
+        >>> x.shape, y.shape  # doctest: +SKIP
+        ((100, 32, 32, 3), (100,))
+    """
+    path = Path(path)
+    rng = np.random.default_rng((seed, 1 if split == "train" else 2))
+    folder = path / split if (path / split).is_dir() else None
+    if subset is not None and folder is not None:
+        files, labels, _ = list_image_folder(folder)
+        if subset < len(files):
+            pick = np.sort(rng.permutation(len(files))[:subset])
+            return np.stack([decode_image(files[i]) for i in pick]), labels[pick]
+    images, labels, _ = load_split(path, split, cache_dir=cache_dir, progress=progress)
+    if subset is not None and subset < len(images):
+        pick = np.sort(rng.permutation(len(images))[:subset])
+        images, labels = images[pick], labels[pick]
+    return images, labels
+
+
 __all__ = [
     "CACHE_ENV",
     "CIFAR10_CLASSES",
@@ -91,6 +128,7 @@ __all__ = [
     "load_cifar10_python_split",
     "load_image_folder",
     "load_split",
+    "load_split_subset",
     "normalize",
     "num_batches",
     "sample_crop_flip",

@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 from runkit import MissingFileError, UsageError
+from jaxsparse.userfiles import CIFAR10_PYTHON_URL
 
 #: URL of the official download.
-CIFAR10_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes
 
@@ -148,7 +148,7 @@ def _decode_all(files: list[Path], *, num_workers: int, progress: bool, descript
             )
         images[i] = image
 
-    bar = tqdm(total=len(files), desc=description, unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(files), desc=description, unit="img", disable=not progress, file=sys.stderr)
     bar.update(1)
     # Pillow releases the GIL while decoding, so threads overlap file reads and decoding.
     with ThreadPoolExecutor(max_workers=num_workers) as pool:

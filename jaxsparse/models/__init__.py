@@ -26,13 +26,8 @@ from jaxsparse.models.pytorch_io import (
 )
 from jaxsparse.models.resnet import RESNET_DEPTHS, BasicBlock, CifarResNet, option_a_shortcut
 from jaxsparse.models.vgg import VGG16, VGG16_CFG, ConvBN
+from jaxsparse.userfiles import MODEL_NAMES, PRETRAINED_NAMES, PRETRAINED_SUBDIR
 
-#: Names accepted by :func:`build_model`.
-MODEL_NAMES = tuple(f"resnet{d}" for d in RESNET_DEPTHS) + ("vgg16",)
-#: Models with pretrained CIFAR-10 weights in ``<shared>/models/cifar10-resnet``.
-PRETRAINED_NAMES = tuple(f"resnet{d}" for d in RESNET_DEPTHS)
-#: Location of the pretrained weights inside the shared folder.
-PRETRAINED_SUBDIR = Path("models") / "cifar10-resnet"
 
 
 def build_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 10) -> nnx.Module:

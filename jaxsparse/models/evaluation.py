@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import UsageError, check_positive
 from jaxsparse.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
@@ -105,7 +105,7 @@ def evaluate_accuracy(
 
     starts = range(0, len(images), batch_size)
     predictions = np.empty(len(images), np.int32)
-    bar = tqdm(total=len(images), desc="evaluating", unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(images), desc="evaluating", unit="img", disable=not progress, file=sys.stderr)
     pending = None  # one batch in flight while the previous one is copied back
     begin, cpu_begin = time.perf_counter(), time.process_time()
     for start in starts:

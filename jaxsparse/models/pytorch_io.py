@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +36,7 @@ from flax import nnx
 from runkit import MissingFileError, UsageError, atomic_write_bytes
 from jaxsparse.models.resnet import CifarResNet
 from jaxsparse.models.vgg import VGG16, VGG16_CFG
+from jaxsparse.userfiles import resnet_blocks_per_stage
 
 # layout tag -> (PyTorch -> flax, flax -> PyTorch)
 _LAYOUTS = {
@@ -102,11 +102,6 @@ def _torch_shape(variable: nnx.Variable, layout: str) -> tuple[int, ...]:
     return tuple(_LAYOUTS[layout][1](np.zeros(variable.get_value().shape, np.bool_)).shape)
 
 
-def _blocks_per_stage(keys) -> int | None:
-    indices = [int(m.group(1)) for k in keys if (m := re.match(r"layer1\.(\d+)\.", k))]
-    return max(indices) + 1 if indices else None
-
-
 def load_pytorch_state_dict(model: nnx.Module, state: Mapping[str, np.ndarray], *, source: str = "state dict") -> nnx.Module:
     """Copy PyTorch-layout arrays into ``model`` in place (all checked before any is written).
 
@@ -125,7 +120,7 @@ def load_pytorch_state_dict(model: nnx.Module, state: Mapping[str, np.ndarray], 
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     expected = pytorch_parameter_map(model)
     if isinstance(model, CifarResNet):
-        found = _blocks_per_stage(state)
+        found = resnet_blocks_per_stage(state)
         if found is not None and found != model.blocks_per_stage:
             raise UsageError(
                 f"weights {source}: they hold a ResNet-{6 * found + 2} ({found} blocks per stage) but the model is "

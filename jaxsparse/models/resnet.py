@@ -20,9 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from runkit import UsageError, check_choice, check_positive
-
-#: Depth of each ready-made CIFAR ResNet (6n+2, n blocks per stage).
-RESNET_DEPTHS = (20, 32, 44, 56)
+from jaxsparse.userfiles import RESNET_DEPTHS  # depth of each ready-made CIFAR ResNet (6n+2, n blocks per stage)
 
 BN_EPSILON = 1e-5
 #: Running-statistics decay in flax's convention: ``new = m * old + (1 - m) * batch``

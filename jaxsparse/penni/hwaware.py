@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
@@ -447,7 +447,7 @@ def hwaware_fit(
 
     base_key = jax.random.key(config.seed)
     steps_per_epoch = len(images) // config.batch_size
-    bar = tqdm(total=config.steps, initial=start, desc=description, disable=not progress, file=sys.stderr, leave=False)
+    bar = progress_bar(total=config.steps, initial=start, desc=description, disable=not progress, file=sys.stderr, leave=False)
     index = start
     epoch = start // steps_per_epoch
     skip = start % steps_per_epoch

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
 from runkit.figures import save_figure, subplots
@@ -139,6 +139,12 @@ class CompressConfig:
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
         check_positive("distill_temperature", self.distill_temperature)
+        for name in ("learning_rate", "finetune_learning_rate", "pretrain_learning_rate"):
+            check_positive(name, getattr(self, name))
+        for name in ("weight_decay", "seed"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            raise UsageError(f"momentum: expected a value in [0, 1), got {self.momentum!r}")
 
 
 class Dataset(NamedTuple):
@@ -392,7 +398,7 @@ def compress(
                         {"settings": settings_json, "results": results, "extras": extras, "resumed": resumed})
 
     start = STAGES.index(done) + 1 if done is not None else 0
-    bar = tqdm(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
+    bar = progress_bar(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
     for stage in STAGES[start:]:
         bar.set_postfix_str(stage)
         started, cpu_started = time.time(), time.process_time()

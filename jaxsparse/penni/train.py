@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from runkit.progress import progress_bar
 
 from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import augment, batches, normalize
@@ -288,7 +288,7 @@ def fit(
     base_key = jax.random.key(config.seed)
     for epoch in range(start_epoch, config.epochs):
         losses, accs = [], []
-        bar = tqdm(
+        bar = progress_bar(
             batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch),
             total=steps_per_epoch,
             desc=f"{description} {epoch + 1}/{config.epochs}",

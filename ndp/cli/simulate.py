@@ -4,7 +4,7 @@ Examples::
 
     python -m ndp simulate --workload mlperf                       # bundled paper_like system
     python -m ndp simulate --config my_system.json --workload kaggle --batch-size 4096
-    python -m ndp simulate --workload movielens --batch-size 256 --out results/ml
+    python -m ndp simulate --workload movielens --batch-size 256 --out runs/simulate/ml
 
 Prints, per system, each task's duration, the steady-state iteration time, the
 embedding-cache hit rate and the energy per iteration by component; writes
@@ -16,27 +16,66 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
-from runkit import UsageError, atomic_write_json, check_positive
+from runkit import UsageError, atomic_write_json, check_choice, check_positive
+from runkit.cli import add_common_options, check_common_options, default_out
+from runkit.config_cli import ConfigOptions
+from ndp.sysmodel.scenarios import WORKLOADS
+from ndp.sysmodel.systems import SYSTEMS
 
 DESCRIPTION = "Model NDRec-style training (CSDs + CXL + lookahead) against CPU-GPU, GPU-cache and SSD baselines."
 
 
+@dataclasses.dataclass(frozen=True)
+class SimulateSettings:
+    """What ``python -m ndp simulate`` models; ``None`` keeps the system file's value.
+
+    Attributes:
+      config: system file (JSON) or bundled name (paper_like, multi_gpu).
+      workload: the training workload.
+      batch_size: override the system file's workload.batch_size.
+      zipf: override workload.zipf_exponent (row-popularity skew).
+      row_cap: clip every table to this many rows.
+      trace_batches: iterations of access trace to simulate caches on (at least 2).
+      lookahead: override options.lookahead_batches.
+      systems: systems to model (must include ndrec: speedups are relative to it).
+      plots: also write the Gantt chart and the sweeps as PNG.
+    """
+
+    config: str = "paper_like"
+    workload: str = dataclasses.field(default="mlperf", metadata={"choices": WORKLOADS})
+    batch_size: int | None = None
+    zipf: float | None = None
+    row_cap: int | None = None
+    trace_batches: int | None = None
+    lookahead: int | None = None
+    systems: tuple[str, ...] = SYSTEMS
+    plots: bool = True
+
+    def __post_init__(self):
+        check_choice("workload", self.workload, WORKLOADS)
+        for name in ("batch_size", "row_cap"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        for name in ("zipf", "lookahead"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name), allow_zero=True)
+        if self.trace_batches is not None and self.trace_batches < 2:
+            raise UsageError(f"trace_batches: expected >= 2, got {self.trace_batches}")
+        for s in self.systems:
+            check_choice("systems", s, SYSTEMS)
+        if "ndrec" not in self.systems:
+            raise UsageError(f"systems: expected the list to include 'ndrec' (speedups are relative to it), got {list(self.systems)}")
+
+
+OPTIONS = ConfigOptions(SimulateSettings)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="paper_like", help="system file (JSON) or bundled name (paper_like, multi_gpu)")
-    parser.add_argument("--workload", default="mlperf", help="kaggle | mlperf | synthetic | movielens")
-    parser.add_argument("--batch-size", type=int, help="override the system file's workload.batch_size")
-    parser.add_argument("--zipf", type=float, help="override workload.zipf_exponent (row-popularity skew)")
-    parser.add_argument("--row-cap", type=int, help="clip every table to this many rows")
-    parser.add_argument("--trace-batches", type=int, help="iterations of access trace to simulate caches on")
-    parser.add_argument("--lookahead", type=int, help="override options.lookahead_batches")
-    parser.add_argument("--systems", default="ndrec,cpu_gpu,gpu_cache,ssd", help="comma-separated systems to model")
-    parser.add_argument("--data", help="shared data folder (for --workload movielens); default: $JAXSPARSE_SHARED or ../shared")
-    parser.add_argument("--out", help="output folder (default results/simulate/<config>-<workload>)")
-    parser.add_argument("--no-plots", action="store_true", help="write JSON only")
+    OPTIONS.add_arguments(parser)
+    add_common_options(parser, out_default="runs/simulate/<config>-<workload>", progress=False)
 
 
 def _settings(args, system_file):
@@ -44,48 +83,44 @@ def _settings(args, system_file):
 
     changes = {}
     if args.batch_size is not None:
-        changes["batch_size"] = check_positive("--batch-size", args.batch_size)
+        changes["batch_size"] = args.batch_size
     if args.zipf is not None:
-        changes["zipf_exponent"] = check_positive("--zipf", args.zipf, allow_zero=True)
+        changes["zipf_exponent"] = args.zipf
     if args.row_cap is not None:
-        changes["row_cap"] = check_positive("--row-cap", args.row_cap)
+        changes["row_cap"] = args.row_cap
     if args.trace_batches is not None:
-        if args.trace_batches < 2:
-            raise UsageError(f"--trace-batches: expected >= 2, got {args.trace_batches}")
         changes["trace_batches"] = args.trace_batches
     settings = dataclasses.replace(system_file.workload, **changes)
     options = system_file.options
     if args.lookahead is not None:
-        check_positive("--lookahead", args.lookahead, allow_zero=True)
         options = SystemOptions(args.lookahead, options.csd_cache_policy, max(options.num_batches, args.lookahead + 4))
     return settings, options
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    check_common_options(namespace)
+    args = OPTIONS.build(namespace)  # the checked values, under the option names
     import jax
 
-    from runkit import check_choice
     from ndp.sysmodel import plots
     from ndp.sysmodel.config import load_system_file
     from ndp.sysmodel.params import as_arrays
-    from ndp.sysmodel.scenarios import WORKLOADS, build_trace, build_workload, cache_sweep, policy_hit_rates, skew_sweep
+    from ndp.sysmodel.scenarios import build_trace, build_workload, cache_sweep, policy_hit_rates, skew_sweep
     from ndp.sysmodel.scenarios import workload_model
-    from ndp.sysmodel.systems import SYSTEM_TITLES, SYSTEMS, simulate, system_tasks
+    from ndp.sysmodel.systems import SYSTEM_TITLES, simulate, system_tasks
 
-    check_choice("--workload", args.workload, WORKLOADS)
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for s in systems:
-        check_choice("--systems", s, SYSTEMS)
-    if "ndrec" not in systems:
-        raise UsageError(f"--systems: expected the list to include 'ndrec' (speedups are relative to it), got {systems}")
-    system_file = load_system_file(args.config)
+    systems = list(args.systems)
+    try:
+        system_file = load_system_file(args.config)
+    except UsageError as error:
+        raise UsageError(OPTIONS.reword(str(error))) from None
     settings, options = _settings(args, system_file)
-    out = Path(args.out or Path("results") / "simulate" / f"{system_file.name}-{args.workload}")
+    out = namespace.out if namespace.out is not None else default_out("simulate", f"{system_file.name}-{args.workload}")
 
     print(f"system: {system_file.name} ({system_file.path})")
     print(f"workload: {args.workload}, batch {settings.batch_size}, zipf {settings.zipf_exponent}, "
           f"optimizer {settings.optimizer}, lookahead {options.lookahead_batches}")  # fmt: skip
-    wl = build_workload(args.workload, settings, shared_root=args.data)
+    wl = build_workload(args.workload, settings, shared_root=namespace.shared)
     hw = as_arrays(system_file.hardware)
     results = {s: simulate(s, hw, wl, options) for s in systems}
     base = float(results["ndrec"].period)
@@ -121,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         f"{100 * (1 - nd_energy / report['systems'][s]['total_energy_j']):.1f}% vs {s}" for s in systems if s != "ndrec"))
 
     if args.workload != "mlperf":
-        config, trace, per_iteration = build_trace(args.workload, settings, shared_root=args.data)
+        config, trace, per_iteration = build_trace(args.workload, settings, shared_root=namespace.shared)
         policies = policy_hit_rates(trace, per_iteration, [0.001, 0.01, 0.1], sum(config.table_sizes),
                                     lookahead_batches=max(1, options.lookahead_batches))  # fmt: skip
         report["policy_hit_rates"] = policies
@@ -141,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                                           **{s: (by_skew[s] / by_skew["ndrec"]).tolist() for s in systems if s != "ndrec"}}  # fmt: skip
     path = atomic_write_json(out / "simulation.json", report)
     print(f"\nwrote {path}")
-    if not args.no_plots:
+    if args.plots:
         timelines = {s: {"tasks": system_tasks(s, options), "start": r.schedule.start, "finish": r.schedule.finish,
                          "period": r.period} for s, r in results.items()}  # fmt: skip
         written = [

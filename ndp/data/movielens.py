@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runkit import MissingFileError, check_choice
+from runkit import MissingFileError, UsageError, check_choice
 
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -62,9 +62,30 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _read_ratings(path: Path) -> np.ndarray:
-    ratings = np.loadtxt(_require(path), dtype=np.int64, delimiter="\t")
-    return ratings.reshape(-1, 4)
+def _lines(path: Path):
+    """``(line number, text)`` of the non-blank lines of a MovieLens file, numbered from 1 as editors do."""
+    for number, line in enumerate(_require(path).read_text(encoding="latin-1").splitlines(), start=1):
+        if line.strip():
+            yield number, line
+
+
+def _bad_line(path: Path, number: int, expected: str, line: str) -> UsageError:
+    return UsageError(f"{str(path)!r}, line {number}: expected {expected}, got {line!r}")
+
+
+def _read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(ratings (n, 4) int64, line numbers (n,))`` of a ``user<TAB>item<TAB>rating<TAB>time`` file."""
+    rows, numbers = [], []
+    for number, line in _lines(path):
+        try:
+            row = [int(x) for x in line.split("\t")]
+        except ValueError:
+            row = []
+        if len(row) != 4:
+            raise _bad_line(path, number, "4 tab-separated integers (user, item, rating, timestamp)", line)
+        rows.append(row)
+        numbers.append(number)
+    return np.asarray(rows, np.int64).reshape(-1, 4), np.asarray(numbers, np.int64)
 
 
 def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "rating") -> MovieLensData:
@@ -88,10 +109,11 @@ def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "r
     ]
     occupation_index = {name: i for i, name in enumerate(occupations)}
     users = {}
-    for line in _require(root / "u.user").read_text(encoding="latin-1").splitlines():
-        if not line.strip():
-            continue
-        uid, age, gender, occupation, zip_code = line.split("|")
+    for number, line in _lines(root / "u.user"):
+        fields = line.split("|")
+        if len(fields) != 5 or not fields[0].isdigit() or not fields[1].isdigit() or fields[3] not in occupation_index:
+            raise _bad_line(root / "u.user", number, "user id|age|gender|occupation (one of u.occupation)|zip code", line)
+        uid, age, gender, occupation, zip_code = fields
         zip_bucket = int(zip_code[0]) if zip_code[:1].isdigit() else 10
         users[int(uid)] = (
             int(np.searchsorted(AGE_EDGES, int(age), side="right")),
@@ -100,16 +122,30 @@ def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "r
             zip_bucket,
         )
     genres = {}
-    for line in _require(root / "u.item").read_text(encoding="latin-1").splitlines():
-        if not line.strip():
-            continue
+    for number, line in _lines(root / "u.item"):
         fields = line.split("|")
-        flags = np.array([int(x) for x in fields[-NUM_GENRES:]])
-        genres[int(fields[0])] = np.flatnonzero(flags)[:MAX_GENRES]
+        try:
+            item = int(fields[0])
+            flags = np.array([int(x) for x in fields[-NUM_GENRES:]])
+        except ValueError:
+            flags = np.zeros(0)
+        if len(fields) < NUM_GENRES + 2 or flags.size != NUM_GENRES:
+            raise _bad_line(root / "u.item", number, f"item id|title|...|{NUM_GENRES} genre flags (0/1)", line)
+        genres[item] = np.flatnonzero(flags)[:MAX_GENRES]
     num_users, num_items = max(users), max(genres)
     table_sizes = (num_users, num_items, len(AGE_EDGES) + 1, 2, len(occupations), 11, NUM_GENRES)
 
-    def examples(ratings: np.ndarray) -> Examples:
+    def examples(path: Path) -> tuple[Examples, np.ndarray]:
+        ratings, numbers = _read_ratings(path)
+        for column, known, what in ((0, users, "u.user"), (1, genres, "u.item")):
+            unknown = np.flatnonzero(~np.isin(ratings[:, column], np.fromiter(known, np.int64)))
+            if unknown.size:
+                i = unknown[0]
+                raise UsageError(f"{str(path)!r}, line {numbers[i]}: {'user' if column == 0 else 'item'} {ratings[i, column]} "
+                                 f"is not in {what}")  # fmt: skip
+        outside = np.flatnonzero((ratings[:, 2] < 1) | (ratings[:, 2] > 5))
+        if outside.size:
+            raise UsageError(f"{str(path)!r}, line {numbers[outside[0]]}: expected a rating in 1..5, got {ratings[outside[0], 2]}")
         n = ratings.shape[0]
         ids = np.zeros((n, len(FEATURES), MAX_GENRES), np.int32)
         lengths = np.ones((n, len(FEATURES)), np.int32)
@@ -123,15 +159,14 @@ def load_movielens(root: str | os.PathLike, *, split: str = "u1", task: str = "r
             lengths[i, 6] = g.size
         score = ratings[:, 2].astype(np.float32)
         labels = score if task == "rating" else (score >= 4).astype(np.float32)
-        return Examples(ids, lengths, labels)
+        return Examples(ids, lengths, labels), ratings
 
-    train = _read_ratings(root / f"{split}.base")
-    test = _read_ratings(root / f"{split}.test")
+    (train, train_ratings), (test, _) = examples(root / f"{split}.base"), examples(root / f"{split}.test")
     return MovieLensData(
-        train=examples(train),
-        test=examples(test),
+        train=train,
+        test=test,
         table_sizes=table_sizes,
         feature_names=FEATURES,
         task=task,
-        mean_rating=float(train[:, 2].mean()),
+        mean_rating=float(train_ratings[:, 2].mean()),
     )

@@ -95,8 +95,8 @@ def test_report_command_writes_json_and_png(tmp_path, capsys):
     path.write_text(json.dumps({"model": "x", "layers": layers}))
     out = tmp_path / "rep"
     assert hwmodel_main(["report", "--workload", str(path), "--out", str(out)]) == 0
-    report = json.loads((tmp_path / "rep.json").read_text())
-    png = (tmp_path / "rep.png").read_bytes()
+    report = json.loads((out / "report.json").read_text())
+    png = (out / "energy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["name"] for r in report["layers"]] == [l["name"] for l in layers]
     for design, total in report["totals"].items():

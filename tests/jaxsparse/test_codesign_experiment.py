@@ -52,15 +52,19 @@ def test_pareto_front_drops_dominated_points():
     assert [p["threshold"] for p in pareto_front(points)] == [1.4, 0.6]
 
 
-def test_cli_arguments_are_checked_and_name_the_flag():
+def test_cli_arguments_are_checked_and_name_the_flag(capsys):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["--quick", "--lambdas", "0.5,x"])
-    with pytest.raises(ValueError, match="--lambdas: expected comma-separated numbers"):
-        cli.config_from_args(args)
-    args = parser.parse_args(["--quick", "--uniform", "0.5,1", "--hwaware-steps", "7"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--preset", "quick", "--cost-weights", "0.5,x"])
+    assert "--cost-weights" in capsys.readouterr().err
+    args = parser.parse_args(["--preset", "quick", "--uniform-thresholds", "0.5,1", "--hwaware-steps", "7"])
     config = cli.config_from_args(args)
     assert config == quick_config(uniform_thresholds=(0.5, 1.0), hwaware_steps=7)
+    assert cli.config_from_args(parser.parse_args(["--seed", "3"])) == CodesignConfig(seed=3)  # the default preset: full
+    assert cli.config_from_args(parser.parse_args(["--no-channel-gates"])).channel_gates is False
+    with pytest.raises(ValueError, match="^--cost-weights: expected a value > 0, got -1.0"):
+        cli.config_from_args(parser.parse_args(["--cost-weights", "0.5,-1"]))
     with pytest.raises(ValueError, match="model: expected one of"):
         CodesignConfig(model="vgg16")
     with pytest.raises(ValueError, match="metric"):

@@ -8,6 +8,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -48,13 +49,13 @@ def reference_accuracy(golden, name):
 
 
 def test_evaluate_matches_the_reference_predictions(mini_shared, golden, tmp_path, capsys):
-    out = tmp_path / "result.json"
+    out = tmp_path / "evaluation"
     data = mini_shared / "data" / "cifar10-jpeg"
     # batch 30 -> 32 on the 8 test devices: 2 full batches and a padded one.
     status = main(["evaluate", "--model", "resnet20", "--data", str(data), "--batch-size", "30", "--out", str(out), "--no-progress"])
     assert status == 0
     printed = capsys.readouterr().out
-    result = json.loads(out.read_text())
+    result = json.loads((out / "result.json").read_text())
     expected = reference_accuracy(golden, "resnet20")
     assert result["total"] == 80 and result["batch_size"] == 32 and result["num_devices"] == 8
     assert result["accuracy"] == pytest.approx(expected, abs=1e-12)
@@ -63,9 +64,9 @@ def test_evaluate_matches_the_reference_predictions(mini_shared, golden, tmp_pat
     assert "images per CPU-second" in printed
 
 
-def test_defaults_come_from_the_shared_folder_env_var(mini_shared, golden, monkeypatch, capsys):
+def test_defaults_come_from_the_shared_folder_env_var(mini_shared, golden, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("JAXSPARSE_SHARED", str(mini_shared))
-    assert main(["evaluate", "--model", "resnet20", "--limit", "40", "--batch-size", "30", "--no-progress"]) == 0
+    assert main(["evaluate", "--model", "resnet20", "--limit", "40", "--batch-size", "30", "--no-progress", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     # --limit 40 takes every second image: 4 per class.
     picked = np.arange(0, 80, 2)
@@ -82,7 +83,7 @@ def test_cifar10_python_folder_is_accepted(shared_root, golden, tmp_path, monkey
     with open(batches_dir / "test_batch", "wb") as f:
         pickle.dump({b"data": rows, b"labels": golden["labels"].tolist()}, f)
     monkeypatch.setenv("JAXSPARSE_CIFAR10", str(tmp_path / "download"))
-    assert main(["evaluate", "--model", "resnet20", "--batch-size", "30", "--no-progress"]) == 0
+    assert main(["evaluate", "--model", "resnet20", "--batch-size", "30", "--no-progress", "--out", str(tmp_path / "out")]) == 0
     assert f"{100 * reference_accuracy(golden, 'resnet20'):.2f}%" in capsys.readouterr().out
 
 
@@ -127,3 +128,22 @@ def test_bad_arguments_get_clear_errors(mini_shared, shared_root, tmp_path, caps
         shutil.copyfile(mini_shared / "data" / "cifar10-jpeg" / "test" / "cat" / "0000.jpg", two_classes / name / "x.jpg")
     assert main(["evaluate", "--model", "resnet20", "--data", str(two_classes), "--no-progress"]) == 1
     assert "expected 10 classes for resnet20, got 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"not a zip file", None])
+def test_a_bad_weights_file_is_reported_within_three_seconds(tmp_path, shared_root, content):
+    """Checked before JAX starts: an unreadable file, or weights of another depth, named in the message."""
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    bad = tmp_path / "my_weights.npz"
+    if content is None:  # a readable file of ResNet-20 weights given for ResNet-56
+        shutil.copyfile(shared_root / "models" / "cifar10-resnet" / "resnet20.npz", bad)
+    else:
+        bad.write_bytes(content)
+    command = [sys.executable, "-m", "jaxsparse", "evaluate", "--model", "resnet56", "--weights", str(bad), "--data", str(tmp_path / "data")]
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "my_weights.npz" in proc.stderr
+    assert ("not a readable .npz" if content else "ResNet-20") in proc.stderr
+    assert elapsed < 3.0, f"took {elapsed:.1f} s"

@@ -74,7 +74,7 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
 
 
 def test_bad_argument_is_named():
-    result = subprocess.run([sys.executable, "-m", "jaxsparse", "compress", "--model", "digits-cnn", "--basis", "12"],
+    result = subprocess.run([sys.executable, "-m", "jaxsparse", "compress", "--model", "digits-cnn", "--num-basis", "12"],
                             cwd=repo_root(), env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert "num_basis" in result.stderr and "12" in result.stderr
+    assert "--num-basis" in result.stderr and "12" in result.stderr

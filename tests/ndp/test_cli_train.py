@@ -102,12 +102,16 @@ def test_train_synthetic_writes_outputs_resumes_and_matches_an_uninterrupted_run
 def test_train_criteo_tsv_and_bad_arguments(tmp_path, capsys):
     path = tmp_path / "day.tsv"
     write_criteo(path, 48)
-    assert main(["train", "--data", "criteo-tsv", str(path), "--hash-rows", "64", "--batch-size", "16",
+    assert main(["train", "--data", str(path), "--hash-rows", "64", "--batch-size", "16",
                  "--steps", "2", "--eval-lines", "16", "--devices", "2", "--embedding-dim", "4",
                  "--out", str(tmp_path / "run"), "--no-progress"]) == 0  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test AUC: ")
-    assert main(["train", "--data", "criteo-tsv", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
-    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
+    assert "--data: expected ml-100k or synthetic, a MovieLens-100k folder or a Criteo TSV file" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--hash-rows", "64", "--out", str(tmp_path)]) == 1
+    assert "--hash-rows: only used with criteo-tsv data" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "0", "--out", str(tmp_path)]) == 1  # not replaced by a default
+    assert "--batch-size: expected a value > 0, got 0" in capsys.readouterr().err
     assert main(["train", "--data", "synthetic", "--tables", "10", "--batch-size", "12", "--devices", "8",
                  "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"]) == 1  # fmt: skip
     assert "batch_size: expected a multiple of the 8 devices, got 12" in capsys.readouterr().err
@@ -125,3 +129,30 @@ def test_train_movielens_prints_baseline_and_rmse(shared_root, tmp_path, capsys)
     assert 0.5 < value < 1.6  # 20 steps: far from converged, but a rating-scale error
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary) == {"mf", "dlrm"}
+
+
+@pytest.mark.parametrize(
+    "file, line_number, replacement, message",
+    [
+        ("u1.base", 5, "1\t2\tthree\t874965758", "4 tab-separated integers"),
+        ("u1.test", 1, "1\t2\t9\t874965758", "expected a rating in 1..5, got 9"),
+        ("u1.base", 3, "99999\t2\t3\t874965758", "user 99999 is not in u.user"),
+        ("u.user", 2, "2|53|F|astronaut|94043", "one of u.occupation"),
+        ("u.item", 4, "4|Get Shorty (1995)|0|1", "genre flags"),
+    ],
+)
+def test_movielens_parse_errors_name_the_file_and_the_line(shared_root, tmp_path, file, line_number, replacement, message):
+    """A corrupted copy: the error names the file and the 1-based line number an editor shows."""
+    import shutil
+
+    from runkit import UsageError
+
+    root = tmp_path / "ml-100k"
+    shutil.copytree(shared_root / "data" / "ml-100k", root)
+    lines = (root / file).read_text(encoding="latin-1").splitlines()
+    lines[line_number - 1] = replacement
+    (root / file).write_text("\n".join(lines) + "\n", encoding="latin-1")
+    with pytest.raises(UsageError) as error:
+        load_movielens(root, split="u1")
+    assert str(root / file) in str(error.value) and f"line {line_number}:" in str(error.value)
+    assert message in str(error.value)

@@ -179,7 +179,7 @@ def test_cli_simulate_writes_report_and_plots(tmp_path, shared_root, capsys):
     from ndp.__main__ import main
 
     out = tmp_path / "sim"
-    status = main(["simulate", "--workload", "movielens", "--batch-size", "256", "--data", str(shared_root),
+    status = main(["simulate", "--workload", "movielens", "--batch-size", "256", "--shared", str(shared_root),
                    "--out", str(out)])  # fmt: skip
     assert status == 0
     report = json.loads((out / "simulation.json").read_text())
@@ -197,3 +197,4 @@ def test_cli_simulate_writes_report_and_plots(tmp_path, shared_root, capsys):
     bad.write_text(json.dumps({"hardware": {"pcie_bandwidth": -1}}))
     assert main(["simulate", "--config", str(bad), "--workload", "mlperf", "--no-plots", "--out", str(out)]) == 1
     assert "pcie_bandwidth: expected a value > 0, got -1" in capsys.readouterr().err
+
