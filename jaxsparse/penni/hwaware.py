@@ -31,7 +31,7 @@ stage, a matcher that scans every channel's reduction) that is what latency foll
 the coefficients are sparse. Each layer then also learns a channel threshold
 ``g_l = softplus(q_l)``: channel ``o`` is kept with probability
 ``sigmoid((n_o - g_l mean(n)) / (T_c mean(n)))``, ``n_o = rms(c[:, o, :])`` (hard forward:
-:func:`channel_mask`), and the cost is called as ``cost_fn(rho, live)`` with the expected
+:func:`~jaxsparse.penni.prune.channel_mask`), and the cost is called as ``cost_fn(rho, live)`` with the expected
 live fractions ``live_l = mean_o q_o`` (and ``rho_l = mean(p q)``). The cost gradient then
 also shrinks the weakest channels of the layers that dominate the cost, group-lasso style.
 
@@ -62,7 +62,7 @@ from runkit import UsageError, check_choice, check_positive, load_checkpoint, sa
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import DecomposedConv, iter_layers
-from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.prune import channel_mask, channel_norms, penni_mask
 
 #: Gates of the forward pass: straight-through hard mask, or the soft mask.
 GATES = ("ste", "sigmoid")
@@ -157,23 +157,6 @@ def expected_density(coefficients: jax.Array, threshold: jax.Array, temperature:
     return jnp.mean(keep_probability(coefficients, threshold, temperature))
 
 
-def channel_norms(coefficients: jax.Array) -> jax.Array:
-    """Root-mean-square coefficient of every output channel: ``float32[Cout]`` of ``(Cin, Cout, d)`` coefficients."""
-    return jnp.sqrt(jnp.mean(jnp.square(coefficients), axis=(0, 2)))
-
-
-def channel_mask(coefficients: jax.Array, channel_threshold: float | jax.Array) -> jax.Array:
-    """Hard channel rule: output channel ``o`` is kept iff ``rms(c[:, o, :]) >= g * mean_o rms(c[:, o, :])``.
-
-    Example:
-        >>> c = jnp.stack([jnp.full((2, 3), v) for v in (0.01, 1.0, 2.0)], axis=1)  # (Cin=2, Cout=3, d=3)
-        >>> channel_mask(c, 0.5).tolist()
-        [False, True, True]
-    """
-    norms = channel_norms(coefficients)
-    return norms >= channel_threshold * jnp.mean(norms)
-
-
 def channel_keep_probability(coefficients: jax.Array, channel_threshold: jax.Array, temperature: float) -> jax.Array:
     """``sigmoid((n_o - g * mean(n)) / (T * mean(n)))`` per output channel; the scale ``mean(n)`` is not differentiated."""
     norms = channel_norms(coefficients)
@@ -197,7 +180,7 @@ def gated_coefficients(
     """Coefficients times their gate: the hard mask ``|c| >= s * std(c)`` (straight-through) or the soft one.
 
     With ``channel_threshold`` the gate is also multiplied by the channel gate of
-    :func:`channel_keep_probability` (hard: :func:`channel_mask`).
+    :func:`channel_keep_probability` (hard: :func:`~jaxsparse.penni.prune.channel_mask`).
     """
     p = keep_probability(coefficients, threshold, temperature)
     if channel_threshold is not None:
@@ -205,7 +188,7 @@ def gated_coefficients(
     if gate == "sigmoid":
         return coefficients * p
     if gate == "ste":
-        hard = jnp.abs(coefficients) >= threshold * jnp.std(coefficients)
+        hard = penni_mask(coefficients, threshold)
         if channel_threshold is not None:
             hard = hard & channel_mask(coefficients, channel_threshold)[None, :, None]
         # p - stop_gradient(p) is exactly 0 forward, so the forward value is exactly c * hard.
@@ -492,7 +475,7 @@ def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | floa
                           channel_thresholds: dict[str, float] | None = None) -> dict[str, float]:
     """Apply PENNI's rule ``|c| < s_l * std(c)`` in place, per layer (one ``s`` for all if a number).
 
-    With ``channel_thresholds`` the channel rule of :func:`channel_mask` (on the same,
+    With ``channel_thresholds`` the channel rule of :func:`~jaxsparse.penni.prune.channel_mask` (on the same,
     unpruned coefficients, as in training) also removes whole output channels.
 
     Returns:

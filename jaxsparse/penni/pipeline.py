@@ -45,7 +45,7 @@ from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
-from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask
+from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask, polynomial_sparsity
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
 from jaxsparse.penni.train import TrainConfig, evaluate, fit
@@ -208,12 +208,11 @@ def prune_masks(params: Any, *, prune_std: float | jax.Array, channel_sparsity: 
 
 def gradual_prune_schedule(config: CompressConfig, model: nnx.Module, total_steps: int):
     """``(params, step) -> keep-masks``: the prune rule of ``config`` with the cubic ramp of ``gradual_prune``."""
-    ramp_steps = max(1, int(round(config.gradual_prune * total_steps)))
+    ramp = polynomial_sparsity(1.0, begin_step=0, end_step=max(1, int(round(config.gradual_prune * total_steps))), power=3.0)
     channel_layers = _channel_layers(model, config)
 
     def schedule(params, step):
-        progress = jnp.clip(jnp.asarray(step, jnp.float32) / ramp_steps, 0.0, 1.0)
-        fraction = 1.0 - (1.0 - progress) ** 3
+        fraction = ramp(step)  # 1 - (1 - t / T)^3, clipped to [0, 1]
         return prune_masks(params, prune_std=config.prune_std * fraction,
                            channel_sparsity=config.channel_sparsity * fraction, channel_layers=channel_layers)
 
