@@ -260,7 +260,7 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
     from runkit import find_shared_root
     from jaxsparse.data import load_split
     from jaxsparse.data.transforms import normalize
-    from jaxsparse.penni.train import evaluate
+    from jaxsparse.models import evaluate_accuracy
 
     folder = args.test_data or find_shared_root() / "data" / "cifar10-jpeg"
     images, labels, _ = load_split(folder, "test", progress=False)
@@ -271,7 +271,7 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
         logits = np.asarray(fast_forward(normalize(jnp.asarray(padded))))[: len(chunk)]
         predictions.append(np.argmax(logits, -1))
     fast = float(np.mean(np.concatenate(predictions) == labels))
-    reference = evaluate(load_compressed(args.run_dir), images, labels)
+    reference = evaluate_accuracy(load_compressed(args.run_dir), images, labels).accuracy
     return {"top1_fast_path": fast, "top1_reference": reference, "test_images": int(len(images)),
             "top1_gap_points": 100 * abs(fast - reference)}
 

@@ -49,7 +49,8 @@ from jaxsparse.cli.compress import load_cifar
 from jaxsparse.cli.evaluate import resolve_data, resolve_weights
 from runkit import atomic_write_json, load_checkpoint, save_checkpoint
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
-from jaxsparse.penni.train import TrainConfig, evaluate, fit
+from jaxsparse.models import evaluate_accuracy
+from jaxsparse.penni.train import TrainConfig, fit
 
 SCHEDULES = {
     "cpu": dict(train_subset=10000, test_subset=None, retrain_epochs=5, finetune_epochs=2, alternate_every=0, gradual_prune=2 / 3,
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
                             prune_std=plan["prune_std"], distill=plan["distill"],
                             batch_size=args.batch_size, seed=args.seed)
     dense = initial_model(config, str(weights))
-    top1_pretrained = evaluate(dense, xte, yte)
+    top1_pretrained = evaluate_accuracy(dense, xte, yte).accuracy
     baseline_run = {"model": args.model, "train_images": int(len(xtr)), "epochs": total_epochs,
                     "batch_size": args.batch_size, "seed": args.seed}
     if baseline_file.is_file():
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         baseline_seconds, baseline_cpu = time.time() - t, time.process_time() - c
         save_checkpoint(baseline_file, nnx.state(dense), {"run": baseline_run, "seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
                                                           "load_average": list(os.getloadavg())})
-    top1_baseline = evaluate(dense, xte, yte)
+    top1_baseline = evaluate_accuracy(dense, xte, yte).accuracy
 
     t, c = time.time(), time.process_time()
     # The baseline is the better teacher: it has adapted to the JPEG data (the pretrained model has not).

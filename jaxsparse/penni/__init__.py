@@ -43,7 +43,7 @@ from jaxsparse.penni.shrink import (
     plan_shrink,
     shrink,
 )
-from jaxsparse.penni.train import TrainConfig, alternating, evaluate, fit, param_groups, sgd_recipe
+from jaxsparse.penni.train import Objective, TrainConfig, alternating, fit, fit_objective, param_groups, sgd_recipe
 
 __all__ = [
     "FORMS",
@@ -53,6 +53,7 @@ __all__ = [
     "LiveBasisFirstConv",
     "Decomposition",
     "MaskedState",
+    "Objective",
     "QuantizedTensor",
     "ShrinkPlan",
     "TrainConfig",
@@ -69,9 +70,9 @@ __all__ = [
     "decompose_model",
     "dequantize",
     "describe_layers",
-    "evaluate",
     "fake_quant",
     "fit",
+    "fit_objective",
     "free_channel_layers",
     "global_magnitude_masks",
     "magnitude_mask",

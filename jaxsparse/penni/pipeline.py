@@ -41,14 +41,14 @@ from tqdm.auto import tqdm
 
 from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
 from jaxsparse.data import normalize
-from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
+from jaxsparse.models import MODEL_NAMES, build_model, evaluate_accuracy, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, set_quantization
 from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask, polynomial_sparsity
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
-from jaxsparse.penni.train import TrainConfig, evaluate, fit
+from jaxsparse.penni.train import TrainConfig, fit
 
 STAGES = ("dense", "decompose", "retrain", "prune", "finetune", "shrink", "quantize", "count")
 #: Models :func:`compress` accepts: the package's CIFAR models and the small digits CNN.
@@ -389,7 +389,7 @@ def compress(
         return dense
 
     def finish(stage: str, started: float, **extra) -> None:
-        top1 = evaluate(model, data.test_images, data.test_labels)
+        top1 = evaluate_accuracy(model, data.test_images, data.test_labels).accuracy
         totals = _totals(model, sample)
         record = {"stage": stage, "top1": top1, "params": totals["params"], "macs": totals["macs_sparse"],
                   "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2),
