@@ -71,6 +71,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def _merged(base: Any, over: Any) -> Any:
+    """``over`` with the keys it lacks taken from ``base``, recursively through dicts."""
+    if not isinstance(base, dict) or not isinstance(over, dict):
+        return over
+    return {**base, **{k: _merged(base.get(k), v) for k, v in over.items()}}
+
+
 def settings_differences(recorded: Mapping, given: Mapping) -> list[str]:
     """``"key: expected <recorded>, got <given>"`` for every differing setting (nested keys dotted), sorted.
 
@@ -159,6 +166,7 @@ def open_run(
     hint: str = _HINT,
     writer: bool = True,
     log: Callable[[str], None] = print,
+    defaults: Mapping | None = None,
 ) -> RunFolder:
     """Open (or create) the run folder ``path`` for a run of ``settings``.
 
@@ -172,6 +180,8 @@ def open_run(
       writer: whether this process writes (False on all but one process of a multi-process
         run: the others only check).
       log: where the message of a fresh start goes.
+      defaults: settings a record written before they existed is read with (nested keys
+        merged): a run recorded before an option was added resumes when it uses its default.
 
     Returns:
       A :class:`RunFolder`.
@@ -195,7 +205,8 @@ def open_run(
             atomic_write_json(record, given)
         return RunFolder(folder, given, resumed=False)
     if record.is_file():
-        check_same_settings(json.loads(record.read_text()), given, where=where, option=option, hint=hint)
+        recorded = _merged(as_json(dict(defaults)), json.loads(record.read_text())) if defaults else json.loads(record.read_text())
+        check_same_settings(recorded, given, where=where, option=option, hint=hint)
         return RunFolder(folder, given, resumed=has_checkpoints)
     if has_checkpoints:
         raise UsageError(f"{option}: {where} holds checkpoints but no {SETTINGS_FILE} (an older version's or an "

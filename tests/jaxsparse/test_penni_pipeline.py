@@ -38,8 +38,8 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     victim = subprocess.Popen(_command(resumed_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reference = subprocess.Popen(_command(reference_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # kill inside the retraining stage, after its first epoch checkpoint
-        epoch_file = resumed_dir / "checkpoints" / "retrain-epoch.npz"
+        # kill inside the retraining stage, after its first epoch checkpoint (in its nested run folder)
+        epoch_file = resumed_dir / "checkpoints" / "retrain-epoch" / "checkpoints" / "train.npz"
         deadline = time.time() + 400
         while not epoch_file.is_file() and victim.poll() is None and time.time() < deadline:
             time.sleep(0.05)

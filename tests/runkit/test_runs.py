@@ -78,3 +78,13 @@ def test_a_crash_during_a_fresh_start_never_leaves_checkpoints_under_other_setti
         assert not open_run(tmp_path, other).resumed  # an empty folder: a new run
     run = open_run(tmp_path, other, resume=False, log=lambda message: None)
     assert not run.has("epoch") and read_settings(tmp_path) == run.settings
+
+
+def test_a_record_older_than_an_option_resumes_at_its_default(tmp_path):
+    open_run(tmp_path, {"config": {"lr": 0.01}})
+    grown = {"config": {"lr": 0.01, "qat": True}}
+    with pytest.raises(UsageError, match=r"config.qat: expected '<not set>', got True"):
+        open_run(tmp_path, grown)
+    assert open_run(tmp_path, grown, defaults={"config": {"lr": 0.1, "qat": True}}).settings == grown
+    with pytest.raises(UsageError, match=r"config.qat: expected True, got False"):
+        open_run(tmp_path, {"config": {"lr": 0.01, "qat": False}}, defaults={"config": {"qat": True}})
