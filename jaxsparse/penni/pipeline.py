@@ -1,6 +1,6 @@
 """The whole PENNI pipeline with a checkpoint after every stage (and every training epoch).
 
-Stages, in order (:data:`STAGES`)::
+Stages, in order (:data:`STAGES`, the names of :data:`STAGE_TABLE`)::
 
     dense -> decompose -> retrain -> prune -> finetune -> shrink -> quantize -> count
 
@@ -16,11 +16,17 @@ Stages, in order (:data:`STAGES`)::
 * ``quantize``: hybrid low-bit coefficients / higher-bit basis; integer tensors exported;
 * ``count``: the per-layer description, the report and its figure.
 
-Every stage ends with an atomic checkpoint ``<out>/checkpoints/<stage>.npz`` holding the
-model state and the results so far; training stages also checkpoint each epoch. A rerun
-with the same settings continues after the last completed stage (or epoch). ``shrink``,
-``quantize`` and ``count`` are pure functions of the fine-tuned state, so their
-checkpoints hold that state and they are replayed when resuming.
+The stages form a table (:data:`STAGE_TABLE`: name, function, whether the stage's checkpoint
+holds the model, how a restore passes the stage). ``<out>`` is a run folder
+(:func:`runkit.open_run`): ``settings.json`` records the run's settings, and a rerun with
+other settings is refused, naming them. Every stage ends with an atomic checkpoint
+``<out>/checkpoints/<stage>.npz`` holding the model state (stages that save it) and the
+results so far; training stages also checkpoint each epoch, in nested run folders
+``<out>/checkpoints/<stage>-epoch``. A rerun with the same settings continues after the
+last completed stage (or epoch). ``shrink``, ``quantize`` and ``count`` are pure functions
+of the fine-tuned state: their checkpoints hold no model, and one restore function
+(:func:`_restore`, also behind :func:`load_compressed`) rebuilds the model after any stage
+from the last saved state.
 """
 
 from __future__ import annotations
