@@ -70,7 +70,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from runkit import atomic_write_json, load_checkpoint
+from runkit import atomic_write_json
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.inference import (
@@ -83,7 +83,7 @@ from jaxsparse.penni.inference import (
     plan_module,
 )
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
-from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
+from jaxsparse.penni.pipeline import initial_model, load_compressed, run_config
 from jaxsparse.penni.shrink import free_channel_layers, shrink
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv, available, supports
 from jaxsparse.penni.sparse_pallas import supports as pallas_supports
@@ -331,9 +331,7 @@ def main(argv=None) -> int:
         parser.error(f"--compiler-options: expected a JSON object, got {args.compiler_options!r}")
     options = args.compiler_options
 
-    _, meta = load_checkpoint(args.run_dir / "checkpoints" / "finetune.npz")
-    config = CompressConfig(**meta["settings"]["config"])
-    weights = meta["settings"]["weights"]
+    config, weights = run_config(args.run_dir)
     out_path = args.out or Path(f"benchmarks/results/inference_speed_{config.model}.json")
     image_shape = (8, 8, 3) if config.model == "digits-cnn" else (32, 32, 3)
     padding_applies = config.model.startswith("resnet")

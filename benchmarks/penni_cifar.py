@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     else:
         t, c = time.time(), time.process_time()
         fit(dense, xtr, ytr, TrainConfig(epochs=total_epochs, batch_size=args.batch_size, alternate_every=0, seed=args.seed),
-            checkpoint=work / "baseline-epoch.npz", description="dense baseline")
+            checkpoint=work / "baseline-epoch", description="dense baseline")
         baseline_seconds, baseline_cpu = time.time() - t, time.process_time() - c
         save_checkpoint(baseline_file, nnx.state(dense), {"run": baseline_run, "seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
                                                           "load_average": list(os.getloadavg())})

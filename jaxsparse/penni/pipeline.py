@@ -595,8 +595,18 @@ def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrun
     With ``shrunk=False`` the fine-tuned model keeps its original channel counts (dead
     channels are zero, not sliced away), e.g. to remove more channels before :func:`shrink`.
     """
+    config, recorded_weights = run_config(report_dir)
+    run = RunFolder(Path(report_dir), read_settings(report_dir))
+    return _restore("quantize", config, weights if weights is not None else recorded_weights, run,
+                    skip=() if shrunk else ("shrink",))
+
+
+def run_config(report_dir: str | Path) -> tuple[CompressConfig, str | None]:
+    """The :class:`CompressConfig` and the weights file a run was started with (from its ``settings.json``).
+
+    Example:
+        >>> config, weights = run_config("runs/r56")  # doctest: +SKIP
+    """
     settings = read_settings(report_dir)
     config = CompressConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["config"].items()})
-    run = RunFolder(Path(report_dir), settings)
-    return _restore("quantize", config, weights if weights is not None else settings["weights"], run,
-                    skip=() if shrunk else ("shrink",))
+    return config, settings["weights"]

@@ -264,25 +264,14 @@ def run_settings(config: TrainConfig, examples: int, *, masks: bool, mask_schedu
     return settings
 
 
-def fit(
-    model: nnx.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    config: TrainConfig,
-    *,
-    masks: Any = None,
-    mask_schedule=None,
-    teacher: nnx.Module | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    description: str = "train",
-    progress: bool = True,
-) -> list[dict]:
+def fit(model: nnx.Module, images: np.ndarray, labels: np.ndarray, config: TrainConfig, **options) -> list[dict]:
     """Train ``model`` in place on uint8 NHWC ``images`` with the recipe of ``config``.
 
     Args:
       model: NNX model (its ``Param`` leaves train; ``BatchStat`` leaves follow the data).
       images, labels: training set, uint8 ``(N, H, W, 3)`` and int ``(N,)``.
       config: the phase's :class:`TrainConfig`.
+      options: keyword arguments of :func:`fit_objective` (the training loop), without an objective:
       masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
       mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
         with the current masks (which only shrink): gradual pruning while training.
@@ -291,6 +280,7 @@ def fit(
         ``config.checkpoint_every`` steps) and resumed from; one written for another config,
         data size or masking is refused with an error naming what differs.
       description: progress bar label.
+      progress: show progress bars.
 
     Returns:
       Per-epoch history ``[{"epoch", "step", "loss", "train_top1"}]`` (including resumed epochs).
@@ -298,8 +288,7 @@ def fit(
     Example:
         >>> history = fit(model, x_train, y_train, TrainConfig(epochs=2, l1=1e-4))  # doctest: +SKIP
     """
-    return fit_objective(model, images, labels, config, None, masks=masks, mask_schedule=mask_schedule, teacher=teacher,
-                         checkpoint=checkpoint, description=description, progress=progress)[0]
+    return fit_objective(model, images, labels, config, None, **options)[0]
 
 
 def fit_objective(
