@@ -28,9 +28,8 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
-
 from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from runkit import UsageError, atomic_write_json, check_choice, check_positive, open_run
 from runkit.runs import CHECKPOINTS
