@@ -70,7 +70,7 @@ import numpy as np
 from flax import nnx
 from runkit.progress import progress_bar
 
-from runkit import atomic_write_json, load_checkpoint
+from runkit import atomic_write_json
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.inference import (
@@ -83,7 +83,7 @@ from jaxsparse.penni.inference import (
     plan_module,
 )
 from jaxsparse.penni.layers import DecomposedConv, LiveBasisFirstConv, get_by_path, iter_layers, set_by_path
-from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
+from jaxsparse.penni.pipeline import initial_model, load_compressed, run_config
 from jaxsparse.penni.shrink import free_channel_layers, shrink
 from jaxsparse.penni.sparse_cpu import SparseCoefficientConv, available, supports
 from jaxsparse.penni.sparse_pallas import supports as pallas_supports
@@ -260,7 +260,7 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
     from runkit import find_shared_root
     from jaxsparse.data import load_split
     from jaxsparse.data.transforms import normalize
-    from jaxsparse.penni.train import evaluate
+    from jaxsparse.models import evaluate_accuracy
 
     folder = args.test_data or find_shared_root() / "data" / "cifar10-jpeg"
     images, labels, _ = load_split(folder, "test", progress=False)
@@ -271,7 +271,7 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
         logits = np.asarray(fast_forward(normalize(jnp.asarray(padded))))[: len(chunk)]
         predictions.append(np.argmax(logits, -1))
     fast = float(np.mean(np.concatenate(predictions) == labels))
-    reference = evaluate(load_compressed(args.run_dir), images, labels)
+    reference = evaluate_accuracy(load_compressed(args.run_dir), images, labels).accuracy
     return {"top1_fast_path": fast, "top1_reference": reference, "test_images": int(len(images)),
             "top1_gap_points": 100 * abs(fast - reference)}
 
@@ -331,9 +331,7 @@ def main(argv=None) -> int:
         parser.error(f"--compiler-options: expected a JSON object, got {args.compiler_options!r}")
     options = args.compiler_options
 
-    _, meta = load_checkpoint(args.run_dir / "checkpoints" / "finetune.npz")
-    config = CompressConfig(**meta["settings"]["config"])
-    weights = meta["settings"]["weights"]
+    config, weights = run_config(args.run_dir)
     out_path = args.out or Path(f"benchmarks/results/inference_speed_{config.model}.json")
     image_shape = (8, 8, 3) if config.model == "digits-cnn" else (32, 32, 3)
     padding_applies = config.model.startswith("resnet")

@@ -49,8 +49,9 @@ from jaxsparse.data import load_split_subset
 from jaxsparse.userfiles import resolve_data, resolve_weights
 from runkit import atomic_write_json, load_checkpoint, save_checkpoint
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
+from jaxsparse.models import evaluate_accuracy
 from jaxsparse.penni.presets import PRESETS
-from jaxsparse.penni.train import TrainConfig, evaluate, fit
+from jaxsparse.penni.train import TrainConfig, fit
 
 #: --schedule -> the compression preset it runs (jaxsparse.penni.presets.PRESETS).
 SCHEDULES = {"cpu": "cifar-cpu", "full": "full"}
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
                             prune_std=plan["prune_std"], distill=plan["distill"],
                             batch_size=args.batch_size, seed=args.seed)
     dense = initial_model(config, str(weights))
-    top1_pretrained = evaluate(dense, xte, yte)
+    top1_pretrained = evaluate_accuracy(dense, xte, yte).accuracy
     baseline_run = {"model": args.model, "train_images": int(len(xtr)), "epochs": total_epochs,
                     "batch_size": args.batch_size, "seed": args.seed}
     if baseline_file.is_file():
@@ -129,11 +130,11 @@ def main(argv=None) -> int:
     else:
         t, c = time.time(), time.process_time()
         fit(dense, xtr, ytr, TrainConfig(epochs=total_epochs, batch_size=args.batch_size, alternate_every=0, seed=args.seed),
-            checkpoint=work / "baseline-epoch.npz", description="dense baseline")
+            checkpoint=work / "baseline-epoch", description="dense baseline")
         baseline_seconds, baseline_cpu = time.time() - t, time.process_time() - c
         save_checkpoint(baseline_file, nnx.state(dense), {"run": baseline_run, "seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
                                                           "load_average": list(os.getloadavg())})
-    top1_baseline = evaluate(dense, xte, yte)
+    top1_baseline = evaluate_accuracy(dense, xte, yte).accuracy
 
     t, c = time.time(), time.process_time()
     # The baseline is the better teacher: it has adapted to the JPEG data (the pretrained model has not).

@@ -35,9 +35,9 @@ import jax
 from flax import nnx
 from runkit.progress import progress_bar
 
-from runkit import atomic_write_json, load_checkpoint
+from runkit import atomic_write_json
 from jaxsparse.penni.inference import apply_plan, bake_quantization, fold_batchnorm, pad_channels
-from jaxsparse.penni.pipeline import CompressConfig, initial_model, load_compressed
+from jaxsparse.penni.pipeline import initial_model, load_compressed, run_config
 
 
 def _strip_metadata(hlo: str) -> str:
@@ -71,11 +71,9 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.pad_multiple < 1:
         parser.error(f"--rounds and --pad-multiple: expected positive integers, got {args.rounds} and {args.pad_multiple}")
 
-    _, meta = load_checkpoint(args.run_dir / "checkpoints" / "finetune.npz")
-    config = CompressConfig(**meta["settings"]["config"])
+    config, weights = run_config(args.run_dir)
     if not config.model.startswith("resnet"):
         parser.error(f"--run-dir: expected a run of a CIFAR ResNet, got model {config.model!r}")
-    weights = meta["settings"]["weights"]
 
     def dense():
         return fold_batchnorm(initial_model(config, weights))

@@ -44,22 +44,24 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from runkit import MissingFileError, UsageError, check_positive
+from runkit import MissingFileError, UsageError, check_positive, check_same_settings
+from runkit.runs import as_json
 from ndp.embedding import AXIS, ShardingPlan, TablePiece, slab_sharding
 from ndp.train import TrainState, replicate
 
-__all__ = ["FORMAT", "Restored", "TrainCheckpoints", "check_settings", "plan_from_dict", "repack", "repack_copies"]
+__all__ = ["FORMAT", "RESUME_HINT", "Restored", "TrainCheckpoints", "check_settings", "plan_from_dict", "repack", "repack_copies"]
 
 #: Version of the ``meta`` item's layout.
 FORMAT = 1
-_HINT = "use a new --out or --no-resume"
+#: What an error about resuming suggests.
+RESUME_HINT = "use a new --out or --no-resume"
 
 
 class Restored(NamedTuple):
@@ -102,30 +104,18 @@ def plan_from_dict(d: dict) -> ShardingPlan:
     )
 
 
-def _as_json(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists, ...)."""
-    return json.loads(json.dumps(obj))
-
-
 def check_settings(saved: dict, current: dict, where: str = "the checkpoint") -> None:
-    """Raise ``ValueError`` naming every setting of ``current`` that differs from ``saved``.
+    """Raise :class:`runkit.UsageError` naming every setting of ``current`` that differs from ``saved``
+    (:func:`runkit.check_same_settings` with ndp's option and hint).
 
     Example:
         >>> check_settings({"embedding_dim": 8}, {"embedding_dim": 8})
         >>> check_settings({"embedding_dim": 8}, {"embedding_dim": 16}, "run/3")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: resume: run/3 was written with other settings: embedding_dim: expected 8, got 16; use a new --out ...
+        runkit.checks.UsageError: resume: run/3 was written with other settings: embedding_dim: expected 8, got 16; use a new --out ...
     """
-    saved, current = _as_json(saved), _as_json(current)
-    missing = "<not set>"
-    differences = [
-        f"{key}: expected {saved.get(key, missing)!r}, got {current.get(key, missing)!r}"
-        for key in sorted(set(saved) | set(current))
-        if saved.get(key, missing) != current.get(key, missing)
-    ]
-    if differences:
-        raise UsageError(f"resume: {where} was written with other settings: {'; '.join(differences)}; {_HINT}")
+    check_same_settings(saved, current, where=where, option="resume", hint=RESUME_HINT)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,9 +137,9 @@ class _Copy(NamedTuple):
 
 def _check_same_tables(old: ShardingPlan, new: ShardingPlan) -> None:
     if tuple(old.table_sizes) != tuple(new.table_sizes):
-        raise UsageError(f"resume: table_sizes: expected {list(old.table_sizes)}, got {list(new.table_sizes)}; {_HINT}")
+        raise UsageError(f"resume: table_sizes: expected {list(old.table_sizes)}, got {list(new.table_sizes)}; {RESUME_HINT}")
     if old.embedding_dim != new.embedding_dim:
-        raise UsageError(f"resume: embedding_dim: expected {old.embedding_dim}, got {new.embedding_dim}; {_HINT}")
+        raise UsageError(f"resume: embedding_dim: expected {old.embedding_dim}, got {new.embedding_dim}; {RESUME_HINT}")
 
 
 def repack_copies(old: ShardingPlan, new: ShardingPlan) -> tuple[_Copy, ...]:
@@ -451,7 +441,7 @@ class TrainCheckpoints:
         if state.slab_state.size:  # SGD's placeholder has none (orbax does not store empty arrays)
             tables["slab_state"] = state.slab_state
         dense = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-        meta = _as_json({
+        meta = as_json({
             "format": FORMAT,
             "step": int(step),
             "data_position": int(step),
@@ -521,7 +511,7 @@ class TrainCheckpoints:
         meta = self.metadata(step)
         where = f"checkpoint {str(self.directory / str(step))!r}"
         if meta.get("format") != FORMAT:
-            raise UsageError(f"resume: {where}: expected format {FORMAT}, got {meta.get('format')!r}; {_HINT}")
+            raise UsageError(f"resume: {where}: expected format {FORMAT}, got {meta.get('format')!r}; {RESUME_HINT}")
         if settings is not None:
             check_settings(meta.get("settings", {}), settings, where)
         old = plan_from_dict(meta["plan"])
@@ -533,7 +523,7 @@ class TrainCheckpoints:
         wants_accumulators = math.prod(like.slab_state.shape) > 0
         if has_accumulators != wants_accumulators:
             expected, got = ("row-wise Adagrad", "sgd") if has_accumulators else ("sgd", "row-wise Adagrad")
-            raise UsageError(f"resume: {where}: optimizer: expected {expected} accumulators, got {got}; {_HINT}")
+            raise UsageError(f"resume: {where}: optimizer: expected {expected} accumulators, got {got}; {RESUME_HINT}")
 
         # The saved slab, row-sharded over this mesh (zero-padded to a multiple of its devices).
         devices = plan.num_shards

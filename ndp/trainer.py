@@ -27,11 +27,13 @@ import jax
 import numpy as np
 import optax
 from flax import nnx
-from runkit.progress import progress_bar
+from jax.experimental import multihost_utils
 
-from runkit import UsageError, atomic_write_json, check_choice, check_positive
+from runkit import UsageError, atomic_write_json, check_choice, check_positive, open_run
 from runkit.figures import save_figure, subplots
-from ndp.checkpoint import TrainCheckpoints
+from runkit.progress import progress_bar
+from runkit.runs import CHECKPOINTS
+from ndp.checkpoint import RESUME_HINT, TrainCheckpoints
 from ndp.configs import INTERACTIONS, DLRMConfig
 from ndp.data.movielens import Examples, MovieLensData
 from ndp.data.synthetic import SyntheticConfig, batch_at
@@ -262,7 +264,7 @@ RESUME_SETTINGS = ("batch_size", "optimizer", "embedding_lr", "dense_lr", "embed
 
 
 def run_settings(model: str, source, options: TrainOptions) -> dict:
-    """What a checkpoint of this run records, and a resumed run must match: model, data and :data:`RESUME_SETTINGS`."""
+    """What the run folder records (``settings.json``), and a resumed run must match: model, data and :data:`RESUME_SETTINGS`."""
     settings = {"model": model, "task": source.task, "table_sizes": list(source.table_sizes),
                 "num_dense": source.num_dense}  # fmt: skip
     settings.update({k: getattr(options, k) for k in RESUME_SETTINGS})
@@ -307,13 +309,14 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
 def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -> dict:
     """Train ``model`` (``"dlrm"`` or ``"mf"``) on ``source``; returns metrics and history.
 
-    With ``options.out_dir``, keeps sharded checkpoints in ``<name>/checkpoints/``
-    (:class:`ndp.checkpoint.TrainCheckpoints`: at each evaluation and every
-    ``checkpoint_every`` steps, asynchronous and atomic, the last two kept), writes
+    With ``options.out_dir``, ``<name>/`` is a run folder (:func:`runkit.open_run`) whose
+    ``settings.json`` records :func:`run_settings`; it keeps sharded checkpoints in
+    ``<name>/checkpoints/`` (:class:`ndp.checkpoint.TrainCheckpoints`: at each evaluation and
+    every ``checkpoint_every`` steps, asynchronous and atomic, the last two kept), writes
     ``<name>/metrics.json`` and ``<name>/learning_curve.png``, and resumes from the
     latest checkpoint when present, also on another device count, process count or
-    sharding kind. Resuming with other settings (:func:`run_settings`) raises
-    ``ValueError``. Returns after the last checkpoint is written.
+    sharding kind. Resuming with other settings raises :class:`runkit.UsageError` naming
+    them; ``options.resume=False`` starts afresh. Returns after the last checkpoint is written.
     """
     check_choice("model", model, MODELS)
     name = name or model
@@ -344,41 +347,43 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     start = 0
     checkpoints = None
     if out is not None:
-        checkpoints = TrainCheckpoints(out / "checkpoints")
         legacy = out / "checkpoint.npz"
-        if options.resume and legacy.is_file() and checkpoints.latest_step() is None:
-            checkpoints.close()
+        if options.resume and legacy.is_file() and not (out / CHECKPOINTS).exists():
             raise UsageError(
                 f"resume: {str(legacy)!r} is a checkpoint of an older version (a single .npz), which is no longer "
                 "read; use a new --out or --no-resume"
             )
-        if not options.resume and checkpoints.latest_step() is not None:
-            if jax.process_index() == 0:
-                print(f"--no-resume: removing the checkpoints of an earlier run in {checkpoints.directory}")
-            checkpoints.delete_all()  # a run that starts over; its steps would come before them
+        # The run folder records the settings and refuses to resume other ones; process 0 writes it
+        # (and, with --no-resume, removes the earlier checkpoints) before any process opens them.
+        writer = jax.process_index() == 0
+        run = open_run(out, settings, resume=options.resume, hint=RESUME_HINT, writer=writer,
+                       log=print if writer else (lambda message: None))  # fmt: skip
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"ndp run folder {out}")
+        checkpoints = TrainCheckpoints(run.checkpoints)
     try:
-        if checkpoints is not None and options.resume and checkpoints.latest_step() is not None:
+        if checkpoints is not None and checkpoints.latest_step() is not None:
             # Only shapes and shardings of the fresh state are needed: free its tables first.
             like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             state = None
-            restored = checkpoints.restore(mesh, plan, like, settings=settings)
+            restored = checkpoints.restore(mesh, plan, like)
             state, start, history = restored.state, restored.data_position, restored.history
             if jax.process_index() == 0:
                 print(f"resumed {name} from {checkpoints.directory} at step {start}")
         return _train(model, name, source, options, mesh, plan, state, step_fn, predict, start, history,
-                      checkpoints, settings, out)  # fmt: skip
+                      checkpoints, out)  # fmt: skip
     finally:
         if checkpoints is not None:
             checkpoints.close()  # waits for the last save
 
 
-def _train(model, name, source, options, mesh, plan, state, step_fn, predict, start, history, checkpoints, settings,
+def _train(model, name, source, options, mesh, plan, state, step_fn, predict, start, history, checkpoints,
            out) -> dict:  # fmt: skip
     devices = mesh.shape["storage"]
 
     def save(step: int) -> None:
         if checkpoints is not None:
-            checkpoints.save(step, state, plan, history=history, settings=settings)
+            checkpoints.save(step, state, plan, history=history)
 
     serialize = devices > 1 and jax.default_backend() == "cpu"
     losses: list[jax.Array] = []

@@ -26,9 +26,11 @@ Equal accuracy is read off the uniform Pareto front, interpolated linearly at ea
 hardware-aware point's top-1 (:func:`compare_interpolated`); the nearest measured uniform
 point within 0.3 points of top-1 is reported beside it (:func:`compare_at_equal_top1`).
 
-Each finished point is stored at once in ``<out>/results.json`` (atomically); training
-runs checkpoint every ``checkpoint_every`` steps in ``<out>/checkpoints``; a rerun with the
-same settings skips finished points and resumes the interrupted one.
+``<out>`` is a run folder (:func:`runkit.open_run`: ``settings.json`` records the settings,
+a rerun with others is refused, naming them). Each finished point is stored at once in
+``<out>/results.json`` (atomically); training runs checkpoint every ``checkpoint_every``
+steps in nested run folders ``<out>/checkpoints/<point>``; a rerun with the same settings
+skips finished points and resumes the interrupted one.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
 from jaxsparse.penni import hwaware
-from runkit import UsageError, atomic_write_json, check_choice, check_positive, find_shared_root
+from runkit import UsageError, atomic_write_json, check_choice, check_positive, find_shared_root, open_run
 from runkit.figures import save_figure, subplots
 from jaxsparse.data import load_split
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
@@ -201,7 +203,7 @@ def _train(config: CodesignConfig, data: Data, hw: Hardware, options: Options, c
                               batch_size=config.batch_size, learning_rate=config.learning_rate,
                               threshold_learning_rate=config.threshold_learning_rate,
                               channel_gates=channel_gates, seed=config.seed, checkpoint_every=config.checkpoint_every),
-        records=records, checkpoint=ckpt / f"{tag}.npz", progress=progress, description=tag)
+        records=records, checkpoint=ckpt / tag, progress=progress, description=tag)
     hwaware.prune_with_thresholds(model, result.thresholds, result.channel_thresholds or None)
     return model, result
 
@@ -328,18 +330,14 @@ def run_codesign(
     Returns:
       The results dict (points, fronts, comparison, joint loop, timings).
     """
-    out = Path(out_dir)
-    ckpt = out / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
     hw, options = load_hardware(hardware)
     settings = _settings(config, hw, options)
+    run = open_run(out_dir, settings, option="out", hint="use another folder or delete it")
+    out, ckpt = run.path, run.checkpoints
     path = out / "results.json"
     state: dict[str, Any] = {"settings": settings, "points": {}, "joint": {}}
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("settings") != settings:
-            raise UsageError(f"out: {str(out)!r} holds results of a run with other settings; use another folder or delete it")
-        state = previous
+        state = json.loads(path.read_text())
         log(f"resuming: {len(state['points'])} points already done ({path})")
 
     started, cpu_started = time.time(), time.process_time()

@@ -24,7 +24,9 @@ from jaxsparse.penni.layers import FORMS, DecomposedConv, LiveBasisFirstConv, ap
 from jaxsparse.penni.prune import (
     MaskedState,
     apply_masks,
+    channel_mask,
     channel_norm_mask,
+    channel_norms,
     global_magnitude_masks,
     magnitude_mask,
     masked,
@@ -41,7 +43,7 @@ from jaxsparse.penni.shrink import (
     plan_shrink,
     shrink,
 )
-from jaxsparse.penni.train import TrainConfig, alternating, evaluate, fit, param_groups, sgd_recipe
+from jaxsparse.penni.train import Objective, TrainConfig, alternating, fit, fit_objective, param_groups, sgd_recipe
 
 __all__ = [
     "FORMS",
@@ -50,6 +52,7 @@ __all__ = [
     "LiveBasisFirstConv",
     "Decomposition",
     "MaskedState",
+    "Objective",
     "QuantizedTensor",
     "ShrinkPlan",
     "TrainConfig",
@@ -58,15 +61,17 @@ __all__ = [
     "apply_decomposed",
     "apply_masks",
     "channel_graph",
+    "channel_mask",
     "channel_norm_mask",
+    "channel_norms",
     "decompose_kernel",
     "decompose_kernels",
     "decompose_model",
     "dequantize",
     "describe_layers",
-    "evaluate",
     "fake_quant",
     "fit",
+    "fit_objective",
     "free_channel_layers",
     "global_magnitude_masks",
     "magnitude_mask",

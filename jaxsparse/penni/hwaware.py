@@ -31,7 +31,7 @@ stage, a matcher that scans every channel's reduction) that is what latency foll
 the coefficients are sparse. Each layer then also learns a channel threshold
 ``g_l = softplus(q_l)``: channel ``o`` is kept with probability
 ``sigmoid((n_o - g_l mean(n)) / (T_c mean(n)))``, ``n_o = rms(c[:, o, :])`` (hard forward:
-:func:`channel_mask`), and the cost is called as ``cost_fn(rho, live)`` with the expected
+:func:`~jaxsparse.penni.prune.channel_mask`), and the cost is called as ``cost_fn(rho, live)`` with the expected
 live fractions ``live_l = mean_o q_o`` (and ``rho_l = mean(p q)``). The cost gradient then
 also shrinks the weakest channels of the layers that dominate the cost, group-lasso style.
 
@@ -45,9 +45,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,13 +54,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from runkit.progress import progress_bar
 
-from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
-from jaxsparse.data import augment, batches, normalize
+from runkit import UsageError, check_choice, check_positive
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import DecomposedConv, iter_layers
-from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.prune import channel_mask, channel_norms, penni_mask
+from jaxsparse.penni.train import Objective, TrainConfig, fit_objective
 
 #: Gates of the forward pass: straight-through hard mask, or the soft mask.
 GATES = ("ste", "sigmoid")
@@ -94,7 +91,7 @@ class HwAwareConfig:
       channel_temperature: width of the channel gate in units of the mean channel norm.
       augment_pad: random-crop padding (0: no augmentation).
       seed: data order and augmentation.
-      checkpoint_every: steps between checkpoints (when a checkpoint file is given).
+      checkpoint_every: steps between checkpoints (when a run folder is given).
     """
 
     cost_weight: float = 1.0
@@ -157,23 +154,6 @@ def expected_density(coefficients: jax.Array, threshold: jax.Array, temperature:
     return jnp.mean(keep_probability(coefficients, threshold, temperature))
 
 
-def channel_norms(coefficients: jax.Array) -> jax.Array:
-    """Root-mean-square coefficient of every output channel: ``float32[Cout]`` of ``(Cin, Cout, d)`` coefficients."""
-    return jnp.sqrt(jnp.mean(jnp.square(coefficients), axis=(0, 2)))
-
-
-def channel_mask(coefficients: jax.Array, channel_threshold: float | jax.Array) -> jax.Array:
-    """Hard channel rule: output channel ``o`` is kept iff ``rms(c[:, o, :]) >= g * mean_o rms(c[:, o, :])``.
-
-    Example:
-        >>> c = jnp.stack([jnp.full((2, 3), v) for v in (0.01, 1.0, 2.0)], axis=1)  # (Cin=2, Cout=3, d=3)
-        >>> channel_mask(c, 0.5).tolist()
-        [False, True, True]
-    """
-    norms = channel_norms(coefficients)
-    return norms >= channel_threshold * jnp.mean(norms)
-
-
 def channel_keep_probability(coefficients: jax.Array, channel_threshold: jax.Array, temperature: float) -> jax.Array:
     """``sigmoid((n_o - g * mean(n)) / (T * mean(n)))`` per output channel; the scale ``mean(n)`` is not differentiated."""
     norms = channel_norms(coefficients)
@@ -197,7 +177,7 @@ def gated_coefficients(
     """Coefficients times their gate: the hard mask ``|c| >= s * std(c)`` (straight-through) or the soft one.
 
     With ``channel_threshold`` the gate is also multiplied by the channel gate of
-    :func:`channel_keep_probability` (hard: :func:`channel_mask`).
+    :func:`channel_keep_probability` (hard: :func:`~jaxsparse.penni.prune.channel_mask`).
     """
     p = keep_probability(coefficients, threshold, temperature)
     if channel_threshold is not None:
@@ -205,7 +185,7 @@ def gated_coefficients(
     if gate == "sigmoid":
         return coefficients * p
     if gate == "ste":
-        hard = jnp.abs(coefficients) >= threshold * jnp.std(coefficients)
+        hard = penni_mask(coefficients, threshold)
         if channel_threshold is not None:
             hard = hard & channel_mask(coefficients, channel_threshold)[None, :, None]
         # p - stop_gradient(p) is exactly 0 forward, so the forward value is exactly c * hard.
@@ -328,24 +308,76 @@ def relaxed_cost(cost_fn: Callable[..., jax.Array], params: Any, raw: dict[str, 
     return densities, cost_fn(densities, layer_live_fractions(params, channel_raw, layout, config.channel_temperature))
 
 
+def cost_term(cost_fn: Callable[..., jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float) -> Callable:
+    """``(params, raw, channel_raw) -> (lambda * cost / reference, cost / reference, densities)``: the loss term
+    hardware-aware training adds (:func:`relaxed_cost` normalised by its value at the start)."""
+
+    def term(params, raw, channel_raw=None):
+        densities, cost = relaxed_cost(cost_fn, params, raw, channel_raw, layout, config)
+        cost = cost / reference
+        return config.cost_weight * cost, cost, densities
+
+    return term
+
+
 def hardware_aware_loss(
     cost_fn: Callable[[jax.Array], jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float
 ) -> Callable:
     """``(params, raw, logits_fn, labels[, channel_raw]) -> (loss, (ce, cost, densities, extra, logits))`` for one batch.
 
-    ``logits_fn(gated_params)`` runs the model; the loss is ``ce + lambda * cost / reference``.
-    With ``channel_raw`` (channel thresholds) the cost is ``cost_fn(densities, live_fractions)``.
+    ``logits_fn(gated_params)`` runs the model; the loss is ``ce + lambda * cost / reference``
+    (:func:`cost_term`). With ``channel_raw`` (channel thresholds) the cost is
+    ``cost_fn(densities, live_fractions)``.
     """
+    term = cost_term(cost_fn, layout, config, reference)
 
     def loss(params, raw, logits_fn, labels, channel_raw=None):
         logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate, channel_raw, config.channel_temperature))
         onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
         ce = jnp.mean(optax.softmax_cross_entropy(logits, onehot))
-        densities, cost = relaxed_cost(cost_fn, params, raw, channel_raw, layout, config)
-        cost = cost / reference
-        return ce + config.cost_weight * cost, (ce, cost, densities, extra, logits)
+        weighted, cost, densities = term(params, raw, channel_raw)
+        return ce + weighted, (ce, cost, densities, extra, logits)
 
     return loss
+
+
+def hwaware_objective(cost_fn: Callable[..., jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float,
+                      raw: tuple[dict, dict]) -> Objective:
+    """Hardware-aware training as an :class:`~jaxsparse.penni.train.Objective` of the one training loop.
+
+    Extra parameters: the raw thresholds ``(coefficient raws, channel raws)`` (Adam, learnt in
+    the first ``config.threshold_steps`` steps, then frozen); gate: the coefficients masked by
+    them (:func:`gate_params`); loss term: :func:`cost_term` (recorded as ``cost``).
+    """
+    term = cost_term(cost_fn, layout, config, reference)
+    tx = optax.adam(config.threshold_learning_rate)
+    if config.threshold_steps is not None:
+        tx = optax.chain(tx, optax.scale_by_schedule(lambda count: jnp.where(count < config.threshold_steps, 1.0, 0.0)))
+
+    def objective_term(params, extra):
+        weighted, cost, _ = term(params, extra[0], extra[1])
+        return weighted, {"cost": cost}
+
+    def gate(params, extra):
+        return gate_params(params, extra[0], config.temperature, config.gate, extra[1], config.channel_temperature)
+
+    return Objective(extra=raw, tx=_standard_promotion(tx), term=objective_term, gate=gate, train_params=config.train_weights,
+                     settings={"hwaware": dataclasses.asdict(config), "layers": list(layout.names)})
+
+
+def _standard_promotion(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` run under standard dtype promotion: optax's Adam bias correction raises a python float
+    to an int32 count, which strict promotion rejects."""
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(init, update)
 
 
 # ----------------------------------------------------------------------------- training
@@ -364,10 +396,14 @@ class HwAwareResult(NamedTuple):
     live_fractions: dict[str, float] = {}
 
 
-def _forward(graphdef, params, stats, rest, x):
-    params, stats, rest = jax.tree.map(lambda leaf: leaf, (params, stats, rest))
-    model = nnx.merge(graphdef, params, stats, rest)
-    return model(x), nnx.state(model, nnx.BatchStat)
+def _weights_config(config: HwAwareConfig, examples: int) -> TrainConfig:
+    """The :class:`~jaxsparse.penni.train.TrainConfig` of the model's parameters: ``config.steps`` steps of
+    SGD (momentum, no Nesterov, constant rate, weight decay), no L1, no alternation."""
+    steps_per_epoch = max(1, examples // config.batch_size)
+    return TrainConfig(epochs=-(-config.steps // steps_per_epoch), steps=config.steps, batch_size=config.batch_size,
+                       learning_rate=config.learning_rate, milestones=(), momentum=config.momentum, nesterov=False,
+                       weight_decay=config.weight_decay, l1=0.0, alternate_every=0, augment_pad=config.augment_pad,
+                       seed=config.seed, checkpoint_every=config.checkpoint_every)  # fmt: skip
 
 
 def hwaware_fit(
@@ -384,6 +420,7 @@ def hwaware_fit(
 ) -> HwAwareResult:
     """Learn per-layer thresholds (and train the model) against ``task loss + lambda * cost``.
 
+    Trains through :func:`jaxsparse.penni.train.fit_objective` (:func:`hwaware_objective`).
     The model is updated in place with its trained (ungated) parameters; apply the result
     with :func:`prune_with_thresholds`.
 
@@ -393,11 +430,13 @@ def hwaware_fit(
       cost_fn: ``coef_density[L] -> scalar``, differentiable, over the layers of ``records``.
       config: :class:`HwAwareConfig`.
       records: the description ``cost_fn`` is defined over (default: ``describe_layers(model)``).
-      checkpoint: file written every ``config.checkpoint_every`` steps and resumed from.
+      checkpoint: run folder written every ``config.checkpoint_every`` steps (and at epoch ends)
+        and resumed from; one written with other settings is refused, naming them.
       progress: show a progress bar.
 
     Returns:
-      :class:`HwAwareResult`.
+      :class:`HwAwareResult`; its history has one row per epoch (``step``, ``loss``, ``ce``,
+      ``cost``, ``train_top1``: means over the epoch's steps).
 
     Example:
         >>> result = hwaware_fit(model, x, y, cost_fn, HwAwareConfig(cost_weight=2.0, steps=100))  # doctest: +SKIP
@@ -410,76 +449,21 @@ def hwaware_fit(
     raw = (initial_raw_thresholds(model, config.initial_threshold),
            initial_raw_thresholds(model, config.initial_channel_threshold) if config.channel_gates else {})
     layout = density_layout(records, list(raw[0]))
-    model.train()
-    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    params = nnx.state(model, nnx.Param)
     reference = float(relaxed_cost(cost_fn, params, raw[0], raw[1], layout, config)[1])
     if not np.isfinite(reference) or reference <= 0:
         raise UsageError(f"cost_fn: expected a finite positive cost at the starting densities, got {reference!r}")
-    weight_tx = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.sgd(config.learning_rate, momentum=config.momentum or None))
-    threshold_tx = optax.adam(config.threshold_learning_rate)
-    weight_state, threshold_state = weight_tx.init(params), threshold_tx.init(raw)
-    loss_fn = hardware_aware_loss(cost_fn, layout, config, reference)
-    start, history = 0, []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        (params, stats, raw, weight_state, threshold_state), meta = load_checkpoint(
-            checkpoint, like=(params, stats, raw, weight_state, threshold_state))
-        start, history = int(meta["step"]), list(meta["history"])
-
-    @partial(jax.jit, donate_argnums=(0, 1, 3, 4))
-    def step(params, stats, raw, weight_state, threshold_state, x, y, key, learn_thresholds):
-        x = normalize(augment(key, x, config.augment_pad) if config.augment_pad > 0 else x)
-
-        def objective(p, r):
-            return loss_fn(p, r[0], lambda gated: _forward(graphdef, gated, stats, rest, x), y, r[1])
-
-        (loss, (ce, cost, densities, new_stats, logits)), (g_params, g_raw) = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)(params, raw)
-        if config.train_weights:
-            updates, weight_state = weight_tx.update(g_params, weight_state, params)
-            params = optax.apply_updates(params, updates)
-        # optax's Adam bias correction raises a python float to an int32 count, which strict
-        # dtype promotion rejects; standard promotion for this call only.
-        with jax.numpy_dtype_promotion("standard"):
-            r_updates, threshold_state = threshold_tx.update(g_raw, threshold_state, raw)
-        r_updates = jax.tree.map(lambda u: jnp.where(learn_thresholds, u, jnp.zeros_like(u)), r_updates)
-        raw = optax.apply_updates(raw, r_updates)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return params, new_stats, raw, weight_state, threshold_state, {"loss": loss, "ce": ce, "cost": cost, "train_top1": accuracy}
-
-    base_key = jax.random.key(config.seed)
-    steps_per_epoch = len(images) // config.batch_size
-    bar = progress_bar(total=config.steps, initial=start, desc=description, disable=not progress, file=sys.stderr, leave=False)
-    index = start
-    epoch = start // steps_per_epoch
-    skip = start % steps_per_epoch
-    while index < config.steps:
-        for b, (x, y) in enumerate(batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch)):
-            if b < skip:
-                continue
-            if index >= config.steps:
-                break
-            key = jax.random.fold_in(base_key, index)
-            params, stats, raw, weight_state, threshold_state, metrics = step(
-                params, stats, raw, weight_state, threshold_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key,
-                jnp.asarray(config.threshold_steps is None or index < config.threshold_steps))
-            index += 1
-            bar.update(1)
-            if index % 10 == 0 or index == config.steps:
-                row = {"step": index, **{k: float(v) for k, v in metrics.items()}}
-                history.append(row)
-                bar.set_postfix(ce=f"{row['ce']:.3f}", cost=f"{row['cost']:.3f}")
-            if checkpoint is not None and (index % config.checkpoint_every == 0 or index == config.steps):
-                save_checkpoint(checkpoint, (params, stats, raw, weight_state, threshold_state), {"step": index, "history": history})
-        epoch, skip = epoch + 1, 0
-    bar.close()
-    nnx.update(model, params, stats)
-    model.eval()
-    coef_raw, channel_raw = raw
+    history, (coef_raw, channel_raw) = fit_objective(
+        model, images, labels, _weights_config(config, len(images)), hwaware_objective(cost_fn, layout, config, reference, raw),
+        checkpoint=checkpoint, description=description, progress=progress)
+    params = nnx.state(model, nnx.Param)
     densities = np.asarray(layer_densities(params, coef_raw, layout, config.temperature, channel_raw, config.channel_temperature))
     live = np.asarray(layer_live_fractions(params, channel_raw, layout, config.channel_temperature)) if channel_raw else None
     return HwAwareResult(
         thresholds={p: float(threshold_from_raw(r)) for p, r in coef_raw.items()},
         densities={layout.names[i]: float(densities[i]) for i in range(len(layout.names))},
-        history=history,
+        history=[{"step": row["step"], "loss": row["loss"], "ce": row["task_loss"], "cost": row["cost"],
+                  "train_top1": row["train_top1"]} for row in history],
         channel_thresholds={p: float(threshold_from_raw(r)) for p, r in channel_raw.items()},
         live_fractions={} if live is None else {layout.names[i]: float(live[i]) for i in range(len(layout.names))},
     )
@@ -492,7 +476,7 @@ def prune_with_thresholds(model: nnx.Module, thresholds: dict[str, float] | floa
                           channel_thresholds: dict[str, float] | None = None) -> dict[str, float]:
     """Apply PENNI's rule ``|c| < s_l * std(c)`` in place, per layer (one ``s`` for all if a number).
 
-    With ``channel_thresholds`` the channel rule of :func:`channel_mask` (on the same,
+    With ``channel_thresholds`` the channel rule of :func:`~jaxsparse.penni.prune.channel_mask` (on the same,
     unpruned coefficients, as in training) also removes whole output channels.
 
     Returns:

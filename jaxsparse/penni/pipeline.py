@@ -1,6 +1,6 @@
 """The whole PENNI pipeline with a checkpoint after every stage (and every training epoch).
 
-Stages, in order (:data:`STAGES`)::
+Stages, in order (:data:`STAGES`, the names of :data:`STAGE_TABLE`)::
 
     dense -> decompose -> retrain -> prune -> finetune -> shrink -> quantize -> count
 
@@ -16,11 +16,17 @@ Stages, in order (:data:`STAGES`)::
 * ``quantize``: hybrid low-bit coefficients / higher-bit basis; integer tensors exported;
 * ``count``: the per-layer description, the report and its figure.
 
-Every stage ends with an atomic checkpoint ``<out>/checkpoints/<stage>.npz`` holding the
-model state and the results so far; training stages also checkpoint each epoch. A rerun
-with the same settings continues after the last completed stage (or epoch). ``shrink``,
-``quantize`` and ``count`` are pure functions of the fine-tuned state, so their
-checkpoints hold that state and they are replayed when resuming.
+The stages form a table (:data:`STAGE_TABLE`: name, function, whether the stage's checkpoint
+holds the model, how a restore passes the stage). ``<out>`` is a run folder
+(:func:`runkit.open_run`): ``settings.json`` records the run's settings, and a rerun with
+other settings is refused, naming them. Every stage ends with an atomic checkpoint
+``<out>/checkpoints/<stage>.npz`` holding the model state (stages that save it) and the
+results so far; training stages also checkpoint each epoch, in nested run folders
+``<out>/checkpoints/<stage>-epoch``. A rerun with the same settings continues after the
+last completed stage (or epoch). ``shrink``, ``quantize`` and ``count`` are pure functions
+of the fine-tuned state: their checkpoints hold no model, and one restore function
+(:func:`_restore`, also behind :func:`load_compressed`) rebuilds the model after any stage
+from the last saved state.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,22 +46,20 @@ import numpy as np
 from flax import nnx
 from runkit.progress import progress_bar
 
-from runkit import MissingFileError, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import MissingFileError, RunFolder, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, open_run, read_settings
 from runkit.figures import save_figure, subplots
 from jaxsparse.data import normalize
-from jaxsparse.models import MODEL_NAMES, build_model, load_pytorch_npz
+from jaxsparse.models import MODEL_NAMES, build_model, evaluate_accuracy, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, path_name, set_quantization
-from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask
+from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask, polynomial_sparsity
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
-from jaxsparse.penni.train import TrainConfig, evaluate, fit
+from jaxsparse.penni.train import TrainConfig, fit
 
-STAGES = ("dense", "decompose", "retrain", "prune", "finetune", "shrink", "quantize", "count")
 #: Models :func:`compress` accepts: the package's CIFAR models and the small digits CNN.
 PIPELINE_MODELS = MODEL_NAMES + ("digits-cnn",)
-_STATEFUL = ("dense", "decompose", "retrain", "prune", "finetune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,14 +162,6 @@ class Dataset(NamedTuple):
     name: str
 
 
-def _with_defaults(settings: dict | None) -> dict | None:
-    """Saved settings with options added since they were written filled in at their defaults."""
-    if not settings or "config" not in settings:
-        return settings
-    defaults = dataclasses.asdict(CompressConfig(model=settings["config"].get("model", "resnet20")))
-    return {**settings, "config": {**defaults, **settings["config"]}}
-
-
 def initial_model(config: CompressConfig, weights: str | None = None) -> nnx.Module:
     """The dense starting model: built from its name, with PyTorch-layout weights when given."""
     if config.model == "digits-cnn":
@@ -215,12 +212,11 @@ def prune_masks(params: Any, *, prune_std: float | jax.Array, channel_sparsity: 
 
 def gradual_prune_schedule(config: CompressConfig, model: nnx.Module, total_steps: int):
     """``(params, step) -> keep-masks``: the prune rule of ``config`` with the cubic ramp of ``gradual_prune``."""
-    ramp_steps = max(1, int(round(config.gradual_prune * total_steps)))
+    ramp = polynomial_sparsity(1.0, begin_step=0, end_step=max(1, int(round(config.gradual_prune * total_steps))), power=3.0)
     channel_layers = _channel_layers(model, config)
 
     def schedule(params, step):
-        progress = jnp.clip(jnp.asarray(step, jnp.float32) / ramp_steps, 0.0, 1.0)
-        fraction = 1.0 - (1.0 - progress) ** 3
+        fraction = ramp(step)  # 1 - (1 - t / T)^3, clipped to [0, 1]
         return prune_masks(params, prune_std=config.prune_std * fraction,
                            channel_sparsity=config.channel_sparsity * fraction, channel_layers=channel_layers)
 
@@ -299,6 +295,167 @@ def _plot(report: dict, path: Path) -> None:
     save_figure(fig, path, dpi=90)
 
 
+class _Context:
+    """What the stage functions share: the run's settings, data, folder, model, and the results so far."""
+
+    def __init__(self, config, data, run, model, weights, teacher, progress, extras):
+        self.config, self.data, self.run, self.model = config, data, run, model
+        self.weights, self.given_teacher, self.progress, self.extras = weights, teacher, progress, extras
+
+    @functools.cached_property
+    def teacher(self) -> nnx.Module | None:
+        """The distillation teacher: given, or the dense model as saved by the ``dense`` stage."""
+        if self.config.distill <= 0:
+            return None
+        return self.given_teacher if self.given_teacher is not None else _restore("dense", self.config, self.weights, self.run)
+
+    def fit(self, stage: str, epochs: int, recipe: dict, **options) -> None:
+        """Train the model for one stage (``recipe``: options of the stage's :class:`TrainConfig`), epoch
+        checkpoints in the nested run folder ``checkpoints/<stage>-epoch``."""
+        fit(self.model, self.data.train_images, self.data.train_labels, _train_config(self.config, epochs, **recipe),
+            checkpoint=self.run.checkpoints / f"{stage}-epoch", description="pretrain" if stage == "dense" else stage,
+            progress=self.progress, **options)  # fmt: skip
+
+
+def _dense(ctx: _Context) -> dict:
+    config = ctx.config
+    if ctx.weights is None and config.pretrain_epochs > 0:
+        ctx.fit("dense", config.pretrain_epochs,
+                recipe=dict(l1=0.0, learning_rate=config.pretrain_learning_rate, alternate=0, distill=False))
+    return {}
+
+
+def _decompose(ctx: _Context) -> dict:
+    stats = decompose_model(ctx.model, ctx.config.num_basis, centered=ctx.config.centered)
+    ctx.extras["decomposition"] = stats
+    return {"mean_relative_error": float(np.mean([s["relative_error"] for s in stats.values()]))}
+
+
+def _retrain(ctx: _Context) -> dict:
+    config, schedule = ctx.config, None
+    if config.gradual_prune > 0:
+        total_steps = config.retrain_epochs * (len(ctx.data.train_images) // config.batch_size)
+        schedule = gradual_prune_schedule(config, ctx.model, total_steps)
+    ctx.fit("retrain", config.retrain_epochs, recipe=dict(l1=config.l1, learning_rate=config.learning_rate,
+                                                          alternate=config.alternate_every),
+            mask_schedule=schedule, teacher=ctx.teacher)  # fmt: skip
+    return {}
+
+
+def _prune(ctx: _Context) -> dict:
+    params = nnx.state(ctx.model, nnx.Param)
+    keep = prune_masks(params, prune_std=ctx.config.prune_std, channel_sparsity=ctx.config.channel_sparsity,
+                       channel_layers=_channel_layers(ctx.model, ctx.config))
+    nnx.update(ctx.model, apply_masks(params, keep))
+    return {}
+
+
+def _qat_structure(model: nnx.Module, config: CompressConfig) -> None:
+    if config.qat and (config.coef_bits or config.basis_bits):
+        set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+
+
+def _finetune(ctx: _Context) -> dict:
+    masks = _coefficient_masks(ctx.model)
+    _qat_structure(ctx.model, ctx.config)
+    ctx.fit("finetune", ctx.config.finetune_epochs, recipe=dict(l1=0.0, learning_rate=ctx.config.finetune_learning_rate, alternate=0),
+            masks=masks, teacher=ctx.teacher)
+    return {}
+
+
+def _shrink(ctx: _Context) -> dict:
+    _, plan = shrink(ctx.model)
+    ctx.extras["channels"] = {s: list(v) for s, v in plan.kept().items()}
+    return {"fixed_point_iterations": plan.iterations}
+
+
+def _quantized_structure(model: nnx.Module, config: CompressConfig) -> None:
+    set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
+
+
+def _quantize(ctx: _Context) -> dict:
+    config = ctx.config
+    _quantized_structure(ctx.model, config)
+    ctx.extras["quantized_sizes"] = export_quantized(ctx.model, ctx.run.path / "quantized.npz", coef_bits=config.coef_bits,
+                                                     basis_bits=config.basis_bits, per_channel=config.per_channel)  # fmt: skip
+    return {}
+
+
+def _count(ctx: _Context) -> dict:
+    return {}
+
+
+class Stage(NamedTuple):
+    """One row of :data:`STAGE_TABLE`.
+
+    Attributes:
+      name: the stage's name (its checkpoint is ``checkpoints/<name>.npz``).
+      run: ``context -> extra fields of the stage's record``: does the stage's work on the model.
+      saves_model: whether the checkpoint holds the model's state (else it holds only the
+        results, and restoring redoes ``rebuild`` on the last saved state).
+      rebuild: ``(model, config) -> None``: what restoring applies to a model restored up to
+        the stage before: the structure the stage's saved state loads into, or the whole
+        (deterministic) effect of a stage that saves no model (None: nothing).
+    """
+
+    name: str
+    run: Callable[[_Context], dict]
+    saves_model: bool
+    rebuild: Callable[[nnx.Module, CompressConfig], None] | None = None
+
+
+def _decomposed_structure(model: nnx.Module, config: CompressConfig) -> None:
+    decompose_model(model, config.num_basis, centered=config.centered)
+
+
+def _shrunk(model: nnx.Module, config: CompressConfig) -> None:
+    shrink(model)
+
+
+#: The pipeline, in order: what each stage does, what it saves, how a restore passes it.
+STAGE_TABLE = (
+    Stage("dense", _dense, True),
+    Stage("decompose", _decompose, True, _decomposed_structure),
+    Stage("retrain", _retrain, True),
+    Stage("prune", _prune, True),
+    Stage("finetune", _finetune, True, _qat_structure),
+    Stage("shrink", _shrink, False, _shrunk),
+    Stage("quantize", _quantize, False, _quantized_structure),
+    Stage("count", _count, False),
+)
+STAGES = tuple(stage.name for stage in STAGE_TABLE)
+
+
+def _restore(stage: str, config: CompressConfig, weights: str | None, run: RunFolder, *, skip: tuple[str, ...] = ()) -> nnx.Module:
+    """The model as it was after ``stage``: rebuilt from the last model state saved up to it.
+
+    Every stage's ``rebuild`` up to ``stage`` (except those in ``skip``) is applied in order,
+    and the last saved state is loaded right after its own stage's rebuild.
+    """
+    rows = STAGE_TABLE[: STAGES.index(stage) + 1]
+    saved = [row.name for row in rows if row.saves_model][-1]
+    if not run.has(saved):
+        raise MissingFileError(f"checkpoints: expected the checkpoint of stage {saved!r} in {str(run.checkpoints)!r} "
+                               "(a run finished up to it), found none")
+    model = initial_model(config, weights)
+    for row in rows:
+        if row.rebuild is not None and row.name not in skip:
+            row.rebuild(model, config)
+        if row.name == saved:
+            state, _ = run.load(saved, like=nnx.state(model))
+            nnx.update(model, state)
+    model.eval()
+    return model
+
+
+def _settings(config: CompressConfig, weights: str | None, data: Dataset, teacher_name: str) -> dict:
+    settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data.name,
+                "train": int(len(data.train_images)), "test": int(len(data.test_images))}
+    if config.distill > 0:
+        settings["teacher"] = teacher_name
+    return settings
+
+
 def compress(
     config: CompressConfig,
     data: Dataset,
@@ -311,6 +468,9 @@ def compress(
     log=print,
 ) -> dict:
     """Run (or resume) the whole pipeline; write ``report.json``, ``report.png``, ``quantized.npz`` under ``out_dir``.
+
+    ``out_dir`` is a run folder (:func:`runkit.open_run`): its ``settings.json`` records the
+    settings the run was started with, and a rerun with others is refused, naming them.
 
     Args:
       config: the run's settings; a rerun must use the same ones to resume.
@@ -331,123 +491,38 @@ def compress(
     Example:
         >>> report = compress(CompressConfig(model="digits-cnn", retrain_epochs=2), data, "runs/demo")  # doctest: +SKIP
     """
-    out = Path(out_dir)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data.name,
-                "train": int(len(data.train_images)), "test": int(len(data.test_images))}
-    if config.distill > 0:
-        settings["teacher"] = teacher_name
-    settings_json = json.loads(json.dumps(settings))
-
-    done, meta = None, {}
-    for stage in reversed(STAGES):
-        if (ckpt_dir / f"{stage}.npz").is_file():
-            done = stage
-            _, meta = load_checkpoint(ckpt_dir / f"{stage}.npz")
-            break
-    if done is not None and _with_defaults(meta.get("settings")) != settings_json:
-        raise UsageError(
-            f"out: {str(out)!r} holds checkpoints of a run with other settings ({meta.get('settings')}); "
-            "use another output folder or delete it to start over"
-        )
+    settings = _settings(config, weights, data, teacher_name)
+    run = open_run(out_dir, settings, option="out", hint="use another output folder or delete it to start over",
+                   defaults={"config": dataclasses.asdict(CompressConfig(model=config.model))})  # fmt: skip
+    out = run.path
+    done = next((name for name in reversed(STAGES) if run.has(name)), None)
+    meta = run.load(done)[1] if done is not None else {}
     results: list[dict] = list(meta.get("results", []))
     extras: dict = dict(meta.get("extras", {}))
     resumed = list(meta.get("resumed", []))
     if done is not None:
-        log(f"resuming after stage '{done}' (checkpoints in {ckpt_dir})")
+        log(f"resuming after stage '{done}' (checkpoints in {run.checkpoints})")
         resumed.append(done)
-
-    model = initial_model(config, weights)
+        model = _restore(done, config, weights, run)
+    else:
+        model = initial_model(config, weights)
     sample = jnp.asarray(normalize(data.test_images[:1]))
-    if done is not None and STAGES.index(done) >= STAGES.index("decompose"):
-        decompose_model(model, config.num_basis, centered=config.centered)
-    if done is not None:
-        state_stage = done if done in _STATEFUL else "finetune"
-        if config.qat and (config.coef_bits or config.basis_bits) and STAGES.index(done) >= STAGES.index("finetune"):
-            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-        state, _ = load_checkpoint(ckpt_dir / f"{state_stage}.npz", like=nnx.state(model))
-        nnx.update(model, state)
-        if STAGES.index(done) >= STAGES.index("shrink"):
-            shrink(model)
-        if STAGES.index(done) >= STAGES.index("quantize"):
-            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-    model.eval()
-
-    @functools.cache
-    def teacher_model() -> nnx.Module | None:
-        """The distillation teacher: given, or the dense model as saved by the ``dense`` stage."""
-        if config.distill <= 0:
-            return None
-        if teacher is not None:
-            return teacher
-        dense = initial_model(config, weights)
-        state, _ = load_checkpoint(ckpt_dir / "dense.npz", like=nnx.state(dense))
-        nnx.update(dense, state)
-        return dense
-
-    def finish(stage: str, started: float, **extra) -> None:
-        top1 = evaluate(model, data.test_images, data.test_labels)
-        totals = _totals(model, sample)
-        record = {"stage": stage, "top1": top1, "params": totals["params"], "macs": totals["macs_sparse"],
-                  "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2),
-                  "cpu_seconds": round(time.process_time() - cpu_started, 2), **extra}
-        results.append(record)
-        log(f"[{stage}] top-1 {100 * top1:.2f}%  params {totals['params']:,}  MACs {totals['macs_sparse']:,}  ({record['seconds']:.0f} s)")
-        save_checkpoint(ckpt_dir / f"{stage}.npz", nnx.state(model) if stage in _STATEFUL else {},
-                        {"settings": settings_json, "results": results, "extras": extras, "resumed": resumed})
+    ctx = _Context(config, data, run, model, weights, teacher, progress, extras)
 
     start = STAGES.index(done) + 1 if done is not None else 0
     bar = progress_bar(STAGES, desc="compress", initial=start, total=len(STAGES), disable=not progress, file=sys.stderr)
-    for stage in STAGES[start:]:
-        bar.set_postfix_str(stage)
+    for row in STAGE_TABLE[start:]:
+        bar.set_postfix_str(row.name)
         started, cpu_started = time.time(), time.process_time()
-        if stage == "dense":
-            if weights is None and config.pretrain_epochs > 0:
-                fit(model, data.train_images, data.train_labels,
-                    _train_config(config, config.pretrain_epochs, l1=0.0, learning_rate=config.pretrain_learning_rate, alternate=0,
-                                  distill=False),
-                    checkpoint=ckpt_dir / "dense-epoch.npz", description="pretrain", progress=progress)
-            finish(stage, started)
-        elif stage == "decompose":
-            stats = decompose_model(model, config.num_basis, centered=config.centered)
-            extras["decomposition"] = stats
-            finish(stage, started, mean_relative_error=float(np.mean([s["relative_error"] for s in stats.values()])))
-        elif stage == "retrain":
-            schedule = None
-            if config.gradual_prune > 0:
-                total_steps = config.retrain_epochs * (len(data.train_images) // config.batch_size)
-                schedule = gradual_prune_schedule(config, model, total_steps)
-            fit(model, data.train_images, data.train_labels,
-                _train_config(config, config.retrain_epochs, l1=config.l1, learning_rate=config.learning_rate, alternate=config.alternate_every),
-                mask_schedule=schedule, teacher=teacher_model(), checkpoint=ckpt_dir / "retrain-epoch.npz", description="retrain", progress=progress)
-            finish(stage, started)
-        elif stage == "prune":
-            params = nnx.state(model, nnx.Param)
-            keep = prune_masks(params, prune_std=config.prune_std, channel_sparsity=config.channel_sparsity,
-                               channel_layers=_channel_layers(model, config))
-            nnx.update(model, apply_masks(params, keep))
-            finish(stage, started)
-        elif stage == "finetune":
-            masks = _coefficient_masks(model)
-            if config.qat and (config.coef_bits or config.basis_bits):
-                set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-            fit(model, data.train_images, data.train_labels,
-                _train_config(config, config.finetune_epochs, l1=0.0, learning_rate=config.finetune_learning_rate, alternate=0),
-                masks=masks, teacher=teacher_model(), checkpoint=ckpt_dir / "finetune-epoch.npz", description="finetune", progress=progress)
-            finish(stage, started)
-        elif stage == "shrink":
-            _, plan = shrink(model)
-            extras["channels"] = {s: list(v) for s, v in plan.kept().items()}
-            finish(stage, started, fixed_point_iterations=plan.iterations)
-        elif stage == "quantize":
-            set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-            extras["quantized_sizes"] = export_quantized(
-                model, out / "quantized.npz", coef_bits=config.coef_bits, basis_bits=config.basis_bits, per_channel=config.per_channel
-            )
-            finish(stage, started)
-        elif stage == "count":
-            finish(stage, started)
+        extra = row.run(ctx)
+        top1 = evaluate_accuracy(model, data.test_images, data.test_labels).accuracy
+        totals = _totals(model, sample)
+        record = {"stage": row.name, "top1": top1, "params": totals["params"], "macs": totals["macs_sparse"],
+                  "macs_dense_shape": totals["macs_dense"], "seconds": round(time.time() - started, 2),
+                  "cpu_seconds": round(time.process_time() - cpu_started, 2), **extra}
+        results.append(record)
+        log(f"[{row.name}] top-1 {100 * top1:.2f}%  params {totals['params']:,}  MACs {totals['macs_sparse']:,}  ({record['seconds']:.0f} s)")
+        run.save(row.name, nnx.state(model) if row.saves_model else {}, {"results": results, "extras": extras, "resumed": resumed})
         bar.update(1)
     bar.close()
     dense_model = initial_model(config, weights)
@@ -480,6 +555,8 @@ def compress(
     atomic_write_json(out / "report.json", report)
     _plot(report, out / "report.png")
     return report
+
+
 
 
 def finished_report(out_dir: str | Path, config: CompressConfig, *, weights: str | None, data_name: str,
@@ -515,20 +592,18 @@ def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrun
     With ``shrunk=False`` the fine-tuned model keeps its original channel counts (dead
     channels are zero, not sliced away), e.g. to remove more channels before :func:`shrink`.
     """
-    out = Path(report_dir)
-    ckpt = out / "checkpoints" / "finetune.npz"
-    if not ckpt.is_file():
-        raise MissingFileError(f"report_dir: expected a finished run with {str(ckpt)!r}, found none")
-    _, meta = load_checkpoint(ckpt)
-    config = CompressConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["settings"]["config"].items()})
-    model = initial_model(config, weights if weights is not None else meta["settings"]["weights"])
-    decompose_model(model, config.num_basis, centered=config.centered)
-    if config.qat and (config.coef_bits or config.basis_bits):
-        set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-    state, _ = load_checkpoint(ckpt, like=nnx.state(model))
-    nnx.update(model, state)
-    if shrunk:
-        shrink(model)
-    set_quantization(model, config.coef_bits, config.basis_bits, config.per_channel)
-    model.eval()
-    return model
+    config, recorded_weights = run_config(report_dir)
+    run = RunFolder(Path(report_dir), read_settings(report_dir))
+    return _restore("quantize", config, weights if weights is not None else recorded_weights, run,
+                    skip=() if shrunk else ("shrink",))
+
+
+def run_config(report_dir: str | Path) -> tuple[CompressConfig, str | None]:
+    """The :class:`CompressConfig` and the weights file a run was started with (from its ``settings.json``).
+
+    Example:
+        >>> config, weights = run_config("runs/r56")  # doctest: +SKIP
+    """
+    settings = read_settings(report_dir)
+    config = CompressConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["config"].items()})
+    return config, settings["weights"]

@@ -8,8 +8,11 @@ Rules (each returns boolean keep-masks, ``True`` = kept):
 * :func:`polynomial_sparsity` — the gradual schedule of Zhu & Gupta (2017),
   ``s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (t_1 - t_0))^p``; the same ramp serves for
   PENNI's threshold ``s`` when the rule is applied gradually (``mask_schedule`` of :func:`masked`).
-* :func:`channel_norm_mask` — a structured rule: drop whole output channels of a
-  ``(Cin, Cout, d)`` coefficient tensor, those of smallest L2 norm (optional; not in the paper).
+* Channel rules (structured; not in the paper) drop whole output channels of a
+  ``(Cin, Cout, d)`` coefficient tensor by their norm (:func:`channel_norms`, the RMS):
+  :func:`channel_norm_mask` removes a fixed quota, those of smallest norm (the pipeline's
+  ``channel_sparsity``); :func:`channel_mask` removes those below a threshold relative to the
+  mean norm (the gate of hardware-aware training, :mod:`jaxsparse.penni.hwaware`).
 
 :func:`masked` wraps any optax optimizer; the masks live in its state (as in jaxpruner).
 Gradients of pruned entries are dropped before the inner optimizer (no momentum builds
@@ -40,11 +43,25 @@ def penni_mask(coefficients: jax.Array, threshold_std: float = 1.0) -> jax.Array
     return jnp.abs(c) >= threshold_std * jnp.std(c)
 
 
+def channel_norms(coefficients: jax.Array) -> jax.Array:
+    """Root-mean-square coefficient of every output channel: ``float32[Cout]`` of ``(Cin, Cout, d)`` coefficients.
+
+    Example:
+        >>> channel_norms(jnp.stack([jnp.full((2, 3), 0.5), jnp.full((2, 3), -2.0)], axis=1)).tolist()
+        [0.5, 2.0]
+    """
+    c = jnp.asarray(coefficients)
+    if c.ndim != 3:
+        raise UsageError(f"coefficients: expected shape (Cin, Cout, d), got {tuple(c.shape)}")
+    return jnp.sqrt(jnp.mean(jnp.square(c), axis=(0, 2)))
+
+
 def channel_norm_mask(coefficients: jax.Array, sparsity: float | jax.Array) -> jax.Array:
-    """Keep-mask removing the ``floor(sparsity * Cout)`` output channels of smallest L2 norm.
+    """Keep-mask (shaped like ``coefficients``) removing the ``floor(sparsity * Cout)`` output channels of smallest norm.
 
     ``coefficients`` is ``(Cin, Cout, d)``; a removed channel loses all its coefficients, so
-    :func:`~jaxsparse.penni.shrink.shrink` can slice it away. ``sparsity`` may be traced.
+    :func:`~jaxsparse.penni.shrink.shrink` can slice it away. Channels rank alike by their
+    L2 norm and by their RMS (:func:`channel_norms`, a fixed multiple). ``sparsity`` may be traced.
 
     Example:
         >>> c = jnp.stack([jnp.full((2, 3), 0.1), jnp.full((2, 3), 2.0)], axis=1)  # (2, 2, 3)
@@ -52,11 +69,22 @@ def channel_norm_mask(coefficients: jax.Array, sparsity: float | jax.Array) -> j
         [False, True]
     """
     c = jnp.asarray(coefficients)
-    if c.ndim != 3:
-        raise UsageError(f"coefficients: expected shape (Cin, Cout, d), got {tuple(c.shape)}")
-    norms = jnp.sqrt(jnp.sum(jnp.square(c), axis=(0, 2)))
-    keep = magnitude_mask(norms, sparsity)
+    keep = magnitude_mask(channel_norms(c), sparsity)
     return jnp.broadcast_to(keep[None, :, None], c.shape)
+
+
+def channel_mask(coefficients: jax.Array, channel_threshold: float | jax.Array) -> jax.Array:
+    """Per-channel keep-mask ``bool[Cout]``: channel ``o`` is kept iff ``rms(c[:, o, :]) >= g * mean_o rms(c[:, o, :])``.
+
+    The hard rule of the channel gates of hardware-aware training (``g`` learnt per layer).
+
+    Example:
+        >>> c = jnp.stack([jnp.full((2, 3), v) for v in (0.01, 1.0, 2.0)], axis=1)  # (Cin=2, Cout=3, d=3)
+        >>> channel_mask(c, 0.5).tolist()
+        [False, True, True]
+    """
+    norms = channel_norms(coefficients)
+    return norms >= channel_threshold * jnp.mean(norms)
 
 
 def _ranks(values: jax.Array) -> jax.Array:

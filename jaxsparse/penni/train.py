@@ -6,8 +6,11 @@ batch 128, learning rate 0.01 divided by 10 at 50% and 75% of the epochs; an L1 
 coefficients are trained in turn, switching every ``alternate_every`` epochs (joint
 training when 0). BatchNorm and the classifier train in every phase.
 
-:func:`fit` checkpoints after every epoch (atomically) and resumes from that file, so
-an interrupted run repeats at most the epoch it was in. Epoch ``e`` visits the data in
+:func:`fit` checkpoints after every epoch (atomically, in a run folder that records its
+settings, :func:`runkit.open_run`) and resumes from it, so an interrupted run repeats at
+most the epoch it was in (or the ``checkpoint_every`` steps). Methods that add trainable
+parameters and a loss term (hardware-aware training) plug an :class:`Objective` into the
+same loop (:func:`fit_objective`). Epoch ``e`` visits the data in
 an order fixed by ``(seed, e)`` and draws its augmentation from ``(seed, e, step)``, so a
 resumed run computes exactly what an uninterrupted one would.
 
@@ -21,11 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import sys
 from functools import partial
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +37,7 @@ import optax
 from flax import nnx
 from runkit.progress import progress_bar
 
-from runkit import UsageError, check_choice, check_positive, load_checkpoint, save_checkpoint
+from runkit import UsageError, check_choice, check_positive, open_run
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.layers import path_name
 from jaxsparse.penni.prune import masked
@@ -60,6 +62,9 @@ class TrainConfig:
       distill: weight ``a`` of the distillation term (0: plain cross-entropy; needs a teacher).
       distill_temperature: softmax temperature ``T`` of the distillation term.
       seed: fixes data order and augmentation.
+      steps: stop after this many optimizer steps, within the last epoch (None: ``epochs``
+        whole epochs); the learning-rate milestones are fractions of it.
+      checkpoint_every: also checkpoint every this many steps inside an epoch (0: at epoch ends only).
     """
 
     epochs: int
@@ -77,9 +82,14 @@ class TrainConfig:
     distill: float = 0.0
     distill_temperature: float = 4.0
     seed: int = 0
+    steps: int | None = None
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         check_positive("epochs", self.epochs, allow_zero=True)
+        if self.steps is not None:
+            check_positive("steps", self.steps, allow_zero=True)
+        check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         if not 0.0 <= self.distill <= 1.0:
             raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
         check_positive("distill_temperature", self.distill_temperature)
@@ -105,7 +115,7 @@ def param_groups(params: Any) -> Any:
 
 def sgd_recipe(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """Weight decay + SGD (Nesterov) with the step learning-rate schedule of ``config``."""
-    total = config.epochs * steps_per_epoch
+    total = config.epochs * steps_per_epoch if config.steps is None else config.steps
     boundaries = sorted({int(round(m * total)) for m in config.milestones if 0 < int(round(m * total)) < total})
 
     def schedule(count):
@@ -206,11 +216,80 @@ def make_optimizer(
     return tx
 
 
-def fit(
+class Objective(NamedTuple):
+    """What a training method adds to :func:`fit`'s task loss: extra trainable parameters and a loss term.
+
+    The loss :func:`fit` minimises becomes ``task(gate(params, extra)) + term(params, extra)``,
+    where ``task`` is the cross-entropy (or distillation) loss of the model run with the
+    parameters ``gate`` returns. Hardware-aware training
+    (:func:`~jaxsparse.penni.hwaware.hwaware_fit`) is one: its ``extra`` are per-layer
+    thresholds, ``gate`` masks the coefficients with them, ``term`` is the weighted hardware cost.
+
+    Attributes:
+      extra: starting pytree of the extra parameters.
+      tx: their optimizer.
+      term: ``(params, extra) -> (scalar, {name: scalar})``: the added loss and metrics to record.
+      gate: ``(params, extra) -> params`` the forward pass runs with (None: ``params`` as they are).
+      settings: JSON-able settings of the method, recorded in (and checked against) the run folder.
+      train_params: also train the model's parameters (False: only ``extra``; BatchNorm
+        statistics still follow the data).
+
+    Example:
+        >>> objective = Objective(extra={"t": jnp.zeros(())}, tx=optax.adam(0.1),
+        ...                       term=lambda params, extra: (jnp.square(extra["t"] - 1.0), {}))
+        >>> history, extra = fit_objective(model, x, y, TrainConfig(epochs=1), objective)  # doctest: +SKIP
+    """
+
+    extra: Any
+    tx: optax.GradientTransformation
+    term: Callable[[Any, Any], tuple[jax.Array, dict]]
+    gate: Callable[[Any, Any], Any] | None = None
+    settings: dict = {}
+    train_params: bool = True
+
+
+def run_settings(config: TrainConfig, examples: int, *, masks: bool, mask_schedule: bool,
+                 objective: Objective | None = None) -> dict:
+    """What :func:`fit` records in its run folder, and a resumed run must match."""
+    settings = {"config": dataclasses.asdict(config), "examples": int(examples), "masks": masks, "mask_schedule": mask_schedule}
+    if objective is not None:
+        settings["objective"] = dict(objective.settings)
+    return settings
+
+
+def fit(model: nnx.Module, images: np.ndarray, labels: np.ndarray, config: TrainConfig, **options) -> list[dict]:
+    """Train ``model`` in place on uint8 NHWC ``images`` with the recipe of ``config``.
+
+    Args:
+      model: NNX model (its ``Param`` leaves train; ``BatchStat`` leaves follow the data).
+      images, labels: training set, uint8 ``(N, H, W, 3)`` and int ``(N,)``.
+      config: the phase's :class:`TrainConfig`.
+      options: keyword arguments of :func:`fit_objective` (the training loop), without an objective:
+      masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
+      mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
+        with the current masks (which only shrink): gradual pruning while training.
+      teacher: model whose (eval-mode) logits the student matches when ``config.distill > 0``.
+      checkpoint: run folder (:func:`runkit.open_run`) written after every epoch (and every
+        ``config.checkpoint_every`` steps) and resumed from; one written for another config,
+        data size or masking is refused with an error naming what differs.
+      description: progress bar label.
+      progress: show progress bars.
+
+    Returns:
+      Per-epoch history ``[{"epoch", "step", "loss", "train_top1"}]`` (including resumed epochs).
+
+    Example:
+        >>> history = fit(model, x_train, y_train, TrainConfig(epochs=2, l1=1e-4))  # doctest: +SKIP
+    """
+    return fit_objective(model, images, labels, config, None, **options)[0]
+
+
+def fit_objective(
     model: nnx.Module,
     images: np.ndarray,
     labels: np.ndarray,
     config: TrainConfig,
+    objective: Objective | None,
     *,
     masks: Any = None,
     mask_schedule=None,
@@ -218,30 +297,28 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     description: str = "train",
     progress: bool = True,
-) -> list[dict]:
-    """Train ``model`` in place on uint8 NHWC ``images`` with the recipe of ``config``.
+) -> tuple[list[dict], Any]:
+    """:func:`fit` with an :class:`Objective` (its extra parameters and loss term); returns ``(history, extra)``.
+
+    The one training loop of the package: every method trains through it. Step ``i`` of
+    epoch ``e`` reads the batch fixed by ``(seed, e)`` and draws its augmentation from
+    ``(seed, e, i)``, so a run resumed from its run folder (at an epoch end or at any
+    ``checkpoint_every`` step) computes exactly what an uninterrupted one would. With an
+    objective, history rows also hold ``task_loss`` and the means of its metrics.
 
     Args:
-      model: NNX model (its ``Param`` leaves train; ``BatchStat`` leaves follow the data).
-      images, labels: training set, uint8 ``(N, H, W, 3)`` and int ``(N,)``.
-      config: the phase's :class:`TrainConfig`.
-      masks: keep-masks like the model's ``nnx.Param`` state; pruned entries stay exactly zero.
-      mask_schedule: ``(params, step) -> keep-masks``, recomputed every step and combined
-        with the current masks (which only shrink): gradual pruning while training.
-      teacher: model whose (eval-mode) logits the student matches when ``config.distill > 0``.
-      checkpoint: file written after every epoch and resumed from when present (a file
-        written for another config, data size or masking is refused with an error).
-      description: progress bar label.
+      objective: the extra parameters and loss term (None: plain training, ``extra`` is ``()``).
+      (the others as in :func:`fit`.)
 
     Returns:
-      Per-epoch history ``[{"epoch", "loss", "train_top1"}]`` (including resumed epochs).
-
-    Example:
-        >>> history = fit(model, x_train, y_train, TrainConfig(epochs=2, l1=1e-4))  # doctest: +SKIP
+      ``(history, extra)``: the per-epoch history and the trained extra parameters.
     """
     steps_per_epoch = len(images) // config.batch_size
     if steps_per_epoch == 0:
         raise UsageError(f"batch_size: expected at most the number of training images ({len(images)}), got {config.batch_size}")
+    total_steps = config.epochs * steps_per_epoch if config.steps is None else config.steps
+    if total_steps > config.epochs * steps_per_epoch:
+        raise UsageError(f"steps: expected at most epochs x steps per epoch ({config.epochs} x {steps_per_epoch}), got {config.steps}")
     if config.distill > 0 and teacher is None:
         raise UsageError(f"teacher: expected a model to distil from (config.distill = {config.distill}), got None")
     teacher_graphdef, teacher_state = None, None
@@ -250,66 +327,102 @@ def fit(
         teacher_graphdef, teacher_state = nnx.split(teacher)
     model.train()
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    tx = make_optimizer(config, params, steps_per_epoch, masks, mask_schedule)
-    opt_state = tx.init(params)
-    start_epoch, history = 0, []
-    # What the epoch checkpoint was written for: resuming one written for other settings or other
-    # data would silently mix two runs.
-    run = json.loads(json.dumps({"config": dataclasses.asdict(config), "examples": int(len(images)),
-                                 "masks": masks is not None, "mask_schedule": mask_schedule is not None}))
-    if checkpoint is not None and Path(checkpoint).is_file():
-        (params, stats, opt_state), meta = load_checkpoint(checkpoint, like=(params, stats, opt_state))
-        if "run" in meta and meta["run"] != run:
-            raise UsageError(
-                f"checkpoint: {str(checkpoint)!r} was written by a run with other settings ({meta['run']}), "
-                f"expected {run}; delete it or pass another path"
-            )
-        start_epoch, history = int(meta["epoch"]), list(meta["history"])
+    if objective is None or objective.train_params:
+        tx = make_optimizer(config, params, steps_per_epoch, masks, mask_schedule)
+    else:
+        tx = optax.set_to_zero()
+    extra_tx = objective.tx if objective is not None else optax.identity()
+    extra = objective.extra if objective is not None else ()
+    opt_state, extra_state = tx.init(params), extra_tx.init(extra)
+    start, history, partial_sums = 0, [], {}
+    run = None
+    if checkpoint is not None:
+        run = open_run(checkpoint, run_settings(config, len(images), masks=masks is not None,
+                                                mask_schedule=mask_schedule is not None, objective=objective),
+                       option="checkpoint", hint="delete it or pass another path")  # fmt: skip
+        if run.has("train"):
+            (params, stats, opt_state, extra, extra_state), meta = run.load(
+                "train", like=(params, stats, opt_state, extra, extra_state))
+            start, history, partial_sums = int(meta["step"]), list(meta["history"]), dict(meta["partial"])
 
-    @partial(jax.jit, donate_argnums=(0, 1, 2))
-    def step(params, stats, opt_state, x, y, key, teacher_state):
+    @partial(jax.jit, donate_argnums=(0, 1, 2, 3, 4))
+    def step(params, stats, opt_state, extra, extra_state, x, y, key, teacher_state):
         x = _prepare(x, key, config.augment_pad)
         teacher_logits = nnx.merge(teacher_graphdef, teacher_state)(x) if config.distill > 0 else None
 
-        def loss_fn(p, stats):
-            logits, new_stats = _forward(graphdef, p, stats, rest, x)
+        def loss_fn(p, e, stats):
+            seen = objective.gate(p, e) if objective is not None and objective.gate is not None else p
+            logits, new_stats = _forward(graphdef, seen, stats, rest, x)
             labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
             loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
             if config.distill > 0:
                 kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
                 loss = (1.0 - config.distill) * loss + config.distill * kd
-            penalty = config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32)
-            return loss + penalty, (new_stats, jnp.mean(jnp.argmax(logits, -1) == y))
+            metrics = {}
+            total = loss + (config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32))
+            if objective is not None:
+                term, extra_metrics = objective.term(p, e)
+                total = total + term
+                metrics = {"task_loss": loss, **extra_metrics}
+            metrics["train_top1"] = jnp.mean(jnp.argmax(logits, -1) == y)
+            return total, (new_stats, metrics)
 
-        (loss, (new_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss, acc
+        (loss, (new_stats, metrics)), (g_params, g_extra) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            params, extra, stats)
+        updates, opt_state = tx.update(g_params, opt_state, params)
+        extra_updates, extra_state = extra_tx.update(g_extra, extra_state, extra)
+        params, extra = optax.apply_updates(params, updates), optax.apply_updates(extra, extra_updates)
+        return params, new_stats, opt_state, extra, extra_state, {"loss": loss, **metrics}
+
+    def settled(pending: list[dict]) -> dict[str, list[float]]:
+        """The epoch's per-step metrics so far (fetched from the device) as lists of floats."""
+        sums = {k: list(v) for k, v in partial_sums.items()}
+        for row in jax.device_get(pending):
+            for name, value in row.items():
+                sums.setdefault(name, []).append(float(value))
+        return sums
 
     base_key = jax.random.key(config.seed)
-    for epoch in range(start_epoch, config.epochs):
-        losses, accs = [], []
+    epochs = -(-total_steps // steps_per_epoch)
+    for epoch in range(start // steps_per_epoch, epochs if start < total_steps else 0):
+        first = start - epoch * steps_per_epoch if start > epoch * steps_per_epoch else 0
+        last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        pending: list[dict] = []
         bar = progress_bar(
             batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch),
-            total=steps_per_epoch,
-            desc=f"{description} {epoch + 1}/{config.epochs}",
+            total=last,
+            initial=first,
+            desc=f"{description} {epoch + 1}/{epochs}",
             disable=not progress,
             leave=False,
             file=sys.stderr,
         )
         for index, (x, y) in enumerate(bar):
+            if index < first:
+                continue
+            if index >= last:
+                break
             key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), index)
-            params, stats, opt_state, loss, acc = step(params, stats, opt_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key, teacher_state)
-            losses.append(loss)
-            accs.append(acc)
+            params, stats, opt_state, extra, extra_state, metrics = step(
+                params, stats, opt_state, extra, extra_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key, teacher_state)
+            pending.append(metrics)
             if index % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
+            done = epoch * steps_per_epoch + index + 1
+            if run is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and index + 1 < last:
+                run.save("train", (params, stats, opt_state, extra, extra_state),
+                         {"step": done, "history": history, "partial": settled(pending)})
         bar.close()
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(jax.device_get(losses))), "train_top1": float(np.mean(jax.device_get(accs)))})
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, (params, stats, opt_state), {"epoch": epoch + 1, "history": history, "run": run})
+        sums = settled(pending)
+        partial_sums = {}
+        done = epoch * steps_per_epoch + last
+        history.append({"epoch": epoch + 1, "step": done,
+                        **{name: float(np.mean(np.asarray(values, np.float32))) for name, values in sums.items()}})
+        if run is not None:
+            run.save("train", (params, stats, opt_state, extra, extra_state), {"step": done, "history": history, "partial": {}})
     nnx.update(model, params, stats)
     model.eval()
-    return history
+    return history, extra
 
 
 def _forward(graphdef, params, stats, rest, x):
@@ -334,9 +447,3 @@ def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 500) -> 
     forward = _eval_forward(graphdef)
     outputs = [np.asarray(forward(state, jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
     return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
-
-
-def evaluate(model: nnx.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 500) -> float:
-    """Top-1 accuracy in ``[0, 1]`` of ``model`` on uint8 NHWC ``images``."""
-    logits = predict(model, images, batch_size=batch_size)
-    return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))

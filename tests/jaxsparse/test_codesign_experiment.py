@@ -69,3 +69,12 @@ def test_cli_arguments_are_checked_and_name_the_flag(capsys):
         CodesignConfig(model="vgg16")
     with pytest.raises(ValueError, match="metric"):
         CodesignConfig(metric="area")
+
+
+def test_a_run_folder_of_other_settings_is_refused_naming_them(tmp_path):
+    from jaxsparse.codesign.experiment import run_codesign
+
+    with pytest.raises(ValueError, match="out: no finished points"):  # records the settings, trains nothing
+        run_codesign(quick_config(), tmp_path, report_only=True, log=lambda message: None)
+    with pytest.raises(ValueError, match=r"out: run folder .* other settings: config\.hwaware_steps: expected 60, got 7; "):
+        run_codesign(quick_config(hwaware_steps=7), tmp_path, report_only=True, log=lambda message: None)

@@ -212,3 +212,37 @@ def test_channel_thresholds_follow_a_cost_of_live_channels():
     assert first.channel_thresholds[heavy] > max(others)
     assert first.live_fractions[heavy] < min(v for n, v in first.live_fractions.items() if n not in (heavy, "classifier"))
     assert first.live_fractions["classifier"] == 1.0
+
+
+def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refused(tmp_path, monkeypatch):
+    from jaxsparse.penni import train
+
+    x, y = _data(64)  # 4 steps per epoch
+    records, _, _, weights = _one_heavy_layer()
+
+    def cost_fn(density):
+        return jnp.sum(weights * density) + 1.0
+
+    config = hwaware.HwAwareConfig(cost_weight=2.0, steps=6, batch_size=16, augment_pad=1, seed=1, checkpoint_every=3)
+    straight = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, progress=False)
+    assert [row["step"] for row in straight.history] == [4, 6]
+
+    real_batches = train.batches
+
+    def dying_batches(*args, **kwargs):  # killed when asked for step 4 (checkpoint at step 3, mid-epoch)
+        for index, batch in enumerate(real_batches(*args, **kwargs)):
+            if kwargs.get("start_epoch") == 0 and index == 3:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(train, "batches", dying_batches)
+    with pytest.raises(KeyboardInterrupt):
+        hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    resumed = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
+    assert resumed.thresholds == straight.thresholds and resumed.history == straight.history
+
+    with pytest.raises(ValueError, match=r"checkpoint: run folder .* other settings: objective\.hwaware\.cost_weight: "
+                                         r"expected 2\.0, got 3\.0"):
+        hwaware.hwaware_fit(_model(), x, y, cost_fn, dataclasses.replace(config, cost_weight=3.0), records=records,
+                            checkpoint=tmp_path / "run", progress=False)

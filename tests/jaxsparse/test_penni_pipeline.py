@@ -38,8 +38,8 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     victim = subprocess.Popen(_command(resumed_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reference = subprocess.Popen(_command(reference_dir), cwd=repo_root(), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # kill inside the retraining stage, after its first epoch checkpoint
-        epoch_file = resumed_dir / "checkpoints" / "retrain-epoch.npz"
+        # kill inside the retraining stage, after its first epoch checkpoint (in its nested run folder)
+        epoch_file = resumed_dir / "checkpoints" / "retrain-epoch" / "checkpoints" / "train.npz"
         deadline = time.time() + 400
         while not epoch_file.is_file() and victim.poll() is None and time.time() < deadline:
             time.sleep(0.05)
@@ -78,3 +78,29 @@ def test_bad_argument_is_named():
                             cwd=repo_root(), env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "--num-basis" in result.stderr and "12" in result.stderr
+
+
+def test_load_compressed_rebuilds_the_model_the_run_ended_with(tmp_path):
+    import jax
+    from flax import nnx
+
+    from jaxsparse.models import evaluate_accuracy
+    from jaxsparse.penni.count import describe_layers, summarize
+    from jaxsparse.penni.digits import load_digits_rgb
+    from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, load_compressed
+
+    xtr, ytr, xte, yte = load_digits_rgb()
+    data = Dataset(xtr[:256], ytr[:256], xte[:200], yte[:200], "digits")
+    config = CompressConfig(model="digits-cnn", pretrain_epochs=1, retrain_epochs=1, finetune_epochs=1, alternate_every=0,
+                            batch_size=64, augment_pad=1, prune_std=1.2, channel_sparsity=0.25)
+    report = compress(config, data, tmp_path / "run", progress=False, log=lambda message: None)
+    # rebuilt from the checkpoints alone: the fine-tuned state, then shrink and quantization replayed
+    shrunk = load_compressed(tmp_path / "run")
+    assert evaluate_accuracy(shrunk, xte[:200], yte[:200]).accuracy == report["summary"]["top1_compressed"]
+    assert summarize(describe_layers(shrunk, input_shape=(1, 8, 8, 3)))["params"] == report["summary"]["params_compressed"]
+    unshrunk = load_compressed(tmp_path / "run", shrunk=False)  # dead channels kept (as zeros)
+
+    def size(model):
+        return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    assert size(shrunk) < size(unshrunk)
