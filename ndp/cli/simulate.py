@@ -37,7 +37,8 @@ class SimulateSettings:
       workload: the training workload.
       batch_size: override the system file's workload.batch_size.
       zipf: override workload.zipf_exponent (row-popularity skew).
-      row_cap: clip every table to this many rows.
+      row_cap: override workload.row_cap: clip every table to this many rows.
+      synthetic_rows: override workload.synthetic_rows: rows per table of the synthetic workload.
       trace_batches: iterations of access trace to simulate caches on (at least 2).
       lookahead: override options.lookahead_batches.
       systems: systems to model (must include ndrec: speedups are relative to it).
@@ -49,6 +50,7 @@ class SimulateSettings:
     batch_size: int | None = None
     zipf: float | None = None
     row_cap: int | None = None
+    synthetic_rows: int | None = None
     trace_batches: int | None = None
     lookahead: int | None = None
     systems: tuple[str, ...] = SYSTEMS
@@ -56,7 +58,7 @@ class SimulateSettings:
 
     def __post_init__(self):
         check_choice("workload", self.workload, WORKLOADS)
-        for name in ("batch_size", "row_cap"):
+        for name in ("batch_size", "row_cap", "synthetic_rows"):
             if getattr(self, name) is not None:
                 check_positive(name, getattr(self, name))
         for name in ("zipf", "lookahead"):
@@ -88,6 +90,8 @@ def _settings(args, system_file):
         changes["zipf_exponent"] = args.zipf
     if args.row_cap is not None:
         changes["row_cap"] = args.row_cap
+    if args.synthetic_rows is not None:
+        changes["synthetic_rows"] = args.synthetic_rows
     if args.trace_batches is not None:
         changes["trace_batches"] = args.trace_batches
     settings = dataclasses.replace(system_file.workload, **changes)

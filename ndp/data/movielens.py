@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runkit import MissingFileError, UsageError, check_choice
+from runkit import MissingFileError, UsageError, check_choice, find_shared_root
 
 FEATURES = ("user", "item", "age", "gender", "occupation", "zip", "genres")
 SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
@@ -31,6 +31,8 @@ TASKS = ("rating", "click")
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
 NUM_GENRES = 19
 MAX_GENRES = 6
+#: Environment variable naming the ``ml-100k`` folder (wins over the shared folder).
+ML100K_ENV = "NDP_ML100K"
 
 
 class Examples(NamedTuple):
@@ -54,6 +56,24 @@ class MovieLensData(NamedTuple):
     feature_names: tuple[str, ...]
     task: str
     mean_rating: float
+
+
+def movielens_root(shared: str | os.PathLike | None = None) -> Path:
+    """The ``ml-100k`` folder: ``$NDP_ML100K`` when set, else ``<shared>/data/ml-100k``.
+
+    Args:
+      shared: the shared folder as given (``--shared``); ``None``: :func:`runkit.find_shared_root`'s lookup.
+
+    Returns:
+      The folder's path (whether it holds the files is checked by :func:`load_movielens`).
+
+    Example:
+        >>> movielens_root("/data/shared").as_posix()   # doctest: +SKIP
+        '/data/shared/data/ml-100k'
+    """
+    if os.environ.get(ML100K_ENV):
+        return Path(os.environ[ML100K_ENV])
+    return find_shared_root(shared) / "data" / "ml-100k"
 
 
 def _require(path: Path) -> Path:

@@ -48,6 +48,7 @@ class WorkloadSettings:
       optimizer: ``"sgd"`` or ``"rowwise_adagrad"`` (sets the per-row state bytes).
       trace_batches: iterations of trace simulated for trace-driven workloads.
       row_cap: clip every table to this many rows (``None``: full size).
+      synthetic_rows: rows of each table of the ``synthetic`` workload (the Kaggle tables clipped to this).
     """
 
     batch_size: int = 2048
@@ -56,6 +57,7 @@ class WorkloadSettings:
     optimizer: str = "sgd"
     trace_batches: int = 16
     row_cap: int | None = None
+    synthetic_rows: int = 100_000
 
     @property
     def optimizer_state_bytes(self) -> float:
@@ -152,7 +154,7 @@ def parse_system(data: Any, *, source: str = "<dict>") -> SystemFile:
             wl[key] = value
         elif key == "row_cap" and value is None:
             wl[key] = None
-        elif key in ("batch_size", "trace_batches", "row_cap"):
+        elif key in ("batch_size", "trace_batches", "row_cap", "synthetic_rows"):
             wl[key] = int(_number(f"{source}: workload", key, value, integer=True))
         elif key == "zipf_exponent":
             wl[key] = _number(f"{source}: workload", key, value, allow_zero=True)

@@ -6,7 +6,10 @@
   Criteo Terabyte tables capped at 40M rows (the MLPerf reference's
   ``--max-ind-range=40000000``; 187.8M rows, 96 GB in fp32); analytic power-law
   cache curves (the tables are too large to trace here).
-* ``synthetic``: the Kaggle model with every table clipped to ``row_cap`` rows, traced.
+* ``synthetic``: the Kaggle model with every table clipped to ``synthetic_rows`` rows
+  (:class:`~ndp.sysmodel.config.WorkloadSettings`), traced.
+
+``row_cap`` (``None``: no cap) clips every table of every workload but ``movielens`` further.
 * ``movielens``: user and item tables of MovieLens-100k (dim 16, batch of ratings),
   the ratings in timestamp order as the access trace.
 
@@ -25,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runkit import UsageError, check_choice, find_shared_root
+from runkit import UsageError, check_choice
+from ndp.data.movielens import movielens_root
 from ndp.configs import DLRMConfig, criteo_kaggle_config, scale_table_sizes
 from ndp.sysmodel.config import WorkloadSettings
 from ndp.sysmodel.params import PARAMETER_TABLE, HardwareParams, as_arrays, stack_params
@@ -61,8 +65,8 @@ def workload_model(kind: str, settings: WorkloadSettings) -> DLRMConfig:
         return mlperf_terabyte_config(settings.row_cap)
     if kind == "movielens":
         return DLRMConfig(num_dense=0, table_sizes=(943, 1682), embedding_dim=16, bottom_mlp=(), top_mlp=(64, 1))
-    row_cap = settings.row_cap if kind == "kaggle" else (settings.row_cap or 100_000)
-    return criteo_kaggle_config(row_cap=row_cap)
+    caps = [c for c in (settings.row_cap, settings.synthetic_rows if kind == "synthetic" else None) if c is not None]
+    return criteo_kaggle_config(row_cap=min(caps) if caps else None)
 
 
 def build_trace(kind: str, settings: WorkloadSettings, *, shared_root=None) -> tuple[DLRMConfig, np.ndarray, int]:
@@ -71,8 +75,7 @@ def build_trace(kind: str, settings: WorkloadSettings, *, shared_root=None) -> t
     if kind == "mlperf":
         raise UsageError("workload: 'mlperf' uses analytic cache curves and has no trace; use kaggle, synthetic or movielens")
     if kind == "movielens":
-        root = find_shared_root(shared_root)
-        keys, _ = movielens_trace(root / "data" / "ml-100k" / "u.data")
+        keys, _ = movielens_trace(movielens_root(shared_root) / "u.data")
         # One lookup per table and rating: a batch of B ratings is 2B consecutive keys.
         return config, keys, 2 * settings.batch_size
     from ndp.data.synthetic import SyntheticConfig
