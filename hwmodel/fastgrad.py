@@ -67,7 +67,7 @@ from hwmodel import relax
 from hwmodel.cost import MATCHER_TO_MULTIPLIER_CYCLES, _coefficient_first_head_tail, _intermediate_density, _live, _sram_bit_pj, evaluate_grid, valid_tap_fraction
 from hwmodel.hardware import STAGE_ORDERS, Hardware, Options
 from hwmodel.workload import Workload
-from runkit import UsageError, check_choice, check_positive, check_shape
+from runkit import check_choice, check_positive, check_shape
 
 _C = relax.SMOOTH_MAX_TEMPERATURE
 
@@ -107,7 +107,7 @@ def escalate_grid(workload: Workload, designs: Hardware, stage_order: str = "bes
     check_positive("design_block", design_block)
     first = jax.tree.leaves(designs)[0]
     if jnp.ndim(workload.c_in) != 1 or jnp.ndim(first) != 1:
-        raise UsageError(
+        raise ValueError(
             "escalate_grid: expected workload fields of shape [L] and design fields of shape [D] "
             f"(stack design points with stack_hardware), got {jnp.shape(workload.c_in)} and {jnp.shape(first)}"
         )

@@ -168,9 +168,9 @@ def init_rowwise_state(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> jax.Array
 
 def _check_mesh(mesh: jax.sharding.Mesh, plan: ShardingPlan) -> None:
     if AXIS not in mesh.shape:
-        raise UsageError(f"mesh: expected an axis named {AXIS!r}, got axes {tuple(mesh.shape)}")
+        raise ValueError(f"mesh: expected an axis named {AXIS!r}, got axes {tuple(mesh.shape)}")
     if mesh.shape[AXIS] != plan.num_shards:
-        raise UsageError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {mesh.shape[AXIS]}")
+        raise ValueError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {mesh.shape[AXIS]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def _valid_capacity(capacity) -> Capacity:
     if capacity.lookups < 1 or not 1 <= capacity.bags <= capacity.lookups or (
         capacity.one_id and capacity.bags != capacity.lookups
     ):
-        raise UsageError(f"capacity: expected 1 <= bags <= lookups (bags == lookups with one_id), got {capacity}")
+        raise ValueError(f"capacity: expected 1 <= bags <= lookups (bags == lookups with one_id), got {capacity}")
     return capacity
 
 
@@ -343,15 +343,15 @@ def batch_capacity(plan: ShardingPlan, ids, lengths, capacity: Capacity | None =
         if not (traced or unreadable):
             needed = route_capacity(plan, np.asarray(ids), np.asarray(lengths))
             if needed.lookups > capacity.lookups or needed.bags > capacity.bags or needed.one_id != capacity.one_id:
-                raise UsageError(f"capacity: this batch needs at least {needed}, got {capacity}")
+                raise ValueError(f"capacity: this batch needs at least {needed}, got {capacity}")
         return capacity
     if traced:
-        raise UsageError(
+        raise ValueError(
             "capacity: expected a Capacity (ndp.routing.route_capacity of the host batch) when the ids are "
             f"traced inside jit with a routed {plan.kind!r} plan on {plan.num_shards} devices, got None"
         )
     if unreadable:
-        raise UsageError(
+        raise ValueError(
             "ids: a batch spread over several processes cannot be read here; pass the host batch (the same "
             "numpy arrays in every process) or a capacity from ndp.routing.route_capacity, got a global array"
         )
@@ -414,7 +414,7 @@ def apply_sparse_update(
     check_choice("pooling", pooling, POOLINGS)
     _check_mesh(mesh, plan)
     if optimizer == "rowwise_adagrad" and state is None:
-        raise UsageError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
+        raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
     lr = jnp.asarray(lr, jnp.float32)
     if not routed(plan):
         fn = _update_fn(mesh, plan, pooling, optimizer, float(eps))

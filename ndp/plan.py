@@ -100,7 +100,7 @@ class ShardingPlan:
         ``i - starts[t, p] + offsets[t, p]``.
         """
         if self.kind not in ROUTED_KINDS:
-            raise UsageError(f"kind: owners are defined for {list(ROUTED_KINDS)}, got {self.kind!r}")
+            raise ValueError(f"kind: owners are defined for {list(ROUTED_KINDS)}, got {self.kind!r}")
         count = max(sum(p.table == t for p in self.pieces) for t in range(self.num_tables))
         starts = np.full((self.num_tables, count), np.iinfo(np.int32).max, np.int32)
         shards = np.zeros((self.num_tables, count), np.int32)
@@ -259,11 +259,11 @@ def pack_tables(plan: ShardingPlan, tables: Sequence[np.ndarray]) -> np.ndarray:
         [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
     """
     if len(tables) != plan.num_tables:
-        raise UsageError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
+        raise ValueError(f"tables: expected {plan.num_tables} tables, got {len(tables)}")
     slab = np.zeros((plan.num_shards * plan.slab_rows, plan.slab_width), np.float32)
     for t, table in enumerate(tables):
         if tuple(np.shape(table)) != (plan.table_sizes[t], plan.embedding_dim):
-            raise UsageError(
+            raise ValueError(
                 f"tables[{t}]: expected shape {(plan.table_sizes[t], plan.embedding_dim)}, got {tuple(np.shape(table))}"
             )
     for p in plan.pieces:

@@ -43,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ndp.plan import AXIS, ROUTED_KINDS, ShardingPlan
-from runkit import UsageError
 
 
 class Capacity(NamedTuple):
@@ -129,7 +128,7 @@ class HostRoutes(NamedTuple):
         s, n = self.owner.shape
         c_l, c_b, one_id = Capacity(*capacity)
         if one_id != (self.bag_size == 1) or self.lookups.max() > c_l or (not one_id and self.bags.max() > c_b):
-            raise UsageError(f"capacity: this batch needs at least {self.capacity()}, got {Capacity(*capacity)}")
+            raise ValueError(f"capacity: this batch needs at least {self.capacity()}, got {Capacity(*capacity)}")
         rows = np.full(s * s * c_l, slab_rows, np.int32)  # [owner, source, rank]
         slots = np.full(s * n, s * c_l, np.int32) if one_id else np.full(s * s * c_l, c_b, np.int32)
         bags = np.full(s * s * c_b, n // self.bag_size, np.int32)  # [source, owner * C_b + slot]
@@ -160,13 +159,13 @@ def host_routes(plan: ShardingPlan, ids, lengths) -> HostRoutes:
     """
     ids, lengths = np.ascontiguousarray(ids), np.ascontiguousarray(lengths)
     if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(lengths.dtype, np.integer)):
-        raise UsageError(f"ids, lengths: expected integer arrays, got {ids.dtype} and {lengths.dtype}")
+        raise ValueError(f"ids, lengths: expected integer arrays, got {ids.dtype} and {lengths.dtype}")
     batch, tables, cap = ids.shape
     s = plan.num_shards
     if batch % s:
-        raise UsageError(f"ids: expected a batch that is a multiple of the {s} devices, got {batch}")
+        raise ValueError(f"ids: expected a batch that is a multiple of the {s} devices, got {batch}")
     if tables != plan.num_tables or lengths.shape != (batch, tables):
-        raise UsageError(f"ids, lengths: expected (B, {plan.num_tables}, L) and (B, {plan.num_tables}) (the plan's "
+        raise ValueError(f"ids, lengths: expected (B, {plan.num_tables}, L) and (B, {plan.num_tables}) (the plan's "
                          f"tables), got {ids.shape} and {lengths.shape}")  # fmt: skip
     starts, shards, offsets = _owner_arrays(plan)
     sizes = np.asarray(plan.table_sizes, np.int32)
@@ -177,7 +176,7 @@ def host_routes(plan: ShardingPlan, ids, lengths) -> HostRoutes:
     bad = _kernels()[0](ids, lengths, sizes, starts, shards, offsets, owner, row, rank, slot, first, lookups, bags)
     if bad >= 0:
         b, t, k = np.unravel_index(bad, ids.shape)
-        raise UsageError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got {int(ids[b, t, k])}")
+        raise ValueError(f"ids: expected ids of table {t} in [0, {plan.table_sizes[t]}), got {int(ids[b, t, k])}")
     return HostRoutes(owner, row, rank, slot, first, lookups, bags, cap)
 
 
@@ -388,7 +387,7 @@ def route_local(owners, capacity: Capacity, slab_rows: int, ids, lengths) -> Rou
     bag = jnp.repeat(jnp.arange(local_batch * tables, dtype=jnp.int32), cap)
     if capacity.one_id:  # one lookup per bag: a bag's slot is its lookup's
         if cap != 1:
-            raise UsageError(f"capacity: one_id=True needs one id per bag, got ids of shape {ids.shape}")
+            raise ValueError(f"capacity: one_id=True needs one id per bag, got ids of shape {ids.shape}")
         bags = jnp.full((s * c_b,), local_batch * tables, jnp.int32).at[position].set(bag, mode="drop")
         return Routed(_exchange(send_rows), position, bags, overflow.astype(jnp.int32).reshape(1))
     # The lookups of one bag are consecutive, so a bag's lookups to one owner share one slot:

@@ -127,13 +127,13 @@ def jagged_to_padded(values: Sequence[np.ndarray], offsets: Sequence[np.ndarray]
         ([[3, 4], [0, 0], [5, 0]], [2, 0, 1])
     """
     if len(values) != len(offsets):
-        raise UsageError(f"offsets: expected one array per table ({len(values)}), got {len(offsets)}")
+        raise ValueError(f"offsets: expected one array per table ({len(values)}), got {len(offsets)}")
     lengths = np.stack([np.diff(np.asarray(o)) for o in offsets], axis=1).astype(np.int32)
     batch, tables = lengths.shape
     longest = int(lengths.max()) if lengths.size else 0
     cap = max(1, longest) if max_length is None else int(max_length)
     if longest > cap:
-        raise UsageError(f"max_length: expected >= the longest bag ({longest}), got {cap}")
+        raise ValueError(f"max_length: expected >= the longest bag ({longest}), got {cap}")
     ids = np.zeros((batch, tables, cap), np.int32)
     for t, (v, o) in enumerate(zip(values, offsets)):
         o = np.asarray(o)

@@ -45,7 +45,7 @@ from hwmodel.codesign.search import network_metric
 from hwmodel.cost import evaluate
 from hwmodel.hardware import Hardware, Options
 from hwmodel.workload import Workload, workload_from_layers
-from runkit import UsageError, check_choice
+from runkit import check_choice
 
 #: Bit widths of the deployed model (quantized coefficients, basis and plain weights).
 DEPLOY_BITS = {"coef_bits": 4, "basis_bits": 8, "weight_bits": 8}
@@ -74,13 +74,13 @@ def density_workload(base: Workload, coef_density: jax.Array, live_out_fraction:
     """
     density = jnp.asarray(coef_density, jnp.float32)
     if density.shape != base.coef_density.shape:
-        raise UsageError(f"coef_density: expected shape {tuple(base.coef_density.shape)} (one per layer), got {tuple(density.shape)}")
+        raise ValueError(f"coef_density: expected shape {tuple(base.coef_density.shape)} (one per layer), got {tuple(density.shape)}")
     if live_out_fraction is None:
         live = jnp.ones_like(density)
     else:
         live = jnp.asarray(live_out_fraction, jnp.float32)
         if live.shape != density.shape:
-            raise UsageError(f"live_out_fraction: expected shape {tuple(density.shape)} (one per layer), got {tuple(live.shape)}")
+            raise ValueError(f"live_out_fraction: expected shape {tuple(density.shape)} (one per layer), got {tuple(live.shape)}")
         # a density can never exceed the live fraction (dead channels hold no coefficients)
         live = jnp.maximum(live, density)
     return base._replace(coef_density=density, live_out_fraction=live)

@@ -259,7 +259,7 @@ def index_trace(config: SyntheticConfig, table: int, num_batches: int, *, start:
     because only that table's draws are kept. Returns ``int64 (total lookups,)``.
     """
     if not 0 <= table < config.num_tables:
-        raise UsageError(f"table: expected an index in [0, {config.num_tables}), got {table}")
+        raise ValueError(f"table: expected an index in [0, {config.num_tables}), got {table}")
     check_positive("num_batches", num_batches, allow_zero=True)
     return np.concatenate(
         [batch_at(config, i).tables[table].values for i in range(start, start + num_batches)]

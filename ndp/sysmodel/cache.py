@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from runkit import UsageError, check_positive
+from runkit import check_positive
 
 __all__ = [
     "che_lru_hit_rate",
@@ -72,15 +72,15 @@ __all__ = [
 def _as_trace(trace) -> np.ndarray:
     trace = np.asarray(trace)
     if trace.ndim != 1:
-        raise UsageError(f"trace: expected a 1-D array of row keys, got shape {trace.shape}")
+        raise ValueError(f"trace: expected a 1-D array of row keys, got shape {trace.shape}")
     if trace.size and not np.issubdtype(trace.dtype, np.integer):
-        raise UsageError(f"trace: expected integer row keys, got dtype {trace.dtype}")
+        raise ValueError(f"trace: expected integer row keys, got dtype {trace.dtype}")
     return trace.astype(np.int64)
 
 
 def _warm_start(n: int, warmup_fraction: float) -> int:
     if not 0.0 <= warmup_fraction < 1.0:
-        raise UsageError(f"warmup_fraction: expected a value in [0, 1), got {warmup_fraction}")
+        raise ValueError(f"warmup_fraction: expected a value in [0, 1), got {warmup_fraction}")
     return int(math.floor(n * warmup_fraction))
 
 

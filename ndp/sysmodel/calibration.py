@@ -32,7 +32,6 @@ from typing import NamedTuple
 import numpy as np
 
 from ndp.sysmodel import cache
-from runkit import UsageError
 
 FEATURE_NAMES = ("overhead_s", "seconds_per_mlp_flop", "seconds_per_lookup", "inverse_gather_efficiency")
 
@@ -74,7 +73,7 @@ def fit_cost_model(features: np.ndarray, measured: Sequence[float]) -> np.ndarra
     features = np.asarray(features, np.float64)
     measured = np.asarray(measured, np.float64)
     if features.ndim != 2 or features.shape[0] != measured.shape[0]:
-        raise UsageError(f"features: expected shape ({measured.shape[0]}, k), got {features.shape}")
+        raise ValueError(f"features: expected shape ({measured.shape[0]}, k), got {features.shape}")
     weighted = features / measured[:, None]
     scale = np.maximum(np.abs(weighted).max(axis=0), 1e-30)  # condition the columns
     a, target = weighted / scale, np.ones_like(measured)

@@ -33,7 +33,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from runkit import UsageError
 
 
 class Task(NamedTuple):
@@ -63,7 +62,7 @@ def processing_order(tasks: Sequence[Task], num_batches: int) -> list[tuple[int,
     """``(batch, task index)`` pairs in the order resources receive them; validates the task graph."""
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
-        raise UsageError(f"tasks: expected unique names, got {names}")
+        raise ValueError(f"tasks: expected unique names, got {names}")
     max_lead = max(t.lead for t in tasks)
     order, done = [], set()
     for it in range(num_batches + max_lead):
@@ -73,9 +72,9 @@ def processing_order(tasks: Sequence[Task], num_batches: int) -> list[tuple[int,
                 continue
             for dep, lag in task.deps:
                 if dep not in names:
-                    raise UsageError(f"task {task.name!r}: depends on unknown task {dep!r}")
+                    raise ValueError(f"task {task.name!r}: depends on unknown task {dep!r}")
                 if b - lag >= 0 and (b - lag, names.index(dep)) not in done:
-                    raise UsageError(
+                    raise ValueError(
                         f"task {task.name!r}: dependency ({dep!r}, lag {lag}) is issued after it; "
                         "order the list topologically or raise the lag"
                     )
@@ -89,7 +88,7 @@ def schedule(tasks: Sequence[Task], durations: Mapping[str, jax.Array], *, num_b
     names = [t.name for t in tasks]
     missing = [n for n in names if n not in durations]
     if missing:
-        raise UsageError(f"durations: expected an entry for every task, missing {missing}")
+        raise ValueError(f"durations: expected an entry for every task, missing {missing}")
     free: dict[str, jax.Array] = {}
     start: dict[tuple[int, int], jax.Array] = {}
     finish: dict[tuple[int, int], jax.Array] = {}

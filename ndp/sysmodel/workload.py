@@ -192,7 +192,7 @@ def workload_from_trace(
     trace = np.asarray(trace, np.int64)
     lookups = int(round(batch_size * config.num_tables * pooling_factor))
     if trace.size < 2 * lookups:
-        raise UsageError(f"trace: expected at least two iterations ({2 * lookups} lookups), got {trace.size}")
+        raise ValueError(f"trace: expected at least two iterations ({2 * lookups} lookups), got {trace.size}")
     total = sum(config.table_sizes)
     caps = np.round(CURVE_FRACTIONS * total).astype(np.int64)
     lru = cache.lru_hit_rates(trace, caps, warmup_fraction=warmup_fraction)
