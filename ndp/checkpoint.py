@@ -10,8 +10,9 @@ checkpoint folder (``<dir>/<step>/``), with three items:
   (replicated; one copy is written).
 * ``meta`` (JSON): the step, the data position (the index of the next training
   batch; the data sources are pure functions of it), the training history, the
-  sharding plan (:meth:`ndp.plan.ShardingPlan.to_dict`) and the settings the run
-  was started with.
+  sharding plan (:meth:`ndp.plan.ShardingPlan.to_dict`) and the process count.
+  The settings a run was started with live in its run folder (:func:`runkit.open_run`
+  records them and refuses to resume other ones), not here.
 
 Saves are asynchronous: :meth:`TrainCheckpoints.save` returns once the arrays are
 copied to host memory, and the files are written in a background thread into a
@@ -30,8 +31,8 @@ one) gives the same tables.
 
 Example:
     >>> checkpoints = TrainCheckpoints("runs/x/dlrm/checkpoints")              # doctest: +SKIP
-    >>> checkpoints.save(100, state, plan, history=history, settings=settings)  # doctest: +SKIP
-    >>> restored = checkpoints.restore(mesh, plan, like=state, settings=settings)  # doctest: +SKIP
+    >>> checkpoints.save(100, state, plan, history=history)                      # doctest: +SKIP
+    >>> restored = checkpoints.restore(mesh, plan, like=state)                    # doctest: +SKIP
     >>> restored.step, restored.data_position                                   # doctest: +SKIP
     (100, 100)
     >>> checkpoints.close()   # waits for the last save                          # doctest: +SKIP
@@ -51,12 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from runkit import MissingFileError, UsageError, check_positive, check_same_settings
+from runkit import MissingFileError, UsageError, check_positive
 from runkit.runs import as_json
 from ndp.embedding import AXIS, ShardingPlan, TablePiece, slab_sharding
 from ndp.train import TrainState, replicate
 
-__all__ = ["FORMAT", "RESUME_HINT", "Restored", "TrainCheckpoints", "check_settings", "plan_from_dict", "repack", "repack_copies"]
+__all__ = ["FORMAT", "RESUME_HINT", "Restored", "TrainCheckpoints", "plan_from_dict", "repack", "repack_copies"]
 
 #: Version of the ``meta`` item's layout.
 FORMAT = 1
@@ -72,7 +73,7 @@ class Restored(NamedTuple):
       step: the optimizer step it was saved at.
       data_position: index of the next training batch to read.
       history: the training history saved with it (a list of dicts).
-      metadata: the whole ``meta`` item (plan, settings, ...).
+      metadata: the whole ``meta`` item (plan, history, ...).
     """
 
     state: TrainState
@@ -102,20 +103,6 @@ def plan_from_dict(d: dict) -> ShardingPlan:
         slab_width=int(d["slab_width"]),
         group_size=int(d.get("group_size", 1)),
     )
-
-
-def check_settings(saved: dict, current: dict, where: str = "the checkpoint") -> None:
-    """Raise :class:`runkit.UsageError` naming every setting of ``current`` that differs from ``saved``
-    (:func:`runkit.check_same_settings` with ndp's option and hint).
-
-    Example:
-        >>> check_settings({"embedding_dim": 8}, {"embedding_dim": 8})
-        >>> check_settings({"embedding_dim": 8}, {"embedding_dim": 16}, "run/3")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        runkit.checks.UsageError: resume: run/3 was written with other settings: embedding_dim: expected 8, got 16; use a new --out ...
-    """
-    check_same_settings(saved, current, where=where, option="resume", hint=RESUME_HINT)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +160,7 @@ def repack_copies(old: ShardingPlan, new: ShardingPlan) -> tuple[_Copy, ...]:
                 copies.append(_Copy(src, c0 - p.col_start, dst, c0 - q.col_start, r1 - r0, c1 - c0, c0 == q.col_start))
     covered = sum(c.rows * c.cols for c in copies)
     if covered != sum(new.table_sizes) * new.embedding_dim:
-        raise UsageError(
+        raise RuntimeError(
             f"plan: expected the old plan's pieces to cover the {sum(new.table_sizes)} x {new.embedding_dim} table "
             f"values once, got {covered} values"
         )
@@ -329,15 +316,15 @@ def repack(mesh: jax.sharding.Mesh, old: ShardingPlan, new: ShardingPlan, slab: 
     """
     devices = mesh.shape.get(AXIS)
     if devices != new.num_shards:
-        raise UsageError(f"mesh: expected {AXIS!r} of size {new.num_shards} (the new plan's), got {dict(mesh.shape)}")
+        raise ValueError(f"mesh: expected {AXIS!r} of size {new.num_shards} (the new plan's), got {dict(mesh.shape)}")
     need = old.num_shards * old.slab_rows
     if slab.ndim != 2 or slab.shape[0] < need or slab.shape[0] % devices or slab.shape[1] != old.slab_width:
-        raise UsageError(
+        raise ValueError(
             f"slab: expected shape (>= {need} rows, a multiple of {devices}, {old.slab_width}) (the old plan's), "
             f"got {tuple(slab.shape)}"
         )
     if accumulators is not None and accumulators.shape != (slab.shape[0],):
-        raise UsageError(
+        raise ValueError(
             f"accumulators: expected shape ({slab.shape[0]},) (one per slab row), got {tuple(accumulators.shape)}"
         )
     source_rows = slab.shape[0] // devices
@@ -368,7 +355,7 @@ class TrainCheckpoints:
 
     Example:
         >>> with TrainCheckpoints("runs/x/dlrm/checkpoints") as checkpoints:       # doctest: +SKIP
-        ...     checkpoints.save(10, state, plan, history=[], settings={"embedding_dim": 16})
+        ...     checkpoints.save(10, state, plan, history=[])
     """
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, async_save: bool = True):
@@ -401,7 +388,7 @@ class TrainCheckpoints:
         return self._manager.latest_step()
 
     def metadata(self, step: int | None = None) -> dict:
-        """The ``meta`` item (step, data position, history, plan, settings) of ``step`` (default: latest)."""
+        """The ``meta`` item (step, data position, history, plan) of ``step`` (default: latest)."""
         step = self._step(step)
         return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
@@ -420,8 +407,7 @@ class TrainCheckpoints:
 
     # -- saving
 
-    def save(self, step: int, state: TrainState, plan: ShardingPlan, *, history: Sequence[dict] = (),
-             settings: dict | None = None) -> None:  # fmt: skip
+    def save(self, step: int, state: TrainState, plan: ShardingPlan, *, history: Sequence[dict] = ()) -> None:
         """Start saving ``state`` as checkpoint ``step`` (returns once the arrays are in host memory).
 
         Args:
@@ -429,11 +415,10 @@ class TrainCheckpoints:
           state: the train state; it may be donated to the next step as soon as this returns.
           plan: the sharding plan the slab is laid out by.
           history: the training history so far (JSON-able dicts).
-          settings: the run's settings (JSON-able); :meth:`restore` checks them.
         """
         check_positive("step", step, allow_zero=True)
         if state.slab.shape != (plan.num_shards * plan.slab_rows, plan.slab_width):
-            raise UsageError(
+            raise ValueError(
                 f"state.slab: expected shape {(plan.num_shards * plan.slab_rows, plan.slab_width)} (the plan's), "
                 f"got {tuple(state.slab.shape)}"
             )
@@ -447,7 +432,6 @@ class TrainCheckpoints:
             "data_position": int(step),
             "history": list(history),
             "plan": plan.to_dict(),
-            "settings": settings or {},
             "process_count": jax.process_count(),
         })  # fmt: skip
         saved = self._manager.save(
@@ -457,7 +441,7 @@ class TrainCheckpoints:
             ),
         )
         if not saved:  # orbax skips steps at or before the latest one
-            raise UsageError(f"step: expected a step after the latest checkpoint {self.latest_step()}, got {step}")
+            raise ValueError(f"step: expected a step after the latest checkpoint {self.latest_step()}, got {step}")
 
     def delete_all(self) -> None:
         """Delete every checkpoint in the folder (a run that starts over)."""
@@ -481,8 +465,7 @@ class TrainCheckpoints:
 
     # -- restoring
 
-    def restore(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, like: TrainState, *, step: int | None = None,
-                settings: dict | None = None) -> Restored:  # fmt: skip
+    def restore(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, like: TrainState, *, step: int | None = None) -> Restored:
         """Put checkpoint ``step`` (default: the latest) on ``mesh``, laid out by ``plan``.
 
         The saved plan may have another kind and device count: the saved slab is read
@@ -498,13 +481,12 @@ class TrainCheckpoints:
             structure, shapes and dtypes of ``params`` and ``opt_state``, and whether
             ``slab_state`` holds accumulators (non-empty).
           step: which checkpoint (default: the latest).
-          settings: this run's settings; when given, they must equal the saved ones.
 
         Returns:
           A :class:`Restored`.
 
         Raises:
-          ValueError: other settings, tables or optimizer than the checkpoint's.
+          UsageError: other tables or optimizer than the checkpoint's.
           FileNotFoundError: no such checkpoint.
         """
         step = self._step(step)
@@ -512,12 +494,10 @@ class TrainCheckpoints:
         where = f"checkpoint {str(self.directory / str(step))!r}"
         if meta.get("format") != FORMAT:
             raise UsageError(f"resume: {where}: expected format {FORMAT}, got {meta.get('format')!r}; {RESUME_HINT}")
-        if settings is not None:
-            check_settings(meta.get("settings", {}), settings, where)
         old = plan_from_dict(meta["plan"])
         _check_same_tables(old, plan)
         if mesh.shape.get(AXIS) != plan.num_shards:
-            raise UsageError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {dict(mesh.shape)}")
+            raise ValueError(f"mesh: expected {AXIS!r} of size {plan.num_shards} (the plan's), got {dict(mesh.shape)}")
         saved_items = self._manager.item_metadata(step)
         has_accumulators = "slab_state" in saved_items["tables"]
         wants_accumulators = math.prod(like.slab_state.shape) > 0
