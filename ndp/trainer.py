@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,12 @@ class TrainOptions:
     """How to train.
 
     Attributes:
-      steps: optimizer steps.
+      steps: optimizer steps (none: ``epochs`` passes over the training examples, rounded up to
+        whole batches; synthetic data has no epochs and needs a number).
+      epochs: passes over the training examples when steps is none.
       batch_size: global batch (a multiple of the device count).
-      eval_every: evaluate every so many steps (and at the end).
+      eval_every: evaluate every so many steps and at the end (none: ``evaluations`` times in all).
+      evaluations: how many times to evaluate when eval_every is none (every ``max(1, steps // evaluations)`` steps).
       devices: storage devices (``None``: all).
       sharding: ``"rw"``, ``"tw"`` or ``"cw"``.
       optimizer: sparse optimizer of the tables (``"sgd"``/``"rowwise_adagrad"``).
@@ -80,9 +84,11 @@ class TrainOptions:
       progress: show a progress bar.
     """
 
-    steps: int = 1000
+    steps: int | None = None
+    epochs: float = 1.0
     batch_size: int = 256
-    eval_every: int = 500
+    eval_every: int | None = None
+    evaluations: int = 5
     devices: int | None = None
     sharding: str = "rw"
     optimizer: str = "rowwise_adagrad"
@@ -102,9 +108,12 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self):
-        check_positive("steps", self.steps)
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) is not None:
+                check_positive(name, getattr(self, name))
+        check_positive("epochs", self.epochs)
         check_positive("batch_size", self.batch_size)
-        check_positive("eval_every", self.eval_every)
+        check_positive("evaluations", self.evaluations)
         check_choice("sharding", self.sharding, SHARDING_KINDS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("pooling", self.pooling, POOLINGS)
@@ -122,15 +131,34 @@ class TrainOptions:
                 check_positive(name, width)
 
 
-#: Named settings of ``python -m ndp train --preset NAME`` (the default follows ``--data`` and ``--model``);
-#: the MovieLens ones were chosen on the u1 split (10 epochs of batch 256).
-PRESETS = {
-    "ml-100k-dlrm": TrainOptions(batch_size=256, embedding_dim=8, embedding_l2=0.1, embedding_lr=0.03, dense_lr=3e-4, pooling="mean",
-                                 interaction="dot_cat", top_mlp=(128, 64, 1)),
-    "ml-100k-mf": TrainOptions(batch_size=256, embedding_dim=33, embedding_l2=0.1, embedding_lr=0.1, pooling="sum"),
-    "synthetic": TrainOptions(batch_size=2048, embedding_lr=0.05),
-    "criteo-tsv": TrainOptions(batch_size=2048, embedding_lr=0.05),
-}
+def schedule(options: TrainOptions, train_examples: int | None) -> TrainOptions:
+    """``options`` with ``steps`` and ``eval_every`` filled in where they are ``None``.
+
+    ``steps = max(1, ceil(epochs * N / batch_size))`` and ``eval_every = max(1, steps // evaluations)``.
+
+    Args:
+      options: the training options; values already set are kept.
+      train_examples: ``N``, the training examples of the data source (``None``: a stream without epochs).
+
+    Returns:
+      The options with both fields set.
+
+    Raises:
+      UsageError: ``steps`` is ``None`` and the source has no epochs.
+
+    Example:
+        >>> schedule(TrainOptions(epochs=2.0, batch_size=100), 1000).steps
+        20
+        >>> schedule(TrainOptions(steps=50, evaluations=5), None).eval_every
+        10
+    """
+    steps = options.steps
+    if steps is None:
+        if train_examples is None:
+            raise UsageError("steps: expected a number of steps for a data source without epochs (e.g. synthetic), got none")
+        steps = max(1, math.ceil(options.epochs * train_examples / options.batch_size))
+    eval_every = options.eval_every if options.eval_every is not None else max(1, steps // options.evaluations)
+    return dataclasses.replace(options, steps=steps, eval_every=eval_every)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,6 +176,7 @@ class ArraySource:
         self.seed = seed
         self.label_mean = label_mean
         self.num_dense = num_dense
+        self.train_examples = int(train.labels.shape[0])
 
     def _batch(self, examples: Examples, index: np.ndarray) -> Batch:
         n = index.size
@@ -190,6 +219,7 @@ class SyntheticSource:
         self.label_mean = 0.0
         self.num_dense = config.num_dense
         self.num_eval = eval_batches
+        self.train_examples = None  # a stream without epochs
 
     def _convert(self, b) -> Batch:
         ids, lengths = jagged_to_padded([t.values for t in b.tables], [t.offsets for t in b.tables],
@@ -198,7 +228,7 @@ class SyntheticSource:
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         if batch_size != self.config.batch_size:
-            raise UsageError(f"batch_size: expected the generator's {self.config.batch_size}, got {batch_size}")
+            raise ValueError(f"batch_size: expected the generator's {self.config.batch_size}, got {batch_size}")
         return self._convert(batch_at(self.config, step))
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[Batch, int]]:
@@ -309,6 +339,8 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
 def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -> dict:
     """Train ``model`` (``"dlrm"`` or ``"mf"``) on ``source``; returns metrics and history.
 
+    Steps and evaluations left ``None`` follow :func:`schedule` with the source's ``train_examples``.
+
     With ``options.out_dir``, ``<name>/`` is a run folder (:func:`runkit.open_run`) whose
     ``settings.json`` records :func:`run_settings`; it keeps sharded checkpoints in
     ``<name>/checkpoints/`` (:class:`ndp.checkpoint.TrainCheckpoints`: at each evaluation and
@@ -319,6 +351,7 @@ def fit(model: str, source, options: TrainOptions, *, name: str | None = None) -
     them; ``options.resume=False`` starts afresh. Returns after the last checkpoint is written.
     """
     check_choice("model", model, MODELS)
+    options = schedule(options, getattr(source, "train_examples", None))
     name = name or model
     mesh = storage_mesh(options.devices)
     devices = mesh.shape["storage"]

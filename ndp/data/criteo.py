@@ -32,12 +32,17 @@ from ndp.train import Batch
 NUM_CATEGORICAL = 26
 
 
-def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0) -> tuple[float, np.ndarray, np.ndarray]:
-    """One TSV line to ``(label, dense float32 (13,), ids int32 (26,))``."""
+def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0, *,
+               path: str | os.PathLike | None = None) -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
+    """One TSV line to ``(label, dense float32 (13,), ids int32 (26,))``.
+
+    Errors name ``path`` (when given) and the 1-based ``line_number`` an editor shows.
+    """
+    where = f"{str(path)!r}, line {line_number}" if path is not None else f"criteo line {line_number}"
     fields = line.rstrip("\n").rstrip("\r").split("\t")
     expected = 1 + CRITEO_NUM_DENSE + NUM_CATEGORICAL
     if len(fields) != expected:
-        raise UsageError(f"criteo line {line_number}: expected {expected} tab-separated fields, got {len(fields)}")
+        raise UsageError(f"{where}: expected {expected} tab-separated fields, got {len(fields)}")
     try:
         label = float(int(fields[0]))
         dense = np.array(
@@ -51,7 +56,7 @@ def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0) -> t
             np.int32,
         )
     except ValueError as error:
-        raise UsageError(f"criteo line {line_number}: {error}") from None
+        raise UsageError(f"{where}: {error}") from None
     return label, dense, ids
 
 
@@ -94,7 +99,7 @@ def read_batches(
                     continue
                 if limit is not None and number >= skip + limit:
                     break
-                label, d, i = parse_line(line, table_sizes, number + 1)
+                label, d, i = parse_line(line, table_sizes, number + 1, path=path)
                 labels.append(label)
                 dense.append(d)
                 ids.append(i)
@@ -127,6 +132,7 @@ class CriteoTSVSource:
         total = count_lines(self.path)
         self.eval_lines = min(total // 10, 100_000) if eval_lines is None else int(eval_lines)
         self.train_lines = total - self.eval_lines
+        self.train_examples = self.train_lines
         if self.train_lines <= 0:
             raise UsageError(f"eval_lines: expected fewer than the file's {total} lines, got {self.eval_lines}")
         self.task = "click"

@@ -156,3 +156,48 @@ def test_movielens_parse_errors_name_the_file_and_the_line(shared_root, tmp_path
         load_movielens(root, split="u1")
     assert str(root / file) in str(error.value) and f"line {line_number}:" in str(error.value)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "line_number, edit, message",
+    [
+        (7, lambda fields: fields[:20], "expected 40 tab-separated fields, got 20"),
+        (150, lambda fields: ["yes", *fields[1:]], "invalid literal for int()"),
+        (1, lambda fields: [*fields[:20], "not-hex", *fields[21:]], "invalid literal for int() with base 16"),
+    ],
+)
+def test_criteo_parse_errors_name_the_file_and_the_line(shared_root, tmp_path, line_number, edit, message):
+    """A corrupted copy of the shared sample: the error names the file and the 1-based line number."""
+    from runkit import UsageError
+
+    path = tmp_path / "train_sample.tsv"
+    lines = (shared_root / "data" / "criteo-sample" / "train_sample.tsv").read_text().splitlines()
+    fields = lines[line_number - 1].split("\t")
+    assert len(fields) == 40  # the line was well formed before the edit
+    lines[line_number - 1] = "\t".join(edit(fields))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError) as error:
+        for _ in read_batches(path, (100,) * 26, batch_size=64, cycle=False):
+            pass
+    assert f"{str(path)!r}, line {line_number}:" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_a_preset_is_refused_with_a_data_set_of_another_kind(tmp_path, capsys):
+    """The criteo-tsv preset names no file, and a preset's data kind must match --data: both refused before training."""
+    assert main(["train", "--preset", "criteo-tsv", "--out", str(tmp_path)]) == 1
+    assert "--data: preset 'criteo-tsv' expects a criteo-tsv data set, got none" in capsys.readouterr().err
+    assert main(["train", "--preset", "synthetic", "--data", "ml-100k", "--out", str(tmp_path)]) == 1
+    assert "--preset: expected a preset for ml-100k data" in capsys.readouterr().err
+    assert main(["train", "--data", "synthetic", "--steps", "none", "--out", str(tmp_path)]) == 1
+    assert "--steps: expected a number of steps" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_schedule_fills_only_what_is_not_given():
+    from ndp.trainer import TrainOptions, schedule
+
+    derived = schedule(TrainOptions(epochs=2.5, batch_size=64, evaluations=4), 1000)
+    assert (derived.steps, derived.eval_every) == (40, 10)  # ceil(2.5 * 1000 / 64) = 40 steps, 4 evaluations
+    given = TrainOptions(steps=7, eval_every=3, epochs=9.0, evaluations=1)
+    assert schedule(given, 1000) == given
