@@ -233,7 +233,12 @@ class ConfigOptions:
         if not self.presets:
             try:
                 return f"default: {_shown(self._value(self.config_class(), leaf.path))}"
-            except TypeError:  # a class with required fields
+            except TypeError:  # a class with required fields: this field's own default, if any
+                f = leaf.field
+                if f.default is not dataclasses.MISSING:
+                    return f"default: {_shown(f.default)}"
+                if f.default_factory is not dataclasses.MISSING:
+                    return f"default: {_shown(f.default_factory())}"
                 return "required"
         values = {name: _shown(self._value(preset, leaf.path)) for name, preset in self.presets.items()}
         if len(set(values.values())) == 1:
@@ -254,6 +259,8 @@ class ConfigOptions:
             text = f"{text.rstrip('.')} ({self._default_help(leaf)})".replace("%", "%%")
             kind, _ = _unwrap_optional(leaf.annotation)
             kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": text}
+            if not self.presets and leaf.field.default is dataclasses.MISSING and leaf.field.default_factory is dataclasses.MISSING:
+                kwargs["required"] = True  # a field without a default (and no preset to supply it)
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
