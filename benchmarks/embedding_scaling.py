@@ -89,10 +89,10 @@ workers with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` as ``embedding_train.py``
 Usage::
 
     python benchmarks/embedding_scaling.py             # full size; needs 2 quiet cores
-    python benchmarks/embedding_scaling.py --quick     # smoke run: small tables, few short rounds
+    python benchmarks/embedding_scaling.py --preset quick   # smoke run: small tables, few short rounds
     python benchmarks/embedding_scaling.py --row-cap 100000 --rounds 3 --repeats 1 --out /tmp/s.json
 
-Writes ``benchmarks/results/embedding_scaling.json`` (``--out``; ``--quick``:
+Writes ``benchmarks/results/embedding_scaling.json`` (``--out``; ``--preset quick``:
 ``embedding_scaling_quick.json``) atomically: the settings, the machine, every round
 of every worker, the profiles, the layouts and the headline.
 """
@@ -121,6 +121,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.embedding_train import load_average, proc_field_mb  # noqa: E402
+from runkit import UsageError, check_choice, check_positive  # noqa: E402
+from runkit.config_cli import ConfigOptions  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "embedding_scaling.json"
 #: ndp.trainer.TrainOptions' defaults: Adam(W) on the dense head, row-wise Adagrad on the tables.
@@ -136,7 +138,27 @@ WORKER_TIMEOUT_S = 3600.0
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """The run's settings; every field is a flag (``--row-cap`` ...) with this default (``HELP``: what it does)."""
+    """The run's settings; every field is a flag (``--row-cap`` ...), ``--preset`` picks one of :data:`PRESETS`.
+
+    Attributes:
+      row_cap: rows of the largest tables (Criteo Kaggle sizes clipped at this).
+      batch_size: global batch (a multiple of 2 and of --layout-devices).
+      zipf: Zipf exponent of the ids.
+      layout: plan of the 2-process run (tw, rw, cw, twrw where ndp has it).
+      steps: steps per timed round.
+      rounds: timed rounds per setting and model in each repeat (interleaved).
+      repeats: launches of fresh workers; the rounds of all repeats are pooled.
+      warmup: untimed steps after compilation (at least one pass over the id batches).
+      index_batches: distinct id batches, drawn once and cycled.
+      profile_steps: steps traced with jax.profiler in the 2-process run (0: no trace).
+      layout_devices: emulated CPU devices of the layout comparison (0: skip it).
+      layout_steps: timed steps per layout on the emulated devices (0: compile only).
+      cores: two cores: the 1-process worker runs on the first, the 2-process workers on both.
+      huge_pages: workers ask glibc's malloc for transparent huge pages (on/off).
+      feed: host: numpy batches to the step; sharded: shard_batch first (outside the timed region).
+      seed: seed of the id batches and of the parameters.
+      out: results JSON.
+    """
 
     row_cap: int = 1_000_000
     batch_size: int = 4096
@@ -151,34 +173,33 @@ class Settings:
     layout_devices: int = 8
     layout_steps: int = 3
     cores: str = "0,1"
-    huge_pages: str = "on"
-    feed: str = "host"
+    huge_pages: str = dataclasses.field(default="on", metadata={"choices": ("on", "off")})
+    feed: str = dataclasses.field(default="host", metadata={"choices": ("host", "sharded")})
     seed: int = 0
     out: str = str(DEFAULT_OUT)
 
+    def __post_init__(self):
+        check_choice("huge_pages", self.huge_pages, ("on", "off"))
+        check_choice("feed", self.feed, ("host", "sharded"))
+        if self.feed == "sharded" and self.layout != "cw":
+            raise UsageError(f"feed: 'sharded' works with --layout cw only (a routed layout sizes its buckets from the "
+                             f"host batch, which a batch spread over 2 processes is not), got layout {self.layout!r}")  # fmt: skip
+        for name in ("row_cap", "batch_size", "steps", "rounds", "repeats", "index_batches"):
+            check_positive(name, getattr(self, name))
+        for name in ("warmup", "profile_steps", "layout_devices", "layout_steps", "seed"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        check_positive("zipf", self.zipf, allow_zero=True)
+        if self.batch_size % 2 or (self.layout_devices and self.batch_size % self.layout_devices):
+            raise UsageError(f"batch_size: expected a multiple of 2 and of --layout-devices, got {self.batch_size}")
 
-HELP = {
-    "row_cap": "rows of the largest tables (Criteo Kaggle sizes clipped at this)",
-    "batch_size": "global batch (a multiple of 2 and of --layout-devices)",
-    "zipf": "Zipf exponent of the ids",
-    "layout": "plan of the 2-process run (tw, rw, cw, twrw where ndp has it)",
-    "steps": "steps per timed round",
-    "rounds": "timed rounds per setting and model in each repeat (interleaved)",
-    "repeats": "launches of fresh workers; the rounds of all repeats are pooled",
-    "warmup": "untimed steps after compilation (at least one pass over the id batches)",
-    "index_batches": "distinct id batches, drawn once and cycled",
-    "profile_steps": "steps traced with jax.profiler in the 2-process run (0: no trace)",
-    "layout_devices": "emulated CPU devices of the layout comparison (0: skip it)",
-    "layout_steps": "timed steps per layout on the emulated devices (0: compile only)",
-    "cores": "two cores: the 1-process worker runs on the first, the 2-process workers on both",
-    "huge_pages": "workers ask glibc's malloc for transparent huge pages (on/off)",
-    "feed": "host: numpy batches to the step; sharded: shard_batch first (outside the timed region)",
-    "seed": "seed of the id batches and of the parameters",
-    "out": "results JSON (--quick: embedding_scaling_quick.json beside it)",
-}
 
-QUICK = {"row_cap": 10_000, "batch_size": 512, "steps": 5, "rounds": 3, "repeats": 1, "warmup": 2,
-         "index_batches": 4, "profile_steps": 3, "layout_steps": 0}  # fmt: skip
+#: ``--preset`` names: ``full`` (the default, the published run) and ``quick`` (a smoke run: small
+#: tables, few short rounds, written beside the full results).
+PRESETS = {
+    "full": Settings(),
+    "quick": Settings(row_cap=10_000, batch_size=512, steps=5, rounds=3, repeats=1, warmup=2, index_batches=4,
+                      profile_steps=3, layout_steps=0, out=str(DEFAULT_OUT.with_name(DEFAULT_OUT.stem + "_quick.json"))),
+}  # fmt: skip
 
 
 def summary(xs) -> dict | None:
@@ -670,39 +691,21 @@ def make_batches(sizes, batch_size: int, count: int, seed: int, zipf: float):
 
 
 def parse_settings(argv) -> Settings:
+    options = ConfigOptions(Settings, PRESETS, default_preset="full")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        quick = f"; --quick: {QUICK[field.name]}" if field.name in QUICK else ""
-        parser.add_argument(flag, type=type(field.default), default=None,
-                            help=f"{HELP[field.name]} (default {field.default}{quick})")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (the --quick values above)")
+    options.add_arguments(parser)
     args = parser.parse_args(argv)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if getattr(args, f.name) is not None}
-    quick = {**QUICK, "out": str(DEFAULT_OUT.with_name(DEFAULT_OUT.stem + "_quick.json"))} if args.quick else {}
-    settings = Settings(**{**quick, **given})
-    problems = []
-    if settings.huge_pages not in ("on", "off"):
-        problems.append(f"--huge-pages: expected on or off, got {settings.huge_pages!r}")
-    if settings.feed not in ("host", "sharded"):
-        problems.append(f"--feed: expected host or sharded, got {settings.feed!r}")
-    elif settings.feed == "sharded" and settings.layout != "cw":
-        problems.append(f"--feed: 'sharded' works with --layout cw only (a routed layout sizes its buckets from the "
-                        f"host batch, which a batch spread over 2 processes is not), got layout {settings.layout!r}")
-    for name in ("row_cap", "batch_size", "steps", "rounds", "repeats", "index_batches"):
-        if getattr(settings, name) < 1:
-            problems.append(f"--{name.replace('_', '-')}: expected a positive int, got {getattr(settings, name)}")
-    if settings.batch_size % 2 or (settings.layout_devices and settings.batch_size % settings.layout_devices):
-        problems.append(f"--batch-size: expected a multiple of 2 and of --layout-devices, got {settings.batch_size}")
+    try:
+        settings = options.build(args)
+    except UsageError as error:
+        parser.error(str(error))
     try:
         cores = [int(c) for c in settings.cores.split(",")]
     except ValueError:
         cores = []
     if len(cores) != 2 or len(set(cores)) != 2 or not set(cores) <= os.sched_getaffinity(0):
         available = sorted(os.sched_getaffinity(0))
-        problems.append(f"--cores: expected two distinct cores of {available}, got {settings.cores!r}")
-    if problems:
-        parser.error("; ".join(problems))
+        parser.error(f"--cores: expected two distinct cores of {available}, got {settings.cores!r}")
     return settings
 
 

@@ -15,13 +15,16 @@ Results are checkpointed after every case (``--out``); a rerun resumes from them
 (``--fresh`` starts over). Ends with one JSON line of headline figures:
 ``max_heldout_rel_err``, ``max_loo_rel_err`` (leave-one-out) and the fitted host parameters.
 
-    python benchmarks/ndrec_calibration.py            # 32 cases x 3 passes, ~20 min on 2 busy cores
-    python benchmarks/ndrec_calibration.py --quick --passes 1   # 6 cases, a smoke test
+    python benchmarks/ndrec_calibration.py                   # 32 cases x 3 passes, ~20 min on 2 busy cores
+    python benchmarks/ndrec_calibration.py --preset quick    # 6 cases, 1 pass: a smoke test (its own --out)
+
+A saved state of another grid or repeat count in ``--out`` is refused (use ``--fresh`` or another ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -40,7 +43,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_t
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runkit import atomic_write_json  # noqa: E402
+from runkit import UsageError, atomic_write_json, check_choice, check_positive  # noqa: E402
+from runkit.config_cli import ConfigOptions  # noqa: E402
 from ndp.sysmodel.calibration import (  # noqa: E402
     FEATURE_NAMES,
     CalibrationCase,
@@ -126,34 +130,79 @@ def time_training_step(rows: int, batch_size: int, exponent: float, bag: int, re
     return cpu, wall, mlp_costs(cfg)[0]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "benchmarks/results/ndrec_calibration.json"))
-    parser.add_argument("--repeats", type=int, default=9, help="timed steps per case and pass")
-    parser.add_argument("--quick", action="store_true", help="6 small cases (smoke test)")
-    parser.add_argument("--passes", type=int, default=3, help="passes over the grid; a case's time is the median of all its samples")
-    parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
-    args = parser.parse_args(argv)
-    if args.repeats < 3:
-        raise SystemExit(f"--repeats: expected >= 3, got {args.repeats}")
-    if args.passes < 1:
-        raise SystemExit(f"--passes: expected >= 1, got {args.passes}")
-
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "ndrec_calibration.json"
+#: The measured cases ``(rows per table, batch, Zipf exponent, bag length)`` of each ``grid``.
+GRIDS = {
+    "full": list(itertools.product((10_000, 100_000, 1_000_000, 3_000_000), (512, 2048), (0.0, 1.05), (1, 4))),
     # Bag length (lookups per table and example) varies lookups independently of the MLP work.
-    if args.quick:
-        grid = [(10_000, 256, 0.0, 1), (300_000, 1024, 0.0, 4), (100_000, 512, 1.05, 1), (30_000, 2048, 1.05, 4),
-                (300_000, 256, 0.0, 4), (10_000, 1024, 1.05, 1)]  # fmt: skip
-    else:
-        grid = list(itertools.product((10_000, 100_000, 1_000_000, 3_000_000), (512, 2048), (0.0, 1.05), (1, 4)))
-    out = Path(args.out)
-    state = {"passes": [], "bandwidths": []}
-    if out.exists() and not args.fresh:
-        try:
-            loaded = json.loads(out.read_text()).get("checkpoint", {})
-            if loaded.get("grid") == [list(g) for g in grid] and loaded.get("repeats") == args.repeats:
-                state = {"passes": loaded["passes"], "bandwidths": loaded["bandwidths"]}
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            pass
+    "quick": [(10_000, 256, 0.0, 1), (300_000, 1024, 0.0, 4), (100_000, 512, 1.05, 1), (30_000, 2048, 1.05, 4),
+              (300_000, 256, 0.0, 4), (10_000, 1024, 1.05, 1)],
+}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSettings:
+    """What the calibration measures; every field is a flag, ``--preset`` picks one of :data:`PRESETS`.
+
+    Attributes:
+      grid: the measured cases (full: 32, quick: 6 small ones).
+      repeats: timed steps per case and pass (at least 3).
+      passes: passes over the grid; a case's time is the median of all its samples.
+      out: results JSON, also the checkpoint a rerun resumes from.
+      fresh: ignore results already in --out.
+    """
+
+    grid: str = dataclasses.field(default="full", metadata={"choices": tuple(GRIDS)})
+    repeats: int = 9
+    passes: int = 3
+    out: str = str(DEFAULT_OUT)
+    fresh: bool = False
+
+    def __post_init__(self):
+        check_choice("grid", self.grid, tuple(GRIDS))
+        if self.repeats < 3:
+            raise UsageError(f"repeats: expected >= 3, got {self.repeats}")
+        check_positive("passes", self.passes)
+
+
+PRESETS = {
+    "full": CalibrationSettings(),
+    "quick": CalibrationSettings(grid="quick", passes=1, out=str(DEFAULT_OUT.with_name(DEFAULT_OUT.stem + "_quick.json"))),
+}
+
+
+def saved_state(out: Path, grid: list, repeats: int) -> dict:
+    """The passes and bandwidths checkpointed in ``out`` (empty when there is none).
+
+    Raises:
+      UsageError: ``out`` is not a results file, or holds another grid or repeat count.
+    """
+    if not out.exists():
+        return {"passes": [], "bandwidths": []}
+    hint = "use --fresh to start over or another --out"
+    try:
+        loaded = json.loads(out.read_text())["checkpoint"]
+        saved_grid, saved_repeats = loaded["grid"], loaded["repeats"]
+        state = {"passes": loaded["passes"], "bandwidths": loaded["bandwidths"]}
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UsageError(f"out: {str(out)!r} is not a calibration results file ({type(error).__name__}: {error}); {hint}") from None
+    if saved_grid != [list(g) for g in grid] or saved_repeats != repeats:
+        raise UsageError(f"out: {str(out)!r} holds a checkpoint of other cases or repeats: expected {len(grid)} cases x "
+                         f"{repeats} repeats (this grid), got {len(saved_grid)} cases x {saved_repeats} repeats; {hint}")  # fmt: skip
+    return state
+
+
+def main(argv=None) -> int:
+    options = ConfigOptions(CalibrationSettings, PRESETS, default_preset="full")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    options.add_arguments(parser)
+    try:
+        args = options.build(parser.parse_args(argv))
+        grid = GRIDS[args.grid]
+        out = Path(args.out)
+        state = {"passes": [], "bandwidths": []} if args.fresh else saved_state(out, grid, args.repeats)
+    except UsageError as error:
+        parser.error(options.reword(str(error)))
 
     from runkit.progress import progress_bar
 
