@@ -3,12 +3,22 @@
 JAX is configured here, before any test imports it: strict dtype promotion, rank
 promotion as an error, and 8 emulated CPU devices so mesh/sharding tests run on a
 laptop exactly as on a pod slice.
+
+The tests compile with XLA:CPU's LLVM back-end optimizations off (``XLA_FLAGS``, unless the
+environment already sets an optimization level). What a test checks is what a program computes
+and the HLO XLA builds for it (its own passes still run), not how fast the machine code is;
+compiling takes about a third of the time. Subprocesses the tests start inherit the setting.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from tests.child_env import FAST_COMPILE_FLAGS
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_FLAGS]))
 
 import jax
 import pytest

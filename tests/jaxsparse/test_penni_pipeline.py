@@ -1,7 +1,6 @@
 """The compress command: killed mid-run and rerun, it ends with the report of an uninterrupted run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from runkit import repo_root
+from tests.child_env import child_env
 
 TINY = ["--model", "digits-cnn", "--pretrain-epochs", "2", "--retrain-epochs", "3", "--finetune-epochs", "1",
         "--alternate-every", "1", "--train-subset", "512", "--batch-size", "64", "--no-progress", "--seed", "3"]
@@ -21,10 +21,7 @@ def _command(out: Path) -> list[str]:
 
 
 def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+    return child_env(JAX_PLATFORMS="cpu")
 
 
 def _deterministic(report: dict) -> dict:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+
 from flax import nnx
 
 from runkit import read_settings
@@ -34,6 +35,7 @@ from ndp.train import (
     storage_mesh,
     to_host,
 )
+from tests.child_env import child_env
 from tests.ndp.checkpoint_worker import KILLED, fit_case
 from tests.ndp.test_distributed import free_port
 
@@ -167,7 +169,7 @@ def test_repack_is_driven_by_pieces_alone():
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
     folder = tmp_path / "checkpoints"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = child_env()
     done = subprocess.run([sys.executable, str(WORKER), "kill-during-save", str(folder)], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == KILLED, done.stdout + done.stderr
@@ -187,7 +189,7 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
 def run_two_processes(out: Path, steps: int, kill_at: int = -1) -> list[str]:
     """Run the two-process :func:`fit_case`; with ``kill_at``, process 1 dies there and process 0 is killed."""
     port = str(free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = child_env()
     procs = [
         subprocess.Popen([sys.executable, str(WORKER), "fit", port, str(i), str(out), str(steps), str(kill_at)],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip

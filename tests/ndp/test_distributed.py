@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.child_env import child_env
 from tests.ndp.distributed_case import train_case
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -24,7 +24,7 @@ def free_port() -> int:
 def test_two_processes_match_one_process(tmp_path):
     out = tmp_path / "two_processes.npz"
     port = str(free_port())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = child_env()
     procs = [
         subprocess.Popen([sys.executable, str(WORKER), port, str(i), str(out), "rw", "rowwise_adagrad"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
