@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from runkit.progress import progress_bar
 
 from runkit import MissingFileError, RunFolder, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, open_run, read_settings
 from runkit.figures import save_figure, subplots
+from runkit.progress import progress_bar
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, evaluate_accuracy, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize

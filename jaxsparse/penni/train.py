@@ -23,7 +23,6 @@ augmented batch, which lets a compressed model recover from few training images.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 from functools import partial
@@ -35,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from runkit.progress import progress_bar
 
 from runkit import UsageError, check_choice, check_positive, open_run
+from runkit.progress import progress_bar
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.layers import path_name
 from jaxsparse.penni.prune import masked
@@ -431,19 +430,3 @@ def _forward(graphdef, params, stats, rest, x):
     model = nnx.merge(graphdef, params, stats, rest)
     logits = model(x)
     return logits, nnx.state(model, nnx.BatchStat)
-
-
-@functools.lru_cache(maxsize=16)
-def _eval_forward(graphdef: nnx.GraphDef):
-    """The jitted eval-mode forward of one model structure (cached: a model evaluated again, or another
-    model of the same structure, reuses the compiled function)."""
-    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(normalize(x)))
-
-
-def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
-    """Logits of ``model`` (eval mode) for uint8 NHWC ``images``, batched and jitted."""
-    model.eval()
-    graphdef, state = nnx.split(model)
-    forward = _eval_forward(graphdef)
-    outputs = [np.asarray(forward(state, jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
