@@ -283,6 +283,52 @@ def fit(model: nnx.Module, images: np.ndarray, labels: np.ndarray, config: Train
     return fit_objective(model, images, labels, config, None, **options)[0]
 
 
+def training_loss(graphdef: nnx.GraphDef, rest: Any, config: TrainConfig, objective: Objective | None) -> Callable:
+    """The loss one step of :func:`fit_objective` differentiates (with respect to ``params`` and ``extra``).
+
+    .. math::
+        L = (1 - \\alpha)\\,CE(f(g(p, e); x), y) + \\alpha\\,KD + l_1 \\sum |c| + term(p, e)
+
+    where ``g``/``term`` are the objective's gate and loss term (identity and 0 without one),
+    ``alpha = config.distill`` and the L1 sum runs over the coefficients (:func:`coefficient_l1`).
+
+    Args:
+      graphdef, rest: the model's graph and its non-``Param``/``BatchStat`` state
+        (``nnx.split(model, nnx.Param, nnx.BatchStat, ...)``).
+      config: the phase's :class:`TrainConfig` (``distill``, ``distill_temperature``, ``l1``).
+      objective: the method's :class:`Objective` (None: plain training).
+
+    Returns:
+      ``loss(params, extra, stats, x, y, teacher_logits=None) -> (total, (new_stats, metrics))`` on a
+      normalised batch ``x``; ``metrics`` holds ``train_top1`` and, with an objective,
+      ``task_loss`` and the term's metrics.
+
+    Example:
+        >>> graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)  # doctest: +SKIP
+        >>> loss = training_loss(graphdef, rest, TrainConfig(epochs=1), None)  # doctest: +SKIP
+        >>> total, (stats, metrics) = loss(params, (), stats, x, y)  # doctest: +SKIP
+    """
+
+    def loss_fn(p, e, stats, x, y, teacher_logits=None):
+        seen = objective.gate(p, e) if objective is not None and objective.gate is not None else p
+        logits, new_stats = _forward(graphdef, seen, stats, rest, x)
+        labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+        loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
+        if config.distill > 0:
+            kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+            loss = (1.0 - config.distill) * loss + config.distill * kd
+        metrics = {}
+        total = loss + (config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32))
+        if objective is not None:
+            term, extra_metrics = objective.term(p, e)
+            total = total + term
+            metrics = {"task_loss": loss, **extra_metrics}
+        metrics["train_top1"] = jnp.mean(jnp.argmax(logits, -1) == y)
+        return total, (new_stats, metrics)
+
+    return loss_fn
+
+
 def fit_objective(
     model: nnx.Module,
     images: np.ndarray,
@@ -344,30 +390,14 @@ def fit_objective(
                 "train", like=(params, stats, opt_state, extra, extra_state))
             start, history, partial_sums = int(meta["step"]), list(meta["history"]), dict(meta["partial"])
 
+    loss_fn = training_loss(graphdef, rest, config, objective)
+
     @partial(jax.jit, donate_argnums=(0, 1, 2, 3, 4))
     def step(params, stats, opt_state, extra, extra_state, x, y, key, teacher_state):
         x = _prepare(x, key, config.augment_pad)
         teacher_logits = nnx.merge(teacher_graphdef, teacher_state)(x) if config.distill > 0 else None
-
-        def loss_fn(p, e, stats):
-            seen = objective.gate(p, e) if objective is not None and objective.gate is not None else p
-            logits, new_stats = _forward(graphdef, seen, stats, rest, x)
-            labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-            loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
-            if config.distill > 0:
-                kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
-                loss = (1.0 - config.distill) * loss + config.distill * kd
-            metrics = {}
-            total = loss + (config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32))
-            if objective is not None:
-                term, extra_metrics = objective.term(p, e)
-                total = total + term
-                metrics = {"task_loss": loss, **extra_metrics}
-            metrics["train_top1"] = jnp.mean(jnp.argmax(logits, -1) == y)
-            return total, (new_stats, metrics)
-
         (loss, (new_stats, metrics)), (g_params, g_extra) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            params, extra, stats)
+            params, extra, stats, x, y, teacher_logits)
         updates, opt_state = tx.update(g_params, opt_state, params)
         extra_updates, extra_state = extra_tx.update(g_extra, extra_state, extra)
         params, extra = optax.apply_updates(params, updates), optax.apply_updates(extra, extra_updates)

@@ -19,6 +19,7 @@ from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers
 from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.train import TrainConfig, training_loss
 
 
 def _model(seed: int = 0):
@@ -58,16 +59,15 @@ def test_hardware_cost_is_differentiable_end_to_end_from_model_parameters():
     cost_fn = make_cost_fn(records, hw, options, metric="edp")
     raw = hwaware.initial_raw_thresholds(model, 1.0)
     layout = hwaware.density_layout(records, list(raw))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     config = hwaware.HwAwareConfig(cost_weight=1.0)
     reference = float(cost_fn(hwaware.layer_densities(params, raw, layout, config.temperature)))
-    loss = hwaware.hardware_aware_loss(cost_fn, layout, config, reference)
+    # The loss the training loop runs: the task loss of the gated model plus the objective's term.
+    loss = training_loss(graphdef, rest, TrainConfig(epochs=1), hwaware.hwaware_objective(cost_fn, layout, config, reference, (raw, {})))
     x, y = _data(4)
+    x = jnp.asarray(x, jnp.float32) / 255.0
 
-    def logits_fn(gated):
-        return nnx.merge(graphdef, gated, rest)(jnp.asarray(x, jnp.float32) / 255.0), None
-
-    g_params, g_raw = jax.grad(lambda p, r: loss(p, r, logits_fn, jnp.asarray(y))[0], argnums=(0, 1))(params, raw)
+    g_params, (g_raw, _) = jax.grad(lambda p, e: loss(p, e, stats, x, jnp.asarray(y))[0], argnums=(0, 1))(params, (raw, {}))
     for path, g in g_raw.items():
         assert np.isfinite(float(g)) and float(g) != 0.0, path
     leaves = jax.tree.leaves(g_params)
@@ -169,17 +169,16 @@ def test_channel_gated_cost_is_differentiable_and_the_relaxation_counts_what_the
     raw = hwaware.initial_raw_thresholds(model, 1.0)
     channel_raw = hwaware.initial_raw_thresholds(model, 0.8)
     layout = hwaware.density_layout(records, list(raw))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     live = hwaware.layer_live_fractions(params, channel_raw, layout, config.channel_temperature)
     dens = hwaware.layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
     reference = float(cost_fn(dens, live))
-    loss = hwaware.hardware_aware_loss(cost_fn, layout, config, reference)
+    objective = hwaware.hwaware_objective(cost_fn, layout, config, reference, (raw, channel_raw))
+    loss = training_loss(graphdef, rest, TrainConfig(epochs=1), objective)  # the loss the training loop runs
     x, y = _data(4)
+    x = jnp.asarray(x, jnp.float32) / 255.0
 
-    def logits_fn(gated):
-        return nnx.merge(graphdef, gated, rest)(jnp.asarray(x, jnp.float32) / 255.0), None
-
-    g_raw, g_channel = jax.grad(lambda r, q: loss(params, r, logits_fn, jnp.asarray(y), q)[0], argnums=(0, 1))(raw, channel_raw)
+    g_raw, g_channel = jax.grad(lambda e: loss(params, e, stats, x, jnp.asarray(y))[0])((raw, channel_raw))
     for path in raw:
         assert np.isfinite(float(g_raw[path])) and np.isfinite(float(g_channel[path])) and float(g_channel[path]) != 0.0, path
 
