@@ -23,6 +23,7 @@ augmented batch, which lets a compressed model recover from few training images.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 from functools import partial
@@ -417,24 +418,18 @@ def fit_objective(
         first = start - epoch * steps_per_epoch if start > epoch * steps_per_epoch else 0
         last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         pending: list[dict] = []
-        bar = progress_bar(
-            batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch),
-            total=last,
-            initial=first,
-            desc=f"{description} {epoch + 1}/{epochs}",
-            disable=not progress,
-            leave=False,
-            file=sys.stderr,
-        )
-        for index, (x, y) in enumerate(bar):
+        # The bar counts the epoch's steps: it starts at those a resumed run skips, and only steps run advance it.
+        bar = progress_bar(total=last, initial=first, desc=f"{description} {epoch + 1}/{epochs}", disable=not progress,
+                           leave=False, file=sys.stderr)  # fmt: skip
+        epoch_batches = batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch)
+        for index, (x, y) in enumerate(itertools.islice(epoch_batches, last)):
             if index < first:
                 continue
-            if index >= last:
-                break
             key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), index)
             params, stats, opt_state, extra, extra_state, metrics = step(
                 params, stats, opt_state, extra, extra_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key, teacher_state)
             pending.append(metrics)
+            bar.update(1)
             if index % 10 == 0:
                 bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
             done = epoch * steps_per_epoch + index + 1

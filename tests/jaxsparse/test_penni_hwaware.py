@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -213,7 +214,7 @@ def test_channel_thresholds_follow_a_cost_of_live_channels():
     assert first.live_fractions["classifier"] == 1.0
 
 
-def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refused(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refused(tmp_path, monkeypatch, capsys):
     from jaxsparse.penni import train
 
     x, y = _data(64)  # 4 steps per epoch
@@ -238,8 +239,17 @@ def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refuse
     with pytest.raises(KeyboardInterrupt):
         hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
     monkeypatch.undo()
-    resumed = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
+    capsys.readouterr()
+    resumed = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=True)
     assert resumed.thresholds == straight.thresholds and resumed.history == straight.history
+    # Progress (plain lines, stderr is not a terminal): resumed at step 3 of epoch 1 (4 steps), then epoch 2's 2 steps;
+    # each bar ends at its total, never above it.
+    counts = {}
+    for line in capsys.readouterr().err.splitlines():
+        if match := re.fullmatch(r"hw-aware (\d)/2: (\d+)/(\d+) \((\d+)%\).*", line):
+            counts.setdefault(match[1], []).append((int(match[2]), int(match[3])))
+    assert {epoch: rows[-1] for epoch, rows in counts.items()} == {"1": (4, 4), "2": (2, 2)}
+    assert all(n <= total for rows in counts.values() for n, total in rows)
 
     with pytest.raises(ValueError, match=r"checkpoint: run folder .* other settings: objective\.hwaware\.cost_weight: "
                                          r"expected 2\.0, got 3\.0"):
