@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jaxsparse.codesign.experiment import PRESETS, condensed, format_table, job_order, run_codesign  # noqa: E402
+from jaxsparse.userfiles import DATA_HELP  # noqa: E402
 from runkit import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced run that still compares both methods")
     parser.add_argument("--run-dir", default=None, help="checkpoints and plots (default runs/codesign-cifar[-quick]); rerun to resume")
     parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/codesign_cifar[_quick].json)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--shared", default=None, help="shared data/model folder")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="train nothing: report the points a (cut) run has finished")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     suffix = "_quick" if args.quick else ""
     config = PRESETS["quick" if args.quick else "full"]
     run_dir = Path(args.run_dir or REPO / f"runs/codesign-cifar{suffix.replace('_', '-')}")
-    state = run_codesign(config, run_dir, shared_root=args.shared, progress=not args.no_progress, report_only=args.report_only)
+    state = run_codesign(config, run_dir, data=args.data, shared_root=args.shared, progress=not args.no_progress, report_only=args.report_only)
     print(format_table(state))
     comparison = state["summary"]["comparison"]
     interpolated = state["summary"]["comparison_interpolated"]

@@ -257,12 +257,12 @@ def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
     in its training form (fake-quantized, BatchNorm unfolded), on every test image of the CIFAR-10 split."""
     if config.model == "digits-cnn" or (args.test_data is not None and str(args.test_data).lower() == "none"):
         return {"top1_fast_path": None, "top1_reference": None, "test_images": 0}
-    from runkit import find_shared_root
     from jaxsparse.data import load_split
     from jaxsparse.data.transforms import normalize
     from jaxsparse.models import evaluate_accuracy
+    from jaxsparse.userfiles import resolve_data
 
-    folder = args.test_data or find_shared_root() / "data" / "cifar10-jpeg"
+    folder = resolve_data(args.test_data, None)
     images, labels, _ = load_split(folder, "test", progress=False)
     predictions = []
     for start in range(0, len(images), args.batch):
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-calls", type=int, default=200,
                         help="timed calls per model and small batch, interleaved, after warm-up (default: %(default)s)")
     parser.add_argument("--test-data", type=Path, default=None,
-                        help="CIFAR-10 folder whose test split scores the fast path (default: <shared>/data/cifar10-jpeg; "
+                        help="CIFAR-10 folder whose test split scores the fast path (default: $JAXSPARSE_CIFAR10, else <shared>/data/cifar10-jpeg; "
                              "'none' skips it)")
     args = parser.parse_args(argv)
     candidates = tuple(f for f in args.candidates.split(",") if f)

@@ -23,8 +23,9 @@ Schedules:
   50,000 images, full test set, one-shot pruning: a GPU job.
 
 Any of ``--train-subset/--test-subset/--retrain-epochs/--finetune-epochs/--alternate-every/--gradual-prune/
---channel-sparsity/--prune-std/--distill`` overrides the schedule (e.g. for a smoke run). Work is checkpointed under ``--work-dir``; rerunning
-resumes.
+--channel-sparsity/--prune-std/--distill/--batch-size/--seed`` overrides the schedule (e.g. for a smoke run). Work is
+kept in run folders under ``--work-dir`` (``baseline/``, ``pipeline/``; :func:`runkit.open_run`): rerunning resumes, and
+a rerun with other settings is refused, naming them.
 
 Example::
 
@@ -46,24 +47,37 @@ import jax
 from flax import nnx
 
 from jaxsparse.data import load_split_subset
-from jaxsparse.userfiles import resolve_data, resolve_weights
-from runkit import atomic_write_json, load_checkpoint, save_checkpoint
-from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
 from jaxsparse.models import evaluate_accuracy
+from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
 from jaxsparse.penni.presets import PRESETS
 from jaxsparse.penni.train import TrainConfig, fit
+from jaxsparse.userfiles import resolve_data, resolve_weights
+from runkit import atomic_write_json, open_run
 
 #: --schedule -> the compression preset it runs (jaxsparse.penni.presets.PRESETS).
 SCHEDULES = {"cpu": "cifar-cpu", "full": "full"}
-#: The settings a flag of this script can override.
+#: The settings a flag of this script can override (the job's subsets, the rest its CompressConfig's fields).
 PLAN_KEYS = ("train_subset", "test_subset", "retrain_epochs", "finetune_epochs", "alternate_every", "gradual_prune", "channel_sparsity",
-             "prune_std", "distill")
+             "prune_std", "distill", "batch_size", "seed")
+#: The keys of PLAN_KEYS that are not CompressConfig fields.
+SUBSET_KEYS = ("train_subset", "test_subset")
 
 
 def schedule_plan(name: str) -> dict:
     """The overridable settings of a schedule, read from its preset."""
     run = PRESETS[SCHEDULES[name]]
-    return {key: getattr(run, key) if hasattr(run, key) else getattr(run.config, key) for key in PLAN_KEYS}
+    return {key: getattr(run, key) if key in SUBSET_KEYS else getattr(run.config, key) for key in PLAN_KEYS}
+
+
+def build_plan(args: argparse.Namespace) -> tuple[dict, CompressConfig]:
+    """The schedule's settings with the flags given applied, and the pipeline's config (its preset's, replaced)."""
+    plan = schedule_plan(args.schedule)
+    plan.update({key: getattr(args, key) for key in PLAN_KEYS if getattr(args, key) is not None})
+    config = dataclasses.replace(PRESETS[SCHEDULES[args.schedule]].config, model=args.model,
+                                 **{key: plan[key] for key in PLAN_KEYS if key not in SUBSET_KEYS})  # fmt: skip
+    return plan, config
+
+
 #: Published figures (PENNI, ICML 2020; public code) for the table.
 PAPER = {
     "resnet18 (paper)": {"param_reduction": 0.97, "mac_reduction": 0.92, "note": "CIFAR-10, no accuracy loss"},
@@ -86,54 +100,44 @@ def main(argv=None) -> int:
     parser.add_argument("--distill", type=float, help="weight of distillation from the teacher (0: off)")
     parser.add_argument("--teacher", default="baseline", choices=("baseline", "pretrained"),
                         help="distil from the fine-tuned dense baseline (default) or the pretrained model")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, help="SGD batch size (default: the schedule's)")
     parser.add_argument("--data", type=Path)
     parser.add_argument("--shared", type=Path)
     parser.add_argument("--work-dir", type=Path, help="checkpoints (default: runs/penni_cifar-<model>-<schedule>)")
     parser.add_argument("--out", type=Path, help="results JSON (default: benchmarks/results/penni_cifar_<model>.json)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="data order, augmentation and subsets (default: the schedule's)")
     args = parser.parse_args(argv)
 
-    plan = schedule_plan(args.schedule)
-    for key in plan:
-        if getattr(args, key) is not None:
-            plan[key] = getattr(args, key)
+    plan, config = build_plan(args)
     work = args.work_dir or Path("runs") / f"penni_cifar-{args.model}-{args.schedule}"
     out = args.out or Path("benchmarks/results") / f"penni_cifar_{args.model}.json"
     started, cpu_started = time.time(), time.process_time()
 
     data_path = resolve_data(args.data, args.shared)
     weights = resolve_weights(args.model, None, args.shared)
-    xtr, ytr = load_split_subset(data_path, "train", plan["train_subset"], seed=args.seed, cache_dir=None, progress=True)
-    xte, yte = load_split_subset(data_path, "test", plan["test_subset"], seed=args.seed, cache_dir=None, progress=True)
+    xtr, ytr = load_split_subset(data_path, "train", plan["train_subset"], seed=config.seed, cache_dir=None, progress=True)
+    xte, yte = load_split_subset(data_path, "test", plan["test_subset"], seed=config.seed, cache_dir=None, progress=True)
     data = Dataset(xtr, ytr, xte, yte, f"cifar10:{data_path.name}")
     total_epochs = plan["retrain_epochs"] + plan["finetune_epochs"]
 
-    # Dense baseline: the pretrained model fine-tuned for the same number of epochs.
-    baseline_file = work / "baseline.npz"
-    config = CompressConfig(model=args.model, retrain_epochs=plan["retrain_epochs"], finetune_epochs=plan["finetune_epochs"],
-                            alternate_every=plan["alternate_every"],
-                            gradual_prune=plan["gradual_prune"], channel_sparsity=plan["channel_sparsity"],
-                            prune_std=plan["prune_std"], distill=plan["distill"],
-                            batch_size=args.batch_size, seed=args.seed)
+    # Dense baseline: the pretrained model fine-tuned for the same number of epochs, in its own run folder
+    # (settings.json: a rerun of other settings is refused, naming them).
     dense = initial_model(config, str(weights))
     top1_pretrained = evaluate_accuracy(dense, xte, yte).accuracy
-    baseline_run = {"model": args.model, "train_images": int(len(xtr)), "epochs": total_epochs,
-                    "batch_size": args.batch_size, "seed": args.seed}
-    if baseline_file.is_file():
-        state, meta = load_checkpoint(baseline_file, like=nnx.state(dense))
-        if meta.get("run") != baseline_run:  # a file without the record is refused too: its settings are unknown
-            raise ValueError(f"work-dir: {str(baseline_file)!r} holds a baseline of other settings ({meta.get('run', 'not recorded')}), "
-                             f"expected {baseline_run}; use another --work-dir or delete it")
+    baseline_config = TrainConfig(epochs=total_epochs, batch_size=config.batch_size, alternate_every=0, seed=config.seed)
+    baseline = open_run(work / "baseline", {"model": args.model, "weights": str(weights), "data": data.name,
+                                            "train_images": int(len(xtr)), "train": dataclasses.asdict(baseline_config)},
+                        option="work-dir", hint="use another --work-dir or delete it")  # fmt: skip
+    if baseline.has("model"):
+        state, meta = baseline.load("model", like=nnx.state(dense))
         nnx.update(dense, state)
-        baseline_seconds, baseline_cpu = meta["seconds"], meta.get("cpu_seconds")
+        baseline_seconds, baseline_cpu = meta["seconds"], meta["cpu_seconds"]
     else:
         t, c = time.time(), time.process_time()
-        fit(dense, xtr, ytr, TrainConfig(epochs=total_epochs, batch_size=args.batch_size, alternate_every=0, seed=args.seed),
-            checkpoint=work / "baseline-epoch", description="dense baseline")
+        fit(dense, xtr, ytr, baseline_config, checkpoint=baseline.checkpoints / "epoch", description="dense baseline")
         baseline_seconds, baseline_cpu = time.time() - t, time.process_time() - c
-        save_checkpoint(baseline_file, nnx.state(dense), {"run": baseline_run, "seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
-                                                          "load_average": list(os.getloadavg())})
+        baseline.save("model", nnx.state(dense), {"seconds": baseline_seconds, "cpu_seconds": baseline_cpu,
+                                                  "load_average": list(os.getloadavg())})  # fmt: skip
     top1_baseline = evaluate_accuracy(dense, xte, yte).accuracy
 
     t, c = time.time(), time.process_time()

@@ -209,8 +209,9 @@ def _compress_default_stages(r: Results) -> str:
 def _compress_default_output(r: Results) -> str:
     d = r("compress_default.json")
     line = d["runs"]["first"]["last_line"]
-    # The benchmark runs in a temporary folder; a plain run writes to the default --out.
-    line = re.sub(r"report in \S+$", f"report in runs/compress-{d['model']}/", line)
+    # The benchmark runs in a temporary folder; a plain run writes to the default --out,
+    # runs/compress/<model>-<preset> (the default command runs the quick preset).
+    line = re.sub(r"report in \S+$", f"report in runs/compress/{d['model']}-quick/", line)
     first, rerun = d["runs"]["first"], d["runs"]["rerun"]
     return (f"```\n{line}\n```\n\nThe run took {fixed(first['wall_s'] / 60, 1)} minutes on {d['machine']['cpus']} cores; "
             f"rerunning the finished run prints the same summary in {fixed(rerun['wall_s'], 1)} s.")

@@ -151,8 +151,17 @@ def layer_names(layers: list[dict[str, Any]]) -> list[str]:
     return [str(layer.get("name", f"layer{i}")) for i, layer in enumerate(layers)]
 
 
+#: What changed in :mod:`runkit.layer_record` since the records that :func:`load_layers` refuses were written.
+RECORD_VERSION_NOTE = "runkit.layer_record: 'live_out_fraction' is required and 'macs_decomposed' counts coefficient-first"
+
+
 def load_layers(path: str | Path) -> list[dict[str, Any]]:
-    """Read the per-layer list from a JSON report (key ``"layers"``) or a bare JSON list."""
+    """Read the per-layer list from a JSON report (key ``"layers"``) or a bare JSON list.
+
+    Records written before :mod:`runkit.layer_record` required ``live_out_fraction`` (and
+    counted ``macs_decomposed`` basis-first) are refused with a message saying how to
+    regenerate the file: their meaning cannot be recovered exactly from what they hold.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"workload: file not found: {str(path)!r}")
@@ -164,7 +173,16 @@ def load_layers(path: str | Path) -> list[dict[str, Any]]:
         if "layers" not in data:
             raise UsageError(f"workload {str(path)!r}: expected a JSON list of layers or an object with key 'layers', got keys {sorted(data)[:10]}")
         data = data["layers"]
-    return list(data)
+    layers = list(data)
+    old = [i for i, layer in enumerate(layers) if isinstance(layer, dict) and "live_out_fraction" not in layer]
+    if old:
+        name = layers[old[0]].get("name", "?")
+        raise UsageError(
+            f"workload {str(path)!r}: layers[{old[0]}] ({name!r}) and {len(old) - 1} more have no 'live_out_fraction': the file "
+            f"predates the current layer record ({RECORD_VERSION_NOTE}), so its 'macs_decomposed' also means something else. "
+            f"Regenerate it with the command that wrote it (a compress run's report.json: python -m jaxsparse compress ...; "
+            f"benchmarks/results/penni_cifar_*.json: python benchmarks/penni_cifar.py --model <model>)")
+    return layers
 
 
 # A stated density profile for models without a compressed report. Coefficient densities

@@ -39,6 +39,10 @@ DATA_ENV = "JAXSPARSE_CIFAR10"
 #: The official CIFAR-10 python download.
 CIFAR10_PYTHON_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
+#: Help of the ``--data`` option of the commands that read CIFAR-10.
+DATA_HELP = (f"CIFAR-10: an image folder (<root>/<class>/<image> or <root>/<split>/...) or cifar-10-batches-py "
+             f"(default: ${DATA_ENV}, else <shared>/{SHARED_DATA_SUBDIR.as_posix()})")
+
 HOW_TO_GET_CIFAR10 = f"""no CIFAR-10 data found. Either
   * download the python version: curl -O {CIFAR10_PYTHON_URL} && tar xzf cifar-10-python.tar.gz
     and pass --data cifar-10-batches-py (or set {DATA_ENV}=path/to/cifar-10-batches-py), or

@@ -18,6 +18,7 @@ under none, which is refused until the run is started afresh).
 
 Example:
     >>> import tempfile
+    >>> import numpy as np
     >>> folder = tempfile.mkdtemp()
     >>> run = open_run(folder, {"lr": 0.1, "model": {"depth": 20}})
     >>> _ = run.save("epoch", {"w": np.ones(2)}, {"epoch": 1})
@@ -39,8 +40,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np  # noqa: F401  (the doctests' np)
-
 from runkit.checks import MissingFileError, UsageError
 from runkit.io import _to_jsonable, atomic_write_json, load_checkpoint, save_checkpoint
 
@@ -56,6 +55,7 @@ def as_json(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists, arrays lists, paths strings).
 
     Example:
+        >>> import numpy as np
         >>> as_json({"widths": (4, 8), "lr": np.float32(0.5)})
         {'widths': [4, 8], 'lr': 0.5}
     """

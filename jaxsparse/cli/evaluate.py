@@ -23,7 +23,7 @@ from pathlib import Path
 from runkit import UsageError, atomic_write_json, check_positive
 from runkit.cli import add_common_options, check_common_options, default_out
 from runkit.config_cli import ConfigOptions
-from jaxsparse.userfiles import MODEL_NAMES, check_data_folder, check_weights_file, resolve_data, resolve_weights
+from jaxsparse.userfiles import DATA_HELP, MODEL_NAMES, check_data_folder, check_weights_file, resolve_data, resolve_weights
 
 DESCRIPTION = "Top-1 accuracy and images/s of a CIFAR-10 model on an image folder or the CIFAR-10 python download."
 
@@ -54,9 +54,7 @@ OPTIONS = ConfigOptions(EvaluateSettings)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     OPTIONS.add_arguments(parser)
-    add_common_options(parser, out_default="runs/evaluate/<model>; writes result.json there", data_help=(
-        "CIFAR-10: an image folder (<root>/<class>/<image> or <root>/<split>/...) or cifar-10-batches-py "
-        "(default: $JAXSPARSE_CIFAR10, else <shared>/data/cifar10-jpeg)"))
+    add_common_options(parser, out_default="runs/evaluate/<model>; writes result.json there", data_help=DATA_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

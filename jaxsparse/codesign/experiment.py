@@ -54,12 +54,14 @@ from hwmodel.codesign.space import legal_hardware
 from hwmodel.hardware import Hardware, Options, hardware_to_dict, load_hardware
 from hwmodel.workload import workload_from_layers
 from jaxsparse.penni import hwaware
-from runkit import UsageError, atomic_write_json, check_choice, check_positive, find_shared_root, open_run
-from runkit.figures import save_figure, subplots
-from jaxsparse.data import load_split
+from jaxsparse.data import load_split_subset
 from jaxsparse.models import PRETRAINED_NAMES, evaluate_accuracy, load_pretrained
 from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.layers import decompose_model
+from jaxsparse.userfiles import resolve_data
+from runkit import UsageError, atomic_write_json, check_choice, check_positive, open_run
+from runkit.figures import save_figure, subplots
+from runkit.runs import as_json
 
 
 #: Costs the hardware-aware loss and the search can minimise.
@@ -141,19 +143,18 @@ PRESETS = {"full": CodesignConfig(), "quick": quick_config()}
 
 
 class Data:
-    """uint8 training/test images (subsets as configured) and a probe batch for activation densities."""
+    """uint8 training/test images (subsets as configured) and a probe batch for activation densities.
 
-    def __init__(self, config: CodesignConfig, shared_root=None, progress: bool = True):
-        root = find_shared_root(shared_root) / "data" / "cifar10-jpeg"
-        train_x, train_y, _ = load_split(root, "train", progress=progress)
-        test_x, test_y, _ = load_split(root, "test", progress=progress)
-        rng = np.random.default_rng(config.seed)
-        if config.train_subset and config.train_subset < len(train_x):
-            pick = np.sort(rng.choice(len(train_x), config.train_subset, replace=False))
-            train_x, train_y = train_x[pick], train_y[pick]
-        if config.test_subset and config.test_subset < len(test_x):
-            pick = np.sort(np.random.default_rng(config.seed + 1).choice(len(test_x), config.test_subset, replace=False))
-            test_x, test_y = test_x[pick], test_y[pick]
+    Args:
+      config: the subsets (``train_subset``/``test_subset``, 0: all) and the ``seed`` of their choice.
+      path: a CIFAR-10 folder (see :func:`jaxsparse.data.load_split`), e.g. from
+        :func:`jaxsparse.userfiles.resolve_data`.
+    """
+
+    def __init__(self, config: CodesignConfig, path: str | os.PathLike, progress: bool = True):
+        kwargs = dict(seed=config.seed, progress=progress)
+        train_x, train_y = load_split_subset(path, "train", config.train_subset or None, **kwargs)
+        test_x, test_y = load_split_subset(path, "test", config.test_subset or None, **kwargs)
         self.train_x, self.train_y = train_x, np.asarray(train_y, np.int32)
         self.test_x, self.test_y = test_x, np.asarray(test_y, np.int32)
         self.probe = np.asarray(test_x[:64])
@@ -306,7 +307,7 @@ def job_order(config: CodesignConfig) -> list[tuple[str, float]]:
 
 
 def _settings(config: CodesignConfig, hw: Hardware, options: Options) -> dict:
-    return json.loads(json.dumps({"config": dataclasses.asdict(config), "hardware": hardware_to_dict(hw, options)}))
+    return as_json({"config": dataclasses.asdict(config), "hardware": hardware_to_dict(hw, options)})
 
 
 def run_codesign(
@@ -314,6 +315,7 @@ def run_codesign(
     out_dir: str | Path,
     *,
     hardware: str | None = None,
+    data: str | os.PathLike | None = None,
     shared_root=None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -325,6 +327,10 @@ def run_codesign(
     ``"runs"`` (CPU time is the honest budget figure on a shared machine).
 
     Args:
+      data: the CIFAR-10 folder (default: ``$JAXSPARSE_CIFAR10``, else ``<shared>/data/cifar10-jpeg``;
+        :func:`jaxsparse.userfiles.resolve_data`).
+      shared_root: the shared folder holding the data and the pretrained weights (default:
+        :func:`runkit.find_shared_root`).
       report_only: train nothing; summarise and plot the points already finished (a run cut short).
 
     Returns:
@@ -360,7 +366,7 @@ def run_codesign(
         plot_all(state, out, log)
         return state
 
-    data = Data(config, shared_root, progress)
+    data = Data(config, resolve_data(data, shared_root), progress)
     jobs = job_order(config)
     for i, (method, value) in enumerate(jobs):
         key = f"{method}-{value:g}"
@@ -569,7 +575,7 @@ def format_table(state: dict) -> str:
 
 def condensed(state: dict) -> dict:
     """``state`` without the per-point model descriptions (small enough to commit as evidence)."""
-    out = json.loads(json.dumps(state))
+    out = as_json(state)
     for p in list(out["points"].values()) + [v for v in out.get("joint", {}).values() if isinstance(v, dict)]:
         p.pop("description", None)
     return out

@@ -11,11 +11,10 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from flax import nnx
 
-from runkit import check_choice, find_shared_root
+from runkit import check_choice
 from jaxsparse.models.evaluation import EvalResult, evaluate_accuracy, make_predict_fn
 from jaxsparse.models.pytorch_io import (
     load_pytorch_npz,
@@ -26,8 +25,7 @@ from jaxsparse.models.pytorch_io import (
 )
 from jaxsparse.models.resnet import RESNET_DEPTHS, BasicBlock, CifarResNet, option_a_shortcut
 from jaxsparse.models.vgg import VGG16, VGG16_CFG, ConvBN
-from jaxsparse.userfiles import MODEL_NAMES, PRETRAINED_NAMES, PRETRAINED_SUBDIR
-
+from jaxsparse.userfiles import MODEL_NAMES, PRETRAINED_NAMES, PRETRAINED_SUBDIR, resolve_weights
 
 
 def build_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 10) -> nnx.Module:
@@ -42,18 +40,13 @@ def build_model(name: str, *, rngs: nnx.Rngs, num_classes: int = 10) -> nnx.Modu
     return CifarResNet(int(name.removeprefix("resnet")), num_classes, rngs=rngs)
 
 
-def pretrained_path(name: str, shared_root: str | os.PathLike | None = None) -> Path:
-    """``<shared>/models/cifar10-resnet/<name>.npz`` (the shared folder found by ``find_shared_root``)."""
-    check_choice("pretrained model name", name, PRETRAINED_NAMES)
-    return find_shared_root(shared_root) / PRETRAINED_SUBDIR / f"{name}.npz"
-
-
 def load_pretrained(name: str, path: str | os.PathLike | None = None, *, shared_root: str | os.PathLike | None = None) -> nnx.Module:
     """Build ``name`` and load its pretrained CIFAR-10 weights; returned in eval mode.
 
     Args:
       name: ``"resnet20" | "resnet32" | "resnet44" | "resnet56"``.
-      path: a PyTorch-layout ``.npz``; by default the shared copy (see :func:`pretrained_path`).
+      path: a PyTorch-layout ``.npz``; by default the shared copy
+        ``<shared>/models/cifar10-resnet/<name>.npz`` (:func:`jaxsparse.userfiles.resolve_weights`).
       shared_root: the shared folder, when ``path`` is not given (default: ``find_shared_root()``).
 
     Example:
@@ -61,8 +54,7 @@ def load_pretrained(name: str, path: str | os.PathLike | None = None, *, shared_
         >>> model(images).argmax(-1)  # doctest: +SKIP
     """
     check_choice("model name", name, MODEL_NAMES)
-    if path is None:
-        path = pretrained_path(name, shared_root)
+    path = resolve_weights(name, path, shared_root)
     model = build_model(name, rngs=nnx.Rngs(0))
     load_pytorch_npz(model, path)
     model.eval()
@@ -87,7 +79,6 @@ __all__ = [
     "load_pytorch_state_dict",
     "make_predict_fn",
     "option_a_shortcut",
-    "pretrained_path",
     "pytorch_parameter_map",
     "save_pytorch_npz",
     "to_pytorch_state_dict",

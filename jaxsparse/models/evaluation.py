@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from runkit.progress import progress_bar
 
 from runkit import UsageError, check_positive
+from runkit.progress import progress_bar
 from jaxsparse.data.transforms import CIFAR_MEAN, CIFAR_STD, normalize
 
 

@@ -13,7 +13,9 @@ where ``cost`` is *any* differentiable ``cost_fn(coef_density: float32[L]) -> sc
 the layers of :func:`~jaxsparse.penni.count.describe_layers` (for instance the modelled
 latency of an accelerator, see ``hwmodel.codesign.costfn``; nothing here knows about
 hardware), normalised by its value at the starting densities ``rho_0`` so that ``lambda``
-is scale-free.
+is scale-free. The loss is the one training loop's
+(:func:`jaxsparse.penni.train.training_loss`) with :func:`hwaware_objective`: its gate masks the
+coefficients, its term is :func:`cost_term`.
 
 Differentiable relaxation. With ``z = (|c| - s * std(c)) / (T * std(c))`` a coefficient is
 kept with probability ``p = sigmoid(z)``; the layer's *expected density* (Sparseloop-style
@@ -57,7 +59,7 @@ from flax import nnx
 
 from runkit import UsageError, check_choice, check_positive
 from jaxsparse.penni.count import describe_layers
-from jaxsparse.penni.layers import DecomposedConv, iter_layers
+from jaxsparse.penni.layers import DecomposedConv, iter_layers, path_name
 from jaxsparse.penni.prune import channel_mask, channel_norms, penni_mask
 from jaxsparse.penni.train import Objective, TrainConfig, fit_objective
 
@@ -196,21 +198,10 @@ def gated_coefficients(
 # ----------------------------------------------------------------------------- model plumbing
 
 
-def _key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _coefficient_layer(path) -> str | None:
     """Dotted layer path of a ``coefficients`` leaf (``"layer1.0.conv1"``), else None."""
-    names = [_key_name(p) for p in path]
-    if names and names[-1] == "value":
-        names = names[:-1]
-    if not names or names[-1] != "coefficients":
-        return None
-    return ".".join(names[:-1])
+    layer, _, leaf = path_name(path).rpartition(".")
+    return layer if leaf == "coefficients" else None
 
 
 def decomposed_paths(model: nnx.Module) -> list[str]:
@@ -310,7 +301,10 @@ def relaxed_cost(cost_fn: Callable[..., jax.Array], params: Any, raw: dict[str, 
 
 def cost_term(cost_fn: Callable[..., jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float) -> Callable:
     """``(params, raw, channel_raw) -> (lambda * cost / reference, cost / reference, densities)``: the loss term
-    hardware-aware training adds (:func:`relaxed_cost` normalised by its value at the start)."""
+    hardware-aware training adds (:func:`relaxed_cost` normalised by its value at the start).
+
+    It is the term of :func:`hwaware_objective`; the training loop adds it to the task loss of
+    the gated model (:func:`jaxsparse.penni.train.training_loss`)."""
 
     def term(params, raw, channel_raw=None):
         densities, cost = relaxed_cost(cost_fn, params, raw, channel_raw, layout, config)
@@ -318,27 +312,6 @@ def cost_term(cost_fn: Callable[..., jax.Array], layout: DensityLayout, config: 
         return config.cost_weight * cost, cost, densities
 
     return term
-
-
-def hardware_aware_loss(
-    cost_fn: Callable[[jax.Array], jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float
-) -> Callable:
-    """``(params, raw, logits_fn, labels[, channel_raw]) -> (loss, (ce, cost, densities, extra, logits))`` for one batch.
-
-    ``logits_fn(gated_params)`` runs the model; the loss is ``ce + lambda * cost / reference``
-    (:func:`cost_term`). With ``channel_raw`` (channel thresholds) the cost is
-    ``cost_fn(densities, live_fractions)``.
-    """
-    term = cost_term(cost_fn, layout, config, reference)
-
-    def loss(params, raw, logits_fn, labels, channel_raw=None):
-        logits, extra = logits_fn(gate_params(params, raw, config.temperature, config.gate, channel_raw, config.channel_temperature))
-        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-        ce = jnp.mean(optax.softmax_cross_entropy(logits, onehot))
-        weighted, cost, densities = term(params, raw, channel_raw)
-        return ce + weighted, (ce, cost, densities, extra, logits)
-
-    return loss
 
 
 def hwaware_objective(cost_fn: Callable[..., jax.Array], layout: DensityLayout, config: HwAwareConfig, reference: float,

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from runkit.progress import progress_bar
 
 from runkit import MissingFileError, RunFolder, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, open_run, read_settings
 from runkit.figures import save_figure, subplots
+from runkit.progress import progress_bar
 from jaxsparse.data import normalize
 from jaxsparse.models import MODEL_NAMES, build_model, evaluate_accuracy, load_pytorch_npz
 from jaxsparse.penni.count import describe_layers, summarize
@@ -448,12 +448,18 @@ def _restore(stage: str, config: CompressConfig, weights: str | None, run: RunFo
     return model
 
 
-def _settings(config: CompressConfig, weights: str | None, data: Dataset, teacher_name: str) -> dict:
-    settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data.name,
-                "train": int(len(data.train_images)), "test": int(len(data.test_images))}
+def _settings(config: CompressConfig, weights: str | None, data_name: str, train: int, test: int, teacher_name: str) -> dict:
+    settings = {"config": dataclasses.asdict(config), "weights": str(weights) if weights else None, "data": data_name,
+                "train": int(train), "test": int(test)}
     if config.distill > 0:
         settings["teacher"] = teacher_name
     return settings
+
+
+def _open(out_dir: str | Path, config: CompressConfig, settings: dict) -> RunFolder:
+    """The run folder of :func:`compress` (refused, naming the settings, when it was written with others)."""
+    return open_run(out_dir, settings, option="out", hint="use another output folder or delete it to start over",
+                    defaults={"config": dataclasses.asdict(CompressConfig(model=config.model))})  # fmt: skip
 
 
 def compress(
@@ -491,9 +497,7 @@ def compress(
     Example:
         >>> report = compress(CompressConfig(model="digits-cnn", retrain_epochs=2), data, "runs/demo")  # doctest: +SKIP
     """
-    settings = _settings(config, weights, data, teacher_name)
-    run = open_run(out_dir, settings, option="out", hint="use another output folder or delete it to start over",
-                   defaults={"config": dataclasses.asdict(CompressConfig(model=config.model))})  # fmt: skip
+    run = _open(out_dir, config, _settings(config, weights, data.name, len(data.train_images), len(data.test_images), teacher_name))
     out = run.path
     done = next((name for name in reversed(STAGES) if run.has(name)), None)
     meta = run.load(done)[1] if done is not None else {}
@@ -533,8 +537,8 @@ def compress(
     by_stage = {r["stage"]: r for r in results}
     report = {
         "config": dataclasses.asdict(config),
-        "weights": settings["weights"],
-        "data": {"name": data.name, "train": settings["train"], "test": settings["test"]},
+        "weights": run.settings["weights"],
+        "data": {"name": data.name, "train": run.settings["train"], "test": run.settings["test"]},
         "device": jax.devices()[0].device_kind,
         "stages": results,
         "summary": {
@@ -557,15 +561,18 @@ def compress(
     return report
 
 
-
-
 def finished_report(out_dir: str | Path, config: CompressConfig, *, weights: str | None, data_name: str,
-                    train: int | None, test: int | None) -> dict | None:
+                    train: int | None, test: int | None, teacher_name: str = "dense") -> dict | None:
     """The report of a finished :func:`compress` run in ``out_dir`` with these settings, or ``None``.
 
     Lets a rerun of a finished run answer without loading its data. ``train`` and
     ``test`` are the image counts the run must have used (``None``: unknown, so no
     answer: the caller runs :func:`compress`, which resumes and finds the run done).
+    The settings are checked against the run folder's record (``settings.json``,
+    :func:`runkit.open_run`), as :func:`compress` checks them.
+
+    Raises:
+      UsageError: the finished run was started with other settings (naming them).
 
     Example:
         >>> finished_report("runs/none", CompressConfig(), weights=None, data_name="x", train=1, test=1) is None
@@ -574,16 +581,11 @@ def finished_report(out_dir: str | Path, config: CompressConfig, *, weights: str
     out = Path(out_dir)
     if train is None or test is None or not (out / "report.json").is_file() or not (out / "checkpoints" / "count.npz").is_file():
         return None
+    _open(out, config, _settings(config, weights, data_name, train, test, teacher_name))
     try:
-        report = json.loads((out / "report.json").read_text())
+        return json.loads((out / "report.json").read_text())
     except (OSError, ValueError):
         return None
-    same = (
-        report.get("config") == json.loads(json.dumps(dataclasses.asdict(config)))
-        and report.get("weights") == weights
-        and report.get("data") == {"name": data_name, "train": train, "test": test}
-    )
-    return report if same else None
 
 
 def load_compressed(report_dir: str | Path, weights: str | None = None, *, shrunk: bool = True) -> nnx.Module:

@@ -31,7 +31,6 @@ Two operations use the plan:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

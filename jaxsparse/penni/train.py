@@ -23,7 +23,7 @@ augmented batch, which lets a compressed model recover from few training images.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 import os
 import sys
 from functools import partial
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from runkit.progress import progress_bar
 
 from runkit import UsageError, check_choice, check_positive, open_run
+from runkit.progress import progress_bar
 from jaxsparse.data import augment, batches, normalize
 from jaxsparse.penni.layers import path_name
 from jaxsparse.penni.prune import masked
@@ -284,6 +284,52 @@ def fit(model: nnx.Module, images: np.ndarray, labels: np.ndarray, config: Train
     return fit_objective(model, images, labels, config, None, **options)[0]
 
 
+def training_loss(graphdef: nnx.GraphDef, rest: Any, config: TrainConfig, objective: Objective | None) -> Callable:
+    """The loss one step of :func:`fit_objective` differentiates (with respect to ``params`` and ``extra``).
+
+    .. math::
+        L = (1 - \\alpha)\\,CE(f(g(p, e); x), y) + \\alpha\\,KD + l_1 \\sum |c| + term(p, e)
+
+    where ``g``/``term`` are the objective's gate and loss term (identity and 0 without one),
+    ``alpha = config.distill`` and the L1 sum runs over the coefficients (:func:`coefficient_l1`).
+
+    Args:
+      graphdef, rest: the model's graph and its non-``Param``/``BatchStat`` state
+        (``nnx.split(model, nnx.Param, nnx.BatchStat, ...)``).
+      config: the phase's :class:`TrainConfig` (``distill``, ``distill_temperature``, ``l1``).
+      objective: the method's :class:`Objective` (None: plain training).
+
+    Returns:
+      ``loss(params, extra, stats, x, y, teacher_logits=None) -> (total, (new_stats, metrics))`` on a
+      normalised batch ``x``; ``metrics`` holds ``train_top1`` and, with an objective,
+      ``task_loss`` and the term's metrics.
+
+    Example:
+        >>> graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)  # doctest: +SKIP
+        >>> loss = training_loss(graphdef, rest, TrainConfig(epochs=1), None)  # doctest: +SKIP
+        >>> total, (stats, metrics) = loss(params, (), stats, x, y)  # doctest: +SKIP
+    """
+
+    def loss_fn(p, e, stats, x, y, teacher_logits=None):
+        seen = objective.gate(p, e) if objective is not None and objective.gate is not None else p
+        logits, new_stats = _forward(graphdef, seen, stats, rest, x)
+        labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+        loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
+        if config.distill > 0:
+            kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
+            loss = (1.0 - config.distill) * loss + config.distill * kd
+        metrics = {}
+        total = loss + (config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32))
+        if objective is not None:
+            term, extra_metrics = objective.term(p, e)
+            total = total + term
+            metrics = {"task_loss": loss, **extra_metrics}
+        metrics["train_top1"] = jnp.mean(jnp.argmax(logits, -1) == y)
+        return total, (new_stats, metrics)
+
+    return loss_fn
+
+
 def fit_objective(
     model: nnx.Module,
     images: np.ndarray,
@@ -345,30 +391,14 @@ def fit_objective(
                 "train", like=(params, stats, opt_state, extra, extra_state))
             start, history, partial_sums = int(meta["step"]), list(meta["history"]), dict(meta["partial"])
 
+    loss_fn = training_loss(graphdef, rest, config, objective)
+
     @partial(jax.jit, donate_argnums=(0, 1, 2, 3, 4))
     def step(params, stats, opt_state, extra, extra_state, x, y, key, teacher_state):
         x = _prepare(x, key, config.augment_pad)
         teacher_logits = nnx.merge(teacher_graphdef, teacher_state)(x) if config.distill > 0 else None
-
-        def loss_fn(p, e, stats):
-            seen = objective.gate(p, e) if objective is not None and objective.gate is not None else p
-            logits, new_stats = _forward(graphdef, seen, stats, rest, x)
-            labels_1hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
-            loss = jnp.mean(optax.softmax_cross_entropy(logits, labels_1hot))
-            if config.distill > 0:
-                kd = distillation_loss(logits, teacher_logits, config.distill_temperature)
-                loss = (1.0 - config.distill) * loss + config.distill * kd
-            metrics = {}
-            total = loss + (config.l1 * coefficient_l1(p) if config.l1 > 0 else jnp.zeros((), jnp.float32))
-            if objective is not None:
-                term, extra_metrics = objective.term(p, e)
-                total = total + term
-                metrics = {"task_loss": loss, **extra_metrics}
-            metrics["train_top1"] = jnp.mean(jnp.argmax(logits, -1) == y)
-            return total, (new_stats, metrics)
-
         (loss, (new_stats, metrics)), (g_params, g_extra) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            params, extra, stats)
+            params, extra, stats, x, y, teacher_logits)
         updates, opt_state = tx.update(g_params, opt_state, params)
         extra_updates, extra_state = extra_tx.update(g_extra, extra_state, extra)
         params, extra = optax.apply_updates(params, updates), optax.apply_updates(extra, extra_updates)
@@ -388,24 +418,18 @@ def fit_objective(
         first = start - epoch * steps_per_epoch if start > epoch * steps_per_epoch else 0
         last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         pending: list[dict] = []
-        bar = progress_bar(
-            batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch),
-            total=last,
-            initial=first,
-            desc=f"{description} {epoch + 1}/{epochs}",
-            disable=not progress,
-            leave=False,
-            file=sys.stderr,
-        )
-        for index, (x, y) in enumerate(bar):
+        # The bar counts the epoch's steps: it starts at those a resumed run skips, and only steps run advance it.
+        bar = progress_bar(total=last, initial=first, desc=f"{description} {epoch + 1}/{epochs}", disable=not progress,
+                           leave=False, file=sys.stderr)  # fmt: skip
+        epoch_batches = batches(images, labels, config.batch_size, seed=config.seed, drop_last=True, epochs=1, start_epoch=epoch)
+        for index, (x, y) in enumerate(itertools.islice(epoch_batches, last)):
             if index < first:
                 continue
-            if index >= last:
-                break
             key = jax.random.fold_in(jax.random.fold_in(base_key, epoch), index)
             params, stats, opt_state, extra, extra_state, metrics = step(
                 params, stats, opt_state, extra, extra_state, jnp.asarray(x), jnp.asarray(y, jnp.int32), key, teacher_state)
             pending.append(metrics)
+            bar.update(1)
             if index % 10 == 0:
                 bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
             done = epoch * steps_per_epoch + index + 1
@@ -431,19 +455,3 @@ def _forward(graphdef, params, stats, rest, x):
     model = nnx.merge(graphdef, params, stats, rest)
     logits = model(x)
     return logits, nnx.state(model, nnx.BatchStat)
-
-
-@functools.lru_cache(maxsize=16)
-def _eval_forward(graphdef: nnx.GraphDef):
-    """The jitted eval-mode forward of one model structure (cached: a model evaluated again, or another
-    model of the same structure, reuses the compiled function)."""
-    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(normalize(x)))
-
-
-def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
-    """Logits of ``model`` (eval mode) for uint8 NHWC ``images``, batched and jitted."""
-    model.eval()
-    graphdef, state = nnx.split(model)
-    forward = _eval_forward(graphdef)
-    outputs = [np.asarray(forward(state, jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)

@@ -114,6 +114,13 @@ def test_report_command_errors_are_clean(tmp_path, capsys):
     assert hwmodel_main(["report", "--workload", "alexnet"]) == 1
     assert "--workload: expected a model name" in capsys.readouterr().err
     assert set(MODELS) >= {"resnet20", "resnet56", "vgg16"}
+    # a report written before the record required live_out_fraction is refused, saying how to regenerate it
+    older = [{k: v for k, v in layer.items() if k != "live_out_fraction"} for layer in model_layers("resnet20")]
+    (tmp_path / "old.json").write_text(json.dumps({"layers": older}))
+    assert hwmodel_main(["report", "--workload", str(tmp_path / "old.json"), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "predates the current layer record" in err and "Regenerate it" in err and "layers[0]" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_compression_pipeline_layer_records_are_accepted_as_they_are():

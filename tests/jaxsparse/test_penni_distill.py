@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from jaxsparse.penni.digits import DigitsCNN, load_digits_rgb
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress
-from jaxsparse.penni.train import TrainConfig, distillation_loss, fit, predict
+from jaxsparse.models import evaluate_accuracy, make_predict_fn
+from jaxsparse.penni.train import TrainConfig, distillation_loss, fit
 
 
 def _reference(student, teacher, temperature):
@@ -68,14 +69,16 @@ def test_student_learns_the_teacher_from_the_distillation_term_alone():
     teacher = DigitsCNN(widths=(8, 8, 8), rngs=nnx.Rngs(1))
     fit(teacher, xtr, ytr, TrainConfig(epochs=3, batch_size=64, learning_rate=0.05, alternate_every=0, augment_pad=0),
         progress=False)
-    teacher_labels = np.argmax(predict(teacher, xte), -1)
+    teacher.eval()
+    predict, state = make_predict_fn(teacher)
+    teacher_labels = np.asarray(predict(state, xte))
     majority = np.bincount(teacher_labels).max() / len(teacher_labels)  # what one constant answer agrees on
     student = DigitsCNN(widths=(8, 8, 8), rngs=nnx.Rngs(2))
     wrong = np.zeros(len(xtr), np.int32)  # labels the distillation-only loss must ignore
     config = TrainConfig(epochs=4, batch_size=64, learning_rate=0.05, alternate_every=0, augment_pad=0,
                          distill=1.0, distill_temperature=1.0)
     fit(student, xtr, wrong, config, teacher=teacher, progress=False)
-    after = np.mean(np.argmax(predict(student, xte), -1) == teacher_labels)
+    after = evaluate_accuracy(student, xte, teacher_labels).accuracy
     assert after > majority + 0.4, (majority, after)
 
 

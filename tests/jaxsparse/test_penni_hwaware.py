@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from jaxsparse.penni.count import describe_layers
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers
 from jaxsparse.penni.prune import penni_mask
+from jaxsparse.penni.train import TrainConfig, training_loss
 
 
 def _model(seed: int = 0):
@@ -58,16 +60,15 @@ def test_hardware_cost_is_differentiable_end_to_end_from_model_parameters():
     cost_fn = make_cost_fn(records, hw, options, metric="edp")
     raw = hwaware.initial_raw_thresholds(model, 1.0)
     layout = hwaware.density_layout(records, list(raw))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     config = hwaware.HwAwareConfig(cost_weight=1.0)
     reference = float(cost_fn(hwaware.layer_densities(params, raw, layout, config.temperature)))
-    loss = hwaware.hardware_aware_loss(cost_fn, layout, config, reference)
+    # The loss the training loop runs: the task loss of the gated model plus the objective's term.
+    loss = training_loss(graphdef, rest, TrainConfig(epochs=1), hwaware.hwaware_objective(cost_fn, layout, config, reference, (raw, {})))
     x, y = _data(4)
+    x = jnp.asarray(x, jnp.float32) / 255.0
 
-    def logits_fn(gated):
-        return nnx.merge(graphdef, gated, rest)(jnp.asarray(x, jnp.float32) / 255.0), None
-
-    g_params, g_raw = jax.grad(lambda p, r: loss(p, r, logits_fn, jnp.asarray(y))[0], argnums=(0, 1))(params, raw)
+    g_params, (g_raw, _) = jax.grad(lambda p, e: loss(p, e, stats, x, jnp.asarray(y))[0], argnums=(0, 1))(params, (raw, {}))
     for path, g in g_raw.items():
         assert np.isfinite(float(g)) and float(g) != 0.0, path
     leaves = jax.tree.leaves(g_params)
@@ -169,17 +170,16 @@ def test_channel_gated_cost_is_differentiable_and_the_relaxation_counts_what_the
     raw = hwaware.initial_raw_thresholds(model, 1.0)
     channel_raw = hwaware.initial_raw_thresholds(model, 0.8)
     layout = hwaware.density_layout(records, list(raw))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     live = hwaware.layer_live_fractions(params, channel_raw, layout, config.channel_temperature)
     dens = hwaware.layer_densities(params, raw, layout, config.temperature, channel_raw, config.channel_temperature)
     reference = float(cost_fn(dens, live))
-    loss = hwaware.hardware_aware_loss(cost_fn, layout, config, reference)
+    objective = hwaware.hwaware_objective(cost_fn, layout, config, reference, (raw, channel_raw))
+    loss = training_loss(graphdef, rest, TrainConfig(epochs=1), objective)  # the loss the training loop runs
     x, y = _data(4)
+    x = jnp.asarray(x, jnp.float32) / 255.0
 
-    def logits_fn(gated):
-        return nnx.merge(graphdef, gated, rest)(jnp.asarray(x, jnp.float32) / 255.0), None
-
-    g_raw, g_channel = jax.grad(lambda r, q: loss(params, r, logits_fn, jnp.asarray(y), q)[0], argnums=(0, 1))(raw, channel_raw)
+    g_raw, g_channel = jax.grad(lambda e: loss(params, e, stats, x, jnp.asarray(y))[0])((raw, channel_raw))
     for path in raw:
         assert np.isfinite(float(g_raw[path])) and np.isfinite(float(g_channel[path])) and float(g_channel[path]) != 0.0, path
 
@@ -214,7 +214,7 @@ def test_channel_thresholds_follow_a_cost_of_live_channels():
     assert first.live_fractions["classifier"] == 1.0
 
 
-def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refused(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refused(tmp_path, monkeypatch, capsys):
     from jaxsparse.penni import train
 
     x, y = _data(64)  # 4 steps per epoch
@@ -239,8 +239,17 @@ def test_interrupted_run_resumes_mid_epoch_exactly_and_other_settings_are_refuse
     with pytest.raises(KeyboardInterrupt):
         hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
     monkeypatch.undo()
-    resumed = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=False)
+    capsys.readouterr()
+    resumed = hwaware.hwaware_fit(_model(), x, y, cost_fn, config, records=records, checkpoint=tmp_path / "run", progress=True)
     assert resumed.thresholds == straight.thresholds and resumed.history == straight.history
+    # Progress (plain lines, stderr is not a terminal): resumed at step 3 of epoch 1 (4 steps), then epoch 2's 2 steps;
+    # each bar ends at its total, never above it.
+    counts = {}
+    for line in capsys.readouterr().err.splitlines():
+        if match := re.fullmatch(r"hw-aware (\d)/2: (\d+)/(\d+) \((\d+)%\).*", line):
+            counts.setdefault(match[1], []).append((int(match[2]), int(match[3])))
+    assert {epoch: rows[-1] for epoch, rows in counts.items()} == {"1": (4, 4), "2": (2, 2)}
+    assert all(n <= total for rows in counts.values() for n, total in rows)
 
     with pytest.raises(ValueError, match=r"checkpoint: run folder .* other settings: objective\.hwaware\.cost_weight: "
                                          r"expected 2\.0, got 3\.0"):

@@ -84,7 +84,7 @@ def test_load_compressed_rebuilds_the_model_the_run_ended_with(tmp_path):
     from jaxsparse.models import evaluate_accuracy
     from jaxsparse.penni.count import describe_layers, summarize
     from jaxsparse.penni.digits import load_digits_rgb
-    from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, load_compressed
+    from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, finished_report, load_compressed
 
     xtr, ytr, xte, yte = load_digits_rgb()
     data = Dataset(xtr[:256], ytr[:256], xte[:200], yte[:200], "digits")
@@ -101,3 +101,10 @@ def test_load_compressed_rebuilds_the_model_the_run_ended_with(tmp_path):
         return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
     assert size(shrunk) < size(unshrunk)
+
+    # a rerun of the finished run is answered from its run folder's record; other settings are refused, named
+    counts = dict(weights=None, data_name="digits", train=256, test=200)
+    assert finished_report(tmp_path / "run", config, **counts)["summary"] == report["summary"]
+    assert finished_report(tmp_path / "run", config, **{**counts, "train": None}) is None  # counts unknown: no answer
+    with pytest.raises(ValueError, match=r"^out: run folder .* other settings: test: expected 200, got 100; "):
+        finished_report(tmp_path / "run", config, **{**counts, "test": 100})
