@@ -7,7 +7,6 @@ with the code's own output.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from flax import nnx
 from runkit import read_settings
 from ndp.checkpoint import TrainCheckpoints, plan_from_dict, repack, repack_copies
 from ndp.configs import DLRMConfig
-from ndp.embedding import pack_tables, plan_sharding, put_slab, unpack_tables
+from ndp.embedding import pack_tables, plan_sharding, unpack_tables
 from ndp.model import DLRMHead
 from ndp.train import (
     Batch,
