@@ -49,12 +49,12 @@ from flax import nnx
 from jaxsparse.data import load_split_subset
 from jaxsparse.models import evaluate_accuracy
 from jaxsparse.penni.pipeline import CompressConfig, Dataset, compress, initial_model
-from jaxsparse.penni.presets import PRESETS
+from jaxsparse.compress_settings import PRESETS
 from jaxsparse.penni.train import TrainConfig, fit
 from jaxsparse.userfiles import resolve_data, resolve_weights
 from runkit import atomic_write_json, open_run
 
-#: --schedule -> the compression preset it runs (jaxsparse.penni.presets.PRESETS).
+#: --schedule -> the compression preset it runs (jaxsparse.compress_settings.PRESETS).
 SCHEDULES = {"cpu": "cifar-cpu", "full": "full"}
 #: The settings a flag of this script can override (the job's subsets, the rest its CompressConfig's fields).
 PLAN_KEYS = ("train_subset", "test_subset", "retrain_epochs", "finetune_epochs", "alternate_every", "gradual_prune", "channel_sparsity",

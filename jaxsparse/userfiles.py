@@ -91,8 +91,12 @@ def resnet_blocks_per_stage(keys: Iterable[str]) -> int | None:
     return max(indices) + 1 if indices else None
 
 
-def weights_file_keys(path: str | os.PathLike) -> list[str]:
+def weights_file_keys(path: str | os.PathLike, option: str = "--weights") -> list[str]:
     """The array names in a ``.npz`` file, read from its zip directory (no array is loaded).
+
+    Args:
+      path: the file.
+      option: what the messages call the file (the option that named it).
 
     Raises:
       MissingFileError: no such file.
@@ -100,35 +104,40 @@ def weights_file_keys(path: str | os.PathLike) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"weights: no such file {str(path)!r}")
+        raise MissingFileError(f"{option}: no such file {str(path)!r}")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (OSError, zipfile.BadZipFile) as error:
-        raise UsageError(f"weights: {str(path)!r} is not a readable .npz file ({error})") from error
+        raise UsageError(f"{option}: {str(path)!r} is not a readable .npz file ({error})") from error
     if not names or not all(n.endswith(".npy") for n in names):
-        raise UsageError(f"weights: {str(path)!r} is not a .npz file of arrays (found entries {names[:5]})")
+        raise UsageError(f"{option}: {str(path)!r} is not a .npz file of arrays (found entries {names[:5]})")
     return [n.removesuffix(".npy") for n in names]
 
 
-def check_weights_file(path: str | os.PathLike, model: str) -> Path:
+def check_weights_file(path: str | os.PathLike, model: str, option: str = "--weights") -> Path:
     """Check, without loading arrays, that ``path`` is a ``.npz`` of weights that fits ``model``.
 
     Catches an unreadable file and a ResNet of another depth; shapes are checked when the
     weights are loaded (:func:`jaxsparse.models.load_pytorch_npz`).
 
+    Args:
+      path: the file.
+      model: the model name it must fit.
+      option: what the messages call the file (the option that named it).
+
     Returns:
       ``path`` as a ``Path``.
     """
-    keys = weights_file_keys(path)
+    keys = weights_file_keys(path, option)
     if model.startswith("resnet"):
         depth = int(model.removeprefix("resnet"))
         found, wanted = resnet_blocks_per_stage(keys), (depth - 2) // 6
         if found is None:
-            raise UsageError(f"weights {str(path)!r}: expected a CIFAR ResNet state dict (layer1.* entries), got entries {keys[:5]}")
+            raise UsageError(f"{option} {str(path)!r}: expected a CIFAR ResNet state dict (layer1.* entries), got entries {keys[:5]}")
         if found != wanted:
             raise UsageError(
-                f"weights {str(path)!r}: they hold a ResNet-{6 * found + 2} ({found} blocks per stage) but the model is "
+                f"{option} {str(path)!r}: they hold a ResNet-{6 * found + 2} ({found} blocks per stage) but the model is "
                 f"ResNet-{depth} ({wanted} blocks per stage); pick the matching --model/--weights"
             )
     return Path(path)

@@ -8,17 +8,31 @@ The tests compile with XLA:CPU's LLVM back-end optimizations off (``XLA_FLAGS``,
 environment already sets an optimization level). What a test checks is what a program computes
 and the HLO XLA builds for it (its own passes still run), not how fast the machine code is;
 compiling takes about a third of the time. Subprocesses the tests start inherit the setting.
+
+The session also keeps JAX's persistent compilation cache in a fresh temporary folder (unless
+``JAX_COMPILATION_CACHE_DIR`` is set): a program that another test, or another process of the
+session (a CLI run, a distributed worker, a resumed run), already compiled is loaded instead of
+compiled again. Each session starts with an empty cache, so nothing carries over between runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from tests.child_env import FAST_COMPILE_FLAGS
 
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_FLAGS]))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # set before xdist starts its workers: they share it
+    _cache = tempfile.mkdtemp(prefix="jaxsparse-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import pytest

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         check_file("--hardware", args.hardware, (".json", ".toml"))
     # The user's files are checked before JAX starts: a wrong path is reported at once.
     data_path = check_data_folder(resolve_data(args.data, args.shared))
-    check_weights_file(resolve_weights(config.model, None, args.shared), config.model)
+    check_weights_file(resolve_weights(config.model, None, args.shared), config.model, option="pretrained weights")
     from jaxsparse.codesign.experiment import condensed, format_table, run_codesign
 
     preset = options().preset_name(args)

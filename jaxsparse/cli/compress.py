@@ -1,8 +1,8 @@
 """``python -m jaxsparse compress``: the whole PENNI pipeline, resumable, with a JSON report and a PNG figure.
 
-Every field of :class:`~jaxsparse.penni.presets.CompressRun` (the pipeline's
-:class:`~jaxsparse.penni.pipeline.CompressConfig` and the image subsets) is an option;
-``--preset quick|digits|full`` picks one of :data:`~jaxsparse.penni.presets.PRESETS` (default:
+Every field of :class:`~jaxsparse.compress_settings.CompressRun` (the pipeline's
+:class:`~jaxsparse.compress_settings.CompressConfig` and the image subsets) is an option;
+``--preset quick|digits|full`` picks one of :data:`~jaxsparse.compress_settings.PRESETS` (default:
 ``quick``, or ``digits`` with ``--model digits-cnn``) and the options given override it.
 
 Examples::
@@ -33,6 +33,7 @@ from pathlib import Path
 from runkit import UsageError
 from runkit.cli import add_common_options, check_common_options, default_out
 from runkit.config_cli import ConfigOptions
+from jaxsparse.compress_settings import PIPELINE_MODELS, PRESETS, CompressRun
 from jaxsparse.userfiles import PRETRAINED_NAMES, check_data_folder, check_weights_file, resolve_data, resolve_weights
 
 DESCRIPTION = "Compress a CNN with PENNI (decompose, retrain, prune, fine-tune, shrink, quantize, count); resumable."
@@ -44,10 +45,7 @@ def _default_preset(args: argparse.Namespace) -> str:
 
 
 def options() -> ConfigOptions:
-    """The generated options of :class:`~jaxsparse.penni.presets.CompressRun` with its presets."""
-    from jaxsparse.penni.pipeline import PIPELINE_MODELS
-    from jaxsparse.penni.presets import PRESETS, CompressRun
-
+    """The generated options of :class:`~jaxsparse.compress_settings.CompressRun` with its presets."""
     return ConfigOptions(CompressRun, PRESETS, default_preset=_default_preset, choices={"model": PIPELINE_MODELS})
 
 

@@ -45,11 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import MissingFileError, RunFolder, UsageError, atomic_write_bytes, atomic_write_json, check_choice, check_positive, open_run, read_settings
+from runkit import MissingFileError, RunFolder, UsageError, atomic_write_bytes, atomic_write_json, open_run, read_settings
 from runkit.figures import save_figure, subplots
 from runkit.progress import progress_bar
 from jaxsparse.data import normalize
-from jaxsparse.models import MODEL_NAMES, build_model, evaluate_accuracy, load_pytorch_npz
+from jaxsparse.models import build_model, evaluate_accuracy, load_pytorch_npz
+from jaxsparse.compress_settings import CompressConfig
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.penni.digits import DigitsCNN
 from jaxsparse.penni.layers import DecomposedConv, decompose_model, iter_layers, path_name, set_quantization
@@ -57,100 +58,6 @@ from jaxsparse.penni.prune import apply_masks, channel_norm_mask, penni_mask, po
 from jaxsparse.penni.quantize import quantize
 from jaxsparse.penni.shrink import apply_channel_masks, free_channel_layers, param_masks_like, param_module_path, shrink
 from jaxsparse.penni.train import TrainConfig, fit
-
-#: Models :func:`compress` accepts: the package's CIFAR models and the small digits CNN.
-PIPELINE_MODELS = MODEL_NAMES + ("digits-cnn",)
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressConfig:
-    """Settings of one compression run (the published CIFAR recipe where it has one).
-
-    Attributes:
-      model: one of :data:`PIPELINE_MODELS`.
-      num_basis: ``d`` basis kernels per 3x3 layer (5 in the paper).
-      centered: PCA (True) instead of SVD (False) directions for the basis.
-      l1: weight of the L1 penalty on the coefficients while retraining.
-      retrain_epochs, finetune_epochs: epochs of the two training stages (100 and 30 in the paper).
-      pretrain_epochs: epochs to train the dense model first (for models without weights; 0: none).
-      alternate_every: epochs per phase of basis/coefficient alternation (0: joint training).
-      prune_std: ``s`` of the pruning rule ``|c| < s * std(c)``.
-      gradual_prune: 0 (the paper): prune once, after retraining. ``f > 0``: apply the rule
-        while retraining, its threshold rising from 0 to ``prune_std`` along the cubic ramp
-        ``s_t = s (1 - (1 - t / T)^3)`` over the first ``T = f * steps`` retraining steps,
-        masks held in the optimizer state (they only shrink); the network adapts to the
-        pruning as it happens instead of losing most coefficients at once. The prune stage
-        then applies the final rule (it removes little more).
-      channel_sparsity: 0 (the paper): no channel rule. ``r > 0``: also remove the fraction
-        ``r`` of output channels of every layer whose channels can die alone (a ResNet
-        block's first conv, every VGG conv; :func:`~jaxsparse.penni.shrink.free_channel_layers`),
-        those whose coefficients have the smallest L2 norm, so that ``shrink`` slices them
-        away (ramped with ``gradual_prune`` when that is on).
-      coef_bits, basis_bits: quantization bit widths (0: keep float32).
-      per_channel: per-output-channel coefficient scales.
-      qat: fine-tune with fake-quantization (quantization-aware) instead of quantizing after.
-      batch_size, learning_rate, finetune_learning_rate, weight_decay, momentum: the SGD recipe.
-      augment_pad: random-crop padding (4 for CIFAR, 1 for 8x8 digits, 0: none).
-      distill: 0 (the paper): cross-entropy only. ``a > 0``: retraining and fine-tuning also
-        match a teacher's softened logits with weight ``a``
-        (:func:`~jaxsparse.penni.train.distillation_loss`); the teacher is the dense
-        model the run starts from unless :func:`compress` is given another.
-      distill_temperature: softmax temperature of the distillation term.
-      seed: data order, augmentation and initialisation.
-    """
-
-    model: str = "resnet20"
-    num_basis: int = 5
-    centered: bool = False
-    l1: float = 1e-4
-    retrain_epochs: int = 100
-    finetune_epochs: int = 30
-    pretrain_epochs: int = 0
-    alternate_every: int = 2
-    prune_std: float = 1.0
-    gradual_prune: float = 0.0
-    channel_sparsity: float = 0.0
-    coef_bits: int = 4
-    basis_bits: int = 8
-    per_channel: bool = False
-    qat: bool = True
-    batch_size: int = 128
-    learning_rate: float = 0.01
-    finetune_learning_rate: float = 0.01
-    pretrain_learning_rate: float = 0.05
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    augment_pad: int = 4
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-    seed: int = 0
-
-    def __post_init__(self):
-        check_choice("model", self.model, PIPELINE_MODELS)
-        check_positive("num_basis", self.num_basis)
-        if self.num_basis > 9:
-            raise UsageError(f"num_basis: expected at most 9 (3x3 kernels), got {self.num_basis}")
-        for name in ("retrain_epochs", "finetune_epochs", "pretrain_epochs", "alternate_every", "l1", "prune_std", "augment_pad"):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("coef_bits", "basis_bits"):
-            value = getattr(self, name)
-            if value != 0 and not 2 <= value <= 16:
-                raise UsageError(f"{name}: expected 0 (no quantization) or 2..16, got {value!r}")
-        check_positive("batch_size", self.batch_size)
-        if not 0.0 <= self.gradual_prune <= 1.0:
-            raise UsageError(f"gradual_prune: expected a fraction of the retraining steps in [0, 1], got {self.gradual_prune!r}")
-        if not 0.0 <= self.channel_sparsity < 1.0:
-            raise UsageError(f"channel_sparsity: expected a fraction in [0, 1), got {self.channel_sparsity!r}")
-        if not 0.0 <= self.distill <= 1.0:
-            raise UsageError(f"distill: expected a weight in [0, 1], got {self.distill!r}")
-        check_positive("distill_temperature", self.distill_temperature)
-        for name in ("learning_rate", "finetune_learning_rate", "pretrain_learning_rate"):
-            check_positive(name, getattr(self, name))
-        for name in ("weight_decay", "seed"):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        if not 0.0 <= self.momentum < 1.0:
-            raise UsageError(f"momentum: expected a value in [0, 1), got {self.momentum!r}")
-
 
 class Dataset(NamedTuple):
     """uint8 NHWC images and int32 labels of both splits, and where they came from."""

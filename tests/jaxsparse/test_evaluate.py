@@ -130,20 +130,22 @@ def test_bad_arguments_get_clear_errors(mini_shared, shared_root, tmp_path, caps
     assert "expected 10 classes for resnet20, got 2" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command_name", ["evaluate", "compress"])
 @pytest.mark.parametrize("content", [b"not a zip file", None])
-def test_a_bad_weights_file_is_reported_within_three_seconds(tmp_path, shared_root, content):
-    """Checked before JAX starts: an unreadable file, or weights of another depth, named in the message."""
+def test_a_bad_weights_file_is_reported_within_three_seconds(tmp_path, shared_root, content, command_name):
+    """Checked before JAX starts: an unreadable file, or weights of another depth, named in the
+    message with the option that gave it."""
     (tmp_path / "data" / "cat").mkdir(parents=True)
     bad = tmp_path / "my_weights.npz"
     if content is None:  # a readable file of ResNet-20 weights given for ResNet-56
         shutil.copyfile(shared_root / "models" / "cifar10-resnet" / "resnet20.npz", bad)
     else:
         bad.write_bytes(content)
-    command = [sys.executable, "-m", "jaxsparse", "evaluate", "--model", "resnet56", "--weights", str(bad), "--data", str(tmp_path / "data")]
+    command = [sys.executable, "-m", "jaxsparse", command_name, "--model", "resnet56", "--weights", str(bad), "--data", str(tmp_path / "data")]
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - started
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "my_weights.npz" in proc.stderr
+    assert "--weights" in proc.stderr and "my_weights.npz" in proc.stderr
     assert ("not a readable .npz" if content else "ResNet-20") in proc.stderr
     assert elapsed < 3.0, f"took {elapsed:.1f} s"

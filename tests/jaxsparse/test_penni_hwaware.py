@@ -68,13 +68,14 @@ def test_hardware_cost_is_differentiable_end_to_end_from_model_parameters():
     x, y = _data(4)
     x = jnp.asarray(x, jnp.float32) / 255.0
 
-    g_params, (g_raw, _) = jax.grad(lambda p, e: loss(p, e, stats, x, jnp.asarray(y))[0], argnums=(0, 1))(params, (raw, {}))
+    # jitted: one compilation instead of op-by-op dispatch of the whole backward pass
+    g_params, (g_raw, _) = jax.jit(jax.grad(lambda p, e: loss(p, e, stats, x, jnp.asarray(y))[0], argnums=(0, 1)))(params, (raw, {}))
     for path, g in g_raw.items():
         assert np.isfinite(float(g)) and float(g) != 0.0, path
     leaves = jax.tree.leaves(g_params)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves)
     # The cost alone reaches every layer's coefficients through the expected densities.
-    g_cost = jax.grad(lambda p: cost_fn(hwaware.layer_densities(p, raw, layout, config.temperature)))(params)
+    g_cost = jax.jit(jax.grad(lambda p: cost_fn(hwaware.layer_densities(p, raw, layout, config.temperature))))(params)
     for path, g in hwaware.coefficient_leaves(g_cost).items():
         assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0.0, path
 
@@ -179,7 +180,7 @@ def test_channel_gated_cost_is_differentiable_and_the_relaxation_counts_what_the
     x, y = _data(4)
     x = jnp.asarray(x, jnp.float32) / 255.0
 
-    g_raw, g_channel = jax.grad(lambda e: loss(params, e, stats, x, jnp.asarray(y))[0])((raw, channel_raw))
+    g_raw, g_channel = jax.jit(jax.grad(lambda e: loss(params, e, stats, x, jnp.asarray(y))[0]))((raw, channel_raw))
     for path in raw:
         assert np.isfinite(float(g_raw[path])) and np.isfinite(float(g_channel[path])) and float(g_channel[path]) != 0.0, path
 
