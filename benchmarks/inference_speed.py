@@ -48,10 +48,25 @@ interleaved calls after warm-up: ``speedup_batch1``, ``speedup_batch8``); and th
 top-1 on every test image against the compressed model's training form (``top1_fast_path``,
 ``top1_reference``). The load average is recorded next to the figures.
 
+The dense side has two engines. XLA's dense conv runs the dense model in this process; with
+``--torch-python``, PyTorch runs it too (:mod:`torch_resnet_peer`, in the environment that has
+PyTorch): the same ResNet and weights, traced, frozen and rewritten by
+``optimize_for_inference`` (BatchNorm folded), in each of ``--torch-formats`` at each of
+``--torch-threads``, its logits checked against the JAX dense model's, its calls interleaved
+with the JAX models' calls. ``speedup`` and ``speedup_batch1``/``speedup_batch8`` divide the
+faster dense engine's median by the compressed model's (``dense_engine`` names it at batch
+``--batch``, ``dense_engine_batch<b>`` at the small batches); ``speedup_vs_xla_dense`` is the
+ratio against XLA's dense model alone. Every whole-model median is stored with its min and max
+(``seconds_per_batch_spread``).
+
 Example::
 
     python -m jaxsparse compress --model resnet56 --out runs/r56 ...
     python benchmarks/inference_speed.py --run-dir runs/r56
+
+    # with PyTorch's dense model as the second dense engine (a separate environment)
+    python -m venv ~/torch-env && ~/torch-env/bin/pip install torch==2.13.0 numpy
+    python benchmarks/inference_speed.py --run-dir runs/r56 --torch-python ~/torch-env/bin/python
 """
 
 from __future__ import annotations
@@ -220,20 +235,83 @@ def runnable_plan(model: nnx.Module, plan) -> dict:
     return runnable
 
 
-def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str) -> dict:
-    """Median seconds per call of every forward, timed in alternation so load changes hit all alike."""
-    samples = {name: [] for name in forwards}
+class TorchPeer:
+    """The PyTorch dense engine (``benchmarks/torch_resnet_peer.py``) in its own environment, one request at a time."""
+
+    def __init__(self, python: str, weights: str, depth: int):
+        import subprocess
+
+        script = Path(__file__).with_name("torch_resnet_peer.py")
+        self.process = subprocess.Popen([python, str(script), "--weights", str(weights), "--depth", str(depth)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"--torch-python: the PyTorch peer exited (status {self.process.wait()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise SystemExit(f"--torch-python: the PyTorch peer answered {reply['error']}")
+        return reply
+
+    def ask(self, **request) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def torch_variants(peer: TorchPeer | None, batch: int, formats, threads) -> dict:
+    """Name -> one-call timer of every PyTorch variant at ``batch`` (built, frozen and warmed up first)."""
+    if peer is None:
+        return {}
+    timers = {}
+    for fmt in formats:
+        peer.ask(op="build", batch=batch, format=fmt)
+        for t in threads:
+            timers[f"dense model, PyTorch {fmt} {t} thread{'s' if t > 1 else ''}"] = (
+                lambda fmt=fmt, t=t: peer.ask(op="time", batch=batch, format=fmt, threads=t, calls=1)["seconds"][0])
+    return timers
+
+
+def interleaved_samples(timers: dict, repeats: int, desc: str) -> dict:
+    """Seconds of every call of every timer (name -> zero-argument function returning one call's seconds),
+    called in alternation so load changes hit all alike."""
+    samples = {name: [] for name in timers}
     for _ in progress_bar(range(repeats), desc=desc, file=sys.stderr):
-        for name, fn in forwards.items():
-            t = time.perf_counter()
-            jax.block_until_ready(fn(x))
-            samples[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in samples.items()}
+        for name, timer in timers.items():
+            samples[name].append(timer())
+    return samples
 
 
-def latency(variants: dict, batches, calls: int, image_shape, options: dict) -> dict:
-    """Median milliseconds per call (with min and max) of every variant at each small batch: each compiled
-    for that batch, warmed up, then called ``calls`` times in alternation with the others."""
+def jax_timer(fn, x):
+    """One timed call of a compiled forward (``block_until_ready``)."""
+
+    def timer():
+        t = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        return time.perf_counter() - t
+
+    return timer
+
+
+def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str, peers: dict | None = None) -> tuple[dict, dict]:
+    """Median seconds per call of every forward (and peer timer), timed in alternation, and each one's min and max."""
+    samples = interleaved_samples({**{n: jax_timer(fn, x) for n, fn in forwards.items()}, **(peers or {})}, repeats, desc)
+    return ({name: statistics.median(v) for name, v in samples.items()},
+            {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls": len(v)} for name, v in samples.items()})
+
+
+def latency(variants: dict, batches, calls: int, image_shape, options: dict, peer: TorchPeer | None = None, formats=(),
+            threads=()) -> dict:
+    """Median milliseconds per call (with min and max) of every variant (and PyTorch peer variant) at each small
+    batch: each compiled for that batch, warmed up, then called ``calls`` times in alternation with the others."""
     out = {}
     for batch in batches:
         x = jax.random.normal(jax.random.key(2), (batch, *image_shape))
@@ -241,15 +319,17 @@ def latency(variants: dict, batches, calls: int, image_shape, options: dict) -> 
         for fn in forwards.values():
             for _ in range(3):
                 jax.block_until_ready(fn(x))
-        samples = {name: [] for name in forwards}
-        for _ in progress_bar(range(calls), desc=f"latency, batch {batch}", file=sys.stderr):
-            for name, fn in forwards.items():
-                t = time.perf_counter()
-                jax.block_until_ready(fn(x))
-                samples[name].append(1e3 * (time.perf_counter() - t))
-        out[batch] = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "calls": len(v)}
-                      for name, v in samples.items()}  # fmt: skip
+        timers = {**{n: jax_timer(fn, x) for n, fn in forwards.items()}, **torch_variants(peer, batch, formats, threads)}
+        samples = interleaved_samples(timers, calls, f"latency, batch {batch}")
+        out[batch] = {name: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "max_ms": 1e3 * max(v),
+                             "calls": len(v)} for name, v in samples.items()}  # fmt: skip
     return out
+
+
+def fastest_dense(times: dict, key=lambda v: v) -> str:
+    """The name of the fastest dense engine among ``times`` (the JAX dense model and the PyTorch variants)."""
+    dense = [n for n in times if n == "dense model" or n.startswith("dense model, PyTorch")]
+    return min(dense, key=lambda n: key(times[n]))
 
 
 def fast_path_accuracy(args, config, fast_forward, image_shape) -> dict:
@@ -304,6 +384,12 @@ def main(argv=None) -> int:
                         help="small batches also timed, dense model against the chosen plan ('' = none; default: %(default)s)")
     parser.add_argument("--latency-calls", type=int, default=200,
                         help="timed calls per model and small batch, interleaved, after warm-up (default: %(default)s)")
+    parser.add_argument("--torch-python", default=None,
+                        help="python of an environment with PyTorch (CPU build): its frozen dense ResNet is timed in the "
+                             "same run as a second dense engine (default: none, XLA's dense model only)")
+    parser.add_argument("--torch-threads", default="2,1", help="PyTorch intra-op thread counts timed (default: %(default)s)")
+    parser.add_argument("--torch-formats", default="nchw,channels_last",
+                        help="PyTorch memory formats timed (default: %(default)s)")
     parser.add_argument("--test-data", type=Path, default=None,
                         help="CIFAR-10 folder whose test split scores the fast path (default: $JAXSPARSE_CIFAR10, else <shared>/data/cifar10-jpeg; "
                              "'none' skips it)")
@@ -330,8 +416,20 @@ def main(argv=None) -> int:
     if not isinstance(args.compiler_options, dict):
         parser.error(f"--compiler-options: expected a JSON object, got {args.compiler_options!r}")
     options = args.compiler_options
+    try:
+        torch_threads = tuple(int(t) for t in args.torch_threads.split(",") if t.strip())
+    except ValueError:
+        torch_threads = (0,)
+    if not torch_threads or min(torch_threads) < 1:
+        parser.error(f"--torch-threads: expected comma-separated positive integers, got {args.torch_threads!r}")
+    torch_formats = tuple(f for f in args.torch_formats.split(",") if f.strip())
+    if not torch_formats or set(torch_formats) - {"nchw", "channels_last"}:
+        parser.error(f"--torch-formats: expected a comma-separated subset of nchw,channels_last, got {args.torch_formats!r}")
 
     config, weights = run_config(args.run_dir)
+    if args.torch_python is not None and not (config.model.startswith("resnet") and weights):
+        parser.error(f"--torch-python: the PyTorch peer runs the CIFAR ResNets from their weights file; the run in "
+                     f"{str(args.run_dir)!r} compressed {config.model!r} (weights: {weights!r})")
     out_path = args.out or Path(f"benchmarks/results/inference_speed_{config.model}.json")
     image_shape = (8, 8, 3) if config.model == "digits-cnn" else (32, 32, 3)
     padding_applies = config.model.startswith("resnet")
@@ -380,7 +478,7 @@ def main(argv=None) -> int:
     plan_seconds = {}
     if len(plans) > 1:
         plan_forwards = {name: jitted_forward(compressed_model(form, m), x, options) for name, (m, form) in plans.items()}
-        plan_seconds = interleaved_seconds(plan_forwards, x, max(3, args.repeats // 2), "whole-model plan candidates")
+        plan_seconds, _ = interleaved_seconds(plan_forwards, x, max(3, args.repeats // 2), "whole-model plan candidates")
     chosen = min(plan_seconds, key=plan_seconds.get) if plan_seconds else next(iter(plans))
     pad, plan = plans[chosen]
     choice = runnable_plan(compressed, plan)
@@ -411,10 +509,25 @@ def main(argv=None) -> int:
         if "convs removed" not in name and not name.startswith("sweep"):
             ref = outputs["dense model" if name.startswith("dense") else "compressed, measured plan"]
             np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()), err_msg=name)
-    seconds = interleaved_seconds(forwards, x, args.repeats, "whole models")
+    peer = TorchPeer(args.torch_python, weights, int(config.model.removeprefix("resnet"))) if args.torch_python else None
+    peer_logits = {}
+    if peer is not None:  # the peer computes the same dense model
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            np.save(Path(folder) / "x.npy", np.asarray(x, np.float32))
+            for fmt in torch_formats:
+                peer.ask(op="build", batch=args.batch, format=fmt)
+                logits = np.load(peer.ask(op="logits", batch=args.batch, format=fmt, input=str(Path(folder) / "x.npy"))["logits"])
+                ref = outputs["dense model"]
+                peer_logits[fmt] = float(np.max(np.abs(logits - ref)) / np.max(np.abs(ref)))
+                np.testing.assert_allclose(logits, ref, rtol=1e-3, atol=1e-3 * float(np.abs(ref).max()), err_msg=f"PyTorch {fmt}")
+    peers = torch_variants(peer, args.batch, torch_formats, torch_threads)
+    seconds, spread = interleaved_seconds(forwards, x, args.repeats, "whole models", peers)
     load_during = list(os.getloadavg())
     throughput = {name: args.batch / s for name, s in seconds.items()}
-    speedup = seconds["dense model"] / seconds["compressed, measured plan"]
+    dense_engine = fastest_dense(seconds)
+    speedup = seconds[dense_engine] / seconds["compressed, measured plan"]
     mac_factor = dense_totals["macs_dense"] / compressed_totals["macs_sparse"]
 
     breakdown = {}
@@ -428,8 +541,11 @@ def main(argv=None) -> int:
 
     accuracy = fast_path_accuracy(args, config, forwards["compressed, measured plan"], image_shape)
     small = latency({"dense model": variants["dense model"], "compressed, measured plan": variants["compressed, measured plan"]},
-                    latency_batches, args.latency_calls, image_shape, options)  # fmt: skip
-    small_speedup = {b: r["dense model"]["median_ms"] / r["compressed, measured plan"]["median_ms"] for b, r in small.items()}
+                    latency_batches, args.latency_calls, image_shape, options, peer, torch_formats, torch_threads)  # fmt: skip
+    if peer is not None:
+        peer.close()
+    small_engine = {b: fastest_dense(r, key=lambda v: v["median_ms"]) for b, r in small.items()}
+    small_speedup = {b: r[small_engine[b]]["median_ms"] / r["compressed, measured plan"]["median_ms"] for b, r in small.items()}
 
     device = jax.devices()[0]
     print(f"\n{config.model} from {args.run_dir}, batch {args.batch}, {device.device_kind} ({os.cpu_count()} CPUs visible)"
@@ -442,8 +558,8 @@ def main(argv=None) -> int:
               + f" -> {chosen}")
     print(f"{'variant':<58} {'images/s':>10} {'vs dense':>9} {'dense-shape MACs':>17}")
     shape_macs = {"dense model": dense_totals["macs_dense"], "dense model, BatchNorm not folded": dense_totals["macs_dense"], **sweep_macs}
-    for name in forwards:
-        macs = shape_macs.get(name, compressed_totals["macs_dense"])
+    for name in seconds:
+        macs = shape_macs.get(name, dense_totals["macs_dense"] if "PyTorch" in name else compressed_totals["macs_dense"])
         print(f"{name:<58} {throughput[name]:>10.1f} {seconds['dense model'] / seconds[name]:>8.2f}x "
               f"{'' if 'removed' in name else format(dense_totals['macs_dense'] / macs, '16.2f') + 'x'}")
     for model_name, b in breakdown.items():
@@ -452,16 +568,19 @@ def main(argv=None) -> int:
               + (f"; BatchNorm folding {b['bn_folding_gain']:.2f}x" if args.fold_bn else ""))
     print(f"load average during timing: {load_during}")
     for b, r in small.items():
-        print(f"batch {b}: dense {r['dense model']['median_ms']:.2f} ms, compressed {r['compressed, measured plan']['median_ms']:.2f} ms "
-              f"(median of {r['dense model']['calls']} calls) -> {small_speedup[b]:.2f}x")
+        print(f"batch {b}: dense ({small_engine[b]}) {r[small_engine[b]]['median_ms']:.2f} ms, compressed "
+              f"{r['compressed, measured plan']['median_ms']:.2f} ms (median of {r['dense model']['calls']} calls) -> {small_speedup[b]:.2f}x")
     if accuracy.get("top1_fast_path") is not None:
         print(f"top-1 on {accuracy['test_images']} test images: fast path {100 * accuracy['top1_fast_path']:.2f}%, "
               f"training form {100 * accuracy['top1_reference']:.2f}%")
     counts = {f: sum(1 for c in choice.values() if c == f) for f in CANDIDATES}
     print(f"plan: {counts}, channels padded to x{pad}; MACs dense {dense_totals['macs_dense']:,} -> sparse-effective "
           f"{compressed_totals['macs_sparse']:,} ({mac_factor:.2f}x fewer); realised/theoretical = {speedup / mac_factor:.2f}")
+    print(f"faster dense engine at batch {args.batch}: {dense_engine}")
     headline = {
         "speedup": speedup,
+        "dense_engine": dense_engine,
+        "speedup_vs_xla_dense": seconds["dense model"] / seconds["compressed, measured plan"],
         "realised_over_theoretical": speedup / mac_factor,
         "mac_reduction": mac_factor,
         "mac_reduction_fraction": 1.0 - 1.0 / mac_factor,
@@ -479,8 +598,11 @@ def main(argv=None) -> int:
         "cpus_visible": os.cpu_count(),
         **accuracy,
         **{f"speedup_batch{b}": v for b, v in small_speedup.items()},
+        **{f"dense_engine_batch{b}": v for b, v in small_engine.items()},
+        "torch": peer.info if peer is not None else None,
     }
     atomic_write_json(out_path, {**headline, "images_per_second": throughput, "seconds_per_batch": seconds,
+                                 "seconds_per_batch_spread": spread, "torch_logits_max_relative_difference": peer_logits,
                                  "time_breakdown": breakdown, "compiler_options": options,
                                  "plan_candidates_seconds": plan_seconds,
                                  "latency": {str(b): r for b, r in small.items()},

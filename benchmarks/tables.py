@@ -146,6 +146,7 @@ def _headline(r: Results) -> str:
     pc = r("penni_cifar_resnet56.json")
     inf = r("inference_speed_resnet56.json")
     gpu = r("inference_speed_resnet56_gpu.json")
+    r20 = r("inference_speed_resnet20_quick.json")
     thr = r("hwmodel_throughput.json")
     ss = r("hwmodel_vs_scalesim.json")["headline"]
     sim = r("hwmodel_sim_compare.json")["headline"]
@@ -163,7 +164,9 @@ def _headline(r: Results) -> str:
         [f"compress ResNet-56 (CPU schedule): params -{pct(pc['param_reduction'])}, MACs -{pct(pc['mac_reduction'])}, "
          f"top-1 {fixed(pc['accuracy_drop_points'], 2)} points below the fine-tuned baseline",
          "`python benchmarks/penni_cifar.py --model resnet56`", "[jaxsparse](docs/jaxsparse.md#resnet-56-on-the-cpu-schedule)"],
-        [f"compressed ResNet-56 inference: {times(inf['speedup'])} the dense model (CPU), {times(gpu['speedup'])} (GPU)",
+        [f"compressed ResNet-56 inference: {times(inf['speedup'])} XLA's dense model (CPU), {times(gpu['speedup'])} (GPU); "
+         f"ResNet-20: {times(r20['speedup'])} the faster dense engine ({_engine(r20['dense_engine'])}) at batch {r20['batch']}, "
+         f"{times(r20['speedup_batch1'])} at batch 1",
          "`python benchmarks/inference_speed.py`", "[jaxsparse](docs/jaxsparse.md#inference-speed)"],
         [f"co-design: {pct(cs['latency_reduction'])} lower modelled latency at equal top-1",
          "`python benchmarks/codesign_cifar.py`", "[jaxsparse](docs/jaxsparse.md#co-design-hardware-aware-compression)"],
@@ -256,6 +259,11 @@ _INFERENCE = [("inference_speed_resnet20_quick.json", "ResNet-20 (quick default 
               ("inference_speed_resnet56_gpu.json", "ResNet-56 (CPU schedule), GPU")]
 
 
+def _engine(name: str) -> str:
+    """A dense engine's short label: the JAX model runs on XLA, the others are PyTorch variants."""
+    return "XLA" if name == "dense model" else name.removeprefix("dense model, ")
+
+
 @table("inference_speed")
 def _inference_speed(r: Results) -> str:
     rows = []
@@ -263,10 +271,11 @@ def _inference_speed(r: Results) -> str:
         d = r(name)
         plan = ", ".join(f"{k} {v}" for k, v in d["plan"].items() if v)
         spb = d["seconds_per_batch"]
-        rows.append([label, f"{plan} (channels to x{d['channel_padding']})", ms(spb["dense model"]),
+        engine = d.get("dense_engine", "dense model")  # runs without a PyTorch peer had XLA only
+        rows.append([label, f"{plan} (channels to x{d['channel_padding']})", f"{ms(spb[engine])} ({_engine(engine)})",
                      ms(spb["compressed, measured plan"]), f"**{times(d['speedup'])}**", times(d["mac_reduction"]),
                      fixed(d["realised_over_theoretical"]), times(d["dense_shape_mac_reduction"])])
-    return md_table(["model, device", "plan (layers per form)", f"dense ms / batch of {d['batch']}", "compressed ms",
+    return md_table(["model, device", "plan (layers per form)", f"faster dense engine, ms / batch of {d['batch']}", "compressed ms",
                      "speedup", "counted MAC reduction", "realised / counted", "dense-shape MAC reduction"], rows)
 
 
@@ -275,12 +284,21 @@ def _inference_small_batches(r: Results) -> str:
     d = r("inference_speed_resnet20_quick.json")
     rows = []
     for batch, lat in d["latency"].items():
-        dense, fast = lat["dense model"], lat["compressed, measured plan"]
-        rows.append([batch, fixed(dense["median_ms"]), fixed(fast["median_ms"]),
-                     times(dense["median_ms"] / fast["median_ms"]), dense["calls"]])
-    rows.append([d["batch"], ms(d["seconds_per_batch"]["dense model"], 1),
-                 ms(d["seconds_per_batch"]["compressed, measured plan"], 1), times(d["speedup"]), ""])
-    return (md_table(["batch", "dense ms (median)", "compressed ms (median)", "speedup", "calls"], rows)
+        engine = d.get(f"dense_engine_batch{batch}", "dense model")
+        dense, xla, fast = lat[engine], lat["dense model"], lat["compressed, measured plan"]
+        rows.append([batch, f"{fixed(dense['median_ms'])} ({_engine(engine)})", fixed(xla["median_ms"]), fixed(fast["median_ms"]),
+                     f"{fixed(fast['min_ms'])}-{fixed(fast['max_ms'])}", f"**{times(dense['median_ms'] / fast['median_ms'])}**", dense["calls"]])
+    engine = d.get("dense_engine", "dense model")
+    spb = d["seconds_per_batch"]
+    spread = d.get("seconds_per_batch_spread", {}).get("compressed, measured plan")
+    rows.append([d["batch"], f"{ms(spb[engine], 1)} ({_engine(engine)})", ms(spb["dense model"], 1),
+                 ms(spb["compressed, measured plan"], 1), f"{ms(spread['min_s'], 1)}-{ms(spread['max_s'], 1)}" if spread else "",
+                 f"**{times(d['speedup'])}**", spread["calls"] if spread else ""])
+    torch = d.get("torch")
+    return (md_table(["batch", "faster dense engine, ms (median)", "XLA dense ms", "compressed ms (median)", "compressed min-max",
+                      "speedup", "calls"], rows)
+            + (f"\n\nPyTorch {torch['torch_version']} ran in the same run (frozen, `optimize_for_inference`; NCHW and "
+               f"channels_last, 1 and 2 threads; the table names the faster engine at each batch)." if torch else "")
             + f"\n\nTop-1 on {d['test_images']:,} test images: {pct(d['top1_reference'], 2)} through the training "
               f"form, {pct(d['top1_fast_path'], 2)} through the chosen plan.")
 
