@@ -32,7 +32,16 @@ CRITEO_KAGGLE_TABLE_SIZES: tuple[int, ...] = (
 CRITEO_NUM_DENSE = 13
 
 #: DLRM feature interactions (see :class:`DLRMConfig`).
-INTERACTIONS = ("dot", "cat", "dot_cat")
+INTERACTIONS = ("dot", "cat", "dot_cat", "dcn")
+
+#: Rows of the 26 tables of MLPerf Training's DLRMv2 (DCNv2 on Criteo 1TB multi-hot), C1..C26.
+DLRMV2_TABLE_SIZES: tuple[int, ...] = (
+    40_000_000, 39_060, 17_295, 7_424, 20_265, 3, 7_122, 1_543, 63, 40_000_000, 3_067_956, 405_282, 10,
+    2_209, 11_938, 155, 4, 976, 14, 40_000_000, 40_000_000, 40_000_000, 590_152, 12_973, 108, 36,
+)  # fmt: skip
+
+#: Ids per bag (the multi-hot size) of each DLRMv2 table, in the order of :data:`DLRMV2_TABLE_SIZES`.
+DLRMV2_POOLING_FACTORS: tuple[int, ...] = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1)
 
 
 def scale_table_sizes(sizes: Sequence[int], *, row_cap: int | None = None, scale: float = 1.0) -> tuple[int, ...]:
@@ -77,6 +86,10 @@ class DLRMConfig:
         output and the pooled embeddings) or ``"dot_cat"`` (both: the pairwise dot
         products next to the concatenation, as in DeepFM-style models).
       pooling: ``"sum"`` or ``"mean"`` over each multi-hot bag.
+      cross_layers, cross_rank: the ``"dcn"`` interaction (DCNv2): the bottom output and the pooled
+        embeddings concatenated into ``x0`` (width ``(T + 1) * D``), then ``cross_layers`` low-rank
+        cross layers ``x_{l+1} = x0 * (U_l (V_l x_l) + b_l) + x_l`` with ``V_l`` of rank ``cross_rank``;
+        other interactions ignore them.
     """
 
     num_dense: int
@@ -86,9 +99,13 @@ class DLRMConfig:
     top_mlp: tuple[int, ...]
     interaction: str = "dot"
     pooling: str = "sum"
+    cross_layers: int = 3
+    cross_rank: int = 512
 
     def __post_init__(self):
         check_positive("embedding_dim", self.embedding_dim)
+        check_positive("cross_layers", self.cross_layers, allow_zero=True)
+        check_positive("cross_rank", self.cross_rank)
         check_choice("interaction", self.interaction, INTERACTIONS)
         check_choice("pooling", self.pooling, ("sum", "mean"))
         if self.bottom_mlp and self.bottom_mlp[-1] != self.embedding_dim:
@@ -111,7 +128,7 @@ class DLRMConfig:
         pairs = features * (features - 1) // 2
         if self.interaction == "dot":
             return (self.embedding_dim if self.bottom_mlp else 0) + pairs
-        if self.interaction == "cat":
+        if self.interaction in ("cat", "dcn"):  # the cross layers keep their input's width
             return features * self.embedding_dim
         return features * self.embedding_dim + pairs
 
@@ -147,4 +164,37 @@ def mlperf_config(*, row_cap: int | None = None, scale: float = 1.0, interaction
         bottom_mlp=(512, 256, 128),
         top_mlp=(1024, 1024, 512, 256, 1),
         interaction=interaction,
+    )
+
+
+def dlrmv2_table_sizes(*, row_cap: int | None = None, scale: float = 1.0) -> tuple[int, ...]:
+    """The DLRMv2 table sizes, scaled by ``scale`` and clipped at ``row_cap``.
+
+    Example:
+        >>> sizes = dlrmv2_table_sizes(row_cap=1_000_000)
+        >>> len(sizes), max(sizes), sum(DLRMV2_POOLING_FACTORS)
+        (26, 1000000, 214)
+    """
+    return scale_table_sizes(DLRMV2_TABLE_SIZES, row_cap=row_cap, scale=scale)
+
+
+def dlrmv2_config(*, row_cap: int | None = None, scale: float = 1.0) -> DLRMConfig:
+    """MLPerf Training's DLRMv2: dim 128, bottom 13-512-256-128, DCNv2 interaction (3 layers, rank 512),
+    top 1024-1024-512-256-1, sum pooling, on the DLRMv2 tables (scaled and capped).
+
+    Example:
+        >>> cfg = dlrmv2_config(row_cap=1000)
+        >>> cfg.interaction, cfg.cross_layers, cfg.cross_rank, cfg.interaction_width
+        ('dcn', 3, 512, 3456)
+    """
+    return DLRMConfig(
+        num_dense=CRITEO_NUM_DENSE,
+        table_sizes=dlrmv2_table_sizes(row_cap=row_cap, scale=scale),
+        embedding_dim=128,
+        bottom_mlp=(512, 256, 128),
+        top_mlp=(1024, 1024, 512, 256, 1),
+        interaction="dcn",
+        pooling="sum",
+        cross_layers=3,
+        cross_rank=512,
     )

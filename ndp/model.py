@@ -46,19 +46,48 @@ def interact(kind: str, bottom: jax.Array | None, pooled: jax.Array) -> jax.Arra
 
     ``features = [bottom, pooled_1, ..., pooled_T]`` (``bottom`` omitted when ``None``);
     ``"dot"``: ``[bottom, <f_i, f_j> for i < j]``; ``"cat"``: all features concatenated;
-    ``"dot_cat"``: the concatenation followed by the dot products.
+    ``"dot_cat"``: the concatenation followed by the dot products; ``"dcn"``: the concatenation,
+    which :class:`DLRMHead` passes through its :class:`LowRankCrossNet`.
     """
     batch = pooled.shape[0]
     features = pooled if bottom is None else jnp.concatenate([bottom[:, None, :], pooled], axis=1)
     count = features.shape[1]
     flat = features.reshape(batch, -1)
-    if kind == "cat":
+    if kind in ("cat", "dcn"):
         return flat
     rows, cols = np.triu_indices(count, k=1)
     dots = jnp.einsum("bfd,bgd->bfg", features, features)[:, rows, cols]
     if kind == "dot":
         return dots if bottom is None else jnp.concatenate([bottom, dots], axis=1)
     return jnp.concatenate([flat, dots], axis=1)
+
+
+class LowRankCrossNet(nnx.Module):
+    """DCNv2's cross network with low-rank weights (Wang et al., 2021).
+
+    .. math:: x_{l+1} = x_0 \\odot (U_l (V_l x_l) + b_l) + x_l, \\quad V_l \\in \\mathbb{R}^{r \\times n},
+              U_l \\in \\mathbb{R}^{n \\times r}
+
+    Args:
+      width: ``n``, the width of ``x_0`` (kept by every layer).
+      layers: number of cross layers (0: the identity).
+      rank: ``r``.
+
+    Example:
+        >>> net = LowRankCrossNet(6, 2, 3, rngs=nnx.Rngs(0))
+        >>> net(jnp.ones((4, 6))).shape
+        (4, 6)
+    """
+
+    def __init__(self, width: int, layers: int, rank: int, *, rngs: nnx.Rngs):
+        self.down = nnx.List([nnx.Linear(width, rank, use_bias=False, rngs=rngs) for _ in range(layers)])
+        self.up = nnx.List([nnx.Linear(rank, width, rngs=rngs) for _ in range(layers)])
+
+    def __call__(self, x0: jax.Array) -> jax.Array:
+        x = x0
+        for down, up in zip(self.down, self.up):
+            x = x0 * up(down(x)) + x
+        return x
 
 
 class DLRMHead(nnx.Module):
@@ -71,12 +100,15 @@ class DLRMHead(nnx.Module):
     def __init__(self, config: DLRMConfig, *, rngs: nnx.Rngs, output_offset: float = 0.0):
         self.config = config
         self.bottom = MLP(config.num_dense, config.bottom_mlp, rngs=rngs) if config.bottom_mlp else None
+        self.cross = (LowRankCrossNet(config.interaction_width, config.cross_layers, config.cross_rank, rngs=rngs)
+                      if config.interaction == "dcn" else None)  # fmt: skip
         self.top = MLP(config.interaction_width, config.top_mlp, rngs=rngs, relu_last=False)
         self.offset = nnx.Param(jnp.asarray(output_offset, jnp.float32))
 
     def __call__(self, dense: jax.Array, pooled: jax.Array) -> jax.Array:
         bottom = self.bottom(dense) if self.bottom is not None else None
-        out = self.top(interact(self.config.interaction, bottom, pooled))
+        features = interact("cat" if self.cross is not None else self.config.interaction, bottom, pooled)
+        out = self.top(self.cross(features) if self.cross is not None else features)
         return out[:, 0] + self.offset[...]
 
 

@@ -65,14 +65,18 @@ def bag_lengths(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+#: ``--tables`` names of built-in table sets.
+TABLE_SETS = ("criteo-kaggle", "dlrmv2")
+
+
 def table_rows(text: str) -> tuple[int, ...] | None:
-    """``"criteo-kaggle"`` -> ``None`` (the Criteo Kaggle sizes); ``"50,30"`` -> ``(50, 30)``."""
-    if text == "criteo-kaggle":
+    """``"criteo-kaggle"`` or ``"dlrmv2"`` -> ``None`` (a built-in set); ``"50,30"`` -> ``(50, 30)``."""
+    if text in TABLE_SETS:
         return None
     try:
         sizes = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"tables: expected 'criteo-kaggle' or comma-separated row counts, got {text!r}") from None
+        raise UsageError(f"tables: expected one of {', '.join(TABLE_SETS)} or comma-separated row counts, got {text!r}") from None
     for rows in sizes:
         check_positive("tables", rows)
     return sizes
@@ -87,11 +91,11 @@ class TrainData:
       split: MovieLens split.
       task: MovieLens target: rating (RMSE) or rating>=4 (AUC).
       baseline: also train biased matrix factorisation on MovieLens ratings (none: on for DLRM on ratings).
-      tables: synthetic tables: 'criteo-kaggle' or comma-separated row counts.
-      row_cap: largest table of the criteo-kaggle sizes.
-      scale: scale factor of the criteo-kaggle sizes.
+      tables: synthetic tables: 'criteo-kaggle', 'dlrmv2' (MLPerf DLRMv2's tables, multi-hot) or comma-separated row counts.
+      row_cap: largest table of the criteo-kaggle or dlrmv2 sizes.
+      scale: scale factor of the criteo-kaggle or dlrmv2 sizes.
       zipf: synthetic index skew exponent.
-      bag_length: synthetic bag lengths MIN:MAX (1:1: one-hot).
+      bag_length: synthetic bag lengths MIN:MAX (none: the tables' own, one-hot except dlrmv2's multi-hot sizes, each table's lengths uniform around its mean).
       hash_rows: Criteo TSV: rows per table (hashing).
       eval_lines: Criteo TSV: last lines held out for testing (none: the loader's default).
       model: dlrm or mf (biased matrix factorisation).
@@ -105,7 +109,7 @@ class TrainData:
     row_cap: int = 100_000
     scale: float = 1.0
     zipf: float = 0.9
-    bag_length: str = "1:1"
+    bag_length: str | None = None
     hash_rows: int = 1_000_000
     eval_lines: int | None = None
     model: str = dataclasses.field(default="dlrm", metadata={"choices": MODELS})
@@ -119,7 +123,8 @@ class TrainData:
         check_positive("zipf", self.zipf, allow_zero=True)
         if self.eval_lines is not None:
             check_positive("eval_lines", self.eval_lines)
-        bag_lengths(self.bag_length)
+        if self.bag_length is not None:
+            bag_lengths(self.bag_length)
         table_rows(self.tables)
 
 
@@ -140,6 +145,11 @@ PRESETS = {
                                                            pooling="mean", interaction="dot_cat", top_mlp=(128, 64, 1))),
     "ml-100k-mf": TrainCommand(TrainData(model="mf"), TrainOptions(**_MOVIELENS, embedding_dim=33, embedding_lr=0.1, pooling="sum")),
     "synthetic": TrainCommand(TrainData(data="synthetic"), TrainOptions(steps=1000, batch_size=2048, embedding_lr=0.05)),
+    # MLPerf Training's DLRMv2 (ndp.configs.dlrmv2_config) on generated multi-hot bags; --row-cap sizes it to the machine.
+    "synthetic-dlrmv2": TrainCommand(TrainData(data="synthetic", tables="dlrmv2"),
+                                     TrainOptions(steps=1000, batch_size=2048, embedding_dim=128, bottom_mlp=(512, 256, 128),
+                                                  top_mlp=(1024, 1024, 512, 256, 1), interaction="dcn", cross_layers=3,
+                                                  cross_rank=512, pooling="sum", optimizer="rowwise_adagrad", embedding_lr=0.005)),
     "criteo-tsv": TrainCommand(TrainData(data=None), TrainOptions(batch_size=2048, embedding_lr=0.05)),
 }  # fmt: skip
 
@@ -147,7 +157,7 @@ PRESETS = {
 def preset_kind(name: str) -> str:
     """The kind of data set preset ``name`` is for."""
     check_choice("preset", name, tuple(PRESETS))
-    return "ml-100k" if name.startswith("ml-100k") else name
+    return "ml-100k" if name.startswith("ml-100k") else "synthetic" if name.startswith("synthetic") else name
 
 
 def default_preset(data: str | None = TrainData.data, model: str = TrainData.model) -> str:

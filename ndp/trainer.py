@@ -75,7 +75,8 @@ class TrainOptions:
       embedding_l2: per-example L2 on the pooled embeddings.
       dense_weight_decay: AdamW decay of the dense head.
       pooling: ``"sum"`` or ``"mean"``.
-      interaction: DLRM interaction (``"dot"``, ``"cat"``, ``"dot_cat"``).
+      interaction: DLRM interaction (``"dot"``, ``"cat"``, ``"dot_cat"``, or ``"dcn"``: DCNv2 cross layers).
+      cross_layers, cross_rank: the ``"dcn"`` interaction's low-rank cross layers and their rank.
       bottom_mlp, top_mlp: DLRM widths (the bottom MLP's last width is ``embedding_dim``).
       seed: initialisation and shuffling.
       out_dir: where checkpoints, metrics and the learning curve go (``None``: nowhere).
@@ -101,6 +102,8 @@ class TrainOptions:
     interaction: str = "dot"
     bottom_mlp: tuple[int, ...] = (64, 16)
     top_mlp: tuple[int, ...] = (64, 32, 1)
+    cross_layers: int = 3
+    cross_rank: int = 512
     seed: int = 0
     out_dir: str | None = None
     checkpoint_every: int = 0
@@ -122,6 +125,8 @@ class TrainOptions:
         check_positive("embedding_dim", self.embedding_dim)
         check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
         check_choice("interaction", self.interaction, INTERACTIONS)
+        check_positive("cross_layers", self.cross_layers, allow_zero=True)
+        check_positive("cross_rank", self.cross_rank)
         if self.devices is not None:
             check_positive("devices", self.devices)
         for name in ("embedding_l2", "dense_weight_decay", "seed"):
@@ -223,7 +228,7 @@ class SyntheticSource:
 
     def _convert(self, b) -> Batch:
         ids, lengths = jagged_to_padded([t.values for t in b.tables], [t.offsets for t in b.tables],
-                                        self.config.max_bag_length)  # fmt: skip
+                                        self.config.longest_bag)  # fmt: skip
         return Batch(b.dense, ids, lengths, b.labels)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
@@ -283,7 +288,8 @@ def _head(model: str, source, options: TrainOptions) -> tuple[nnx.Module, Any]:
     bottom = tuple(options.bottom_mlp[:-1]) + (options.embedding_dim,) if source.num_dense else ()
     config = DLRMConfig(num_dense=source.num_dense, table_sizes=tuple(source.table_sizes),
                         embedding_dim=options.embedding_dim, bottom_mlp=bottom, top_mlp=tuple(options.top_mlp),
-                        interaction=options.interaction, pooling=options.pooling)  # fmt: skip
+                        interaction=options.interaction, pooling=options.pooling, cross_layers=options.cross_layers,
+                        cross_rank=options.cross_rank)  # fmt: skip
     return DLRMHead(config, rngs=nnx.Rngs(options.seed), output_offset=offset), config
 
 
@@ -298,6 +304,8 @@ def run_settings(model: str, source, options: TrainOptions) -> dict:
     settings = {"model": model, "task": source.task, "table_sizes": list(source.table_sizes),
                 "num_dense": source.num_dense}  # fmt: skip
     settings.update({k: getattr(options, k) for k in RESUME_SETTINGS})
+    if options.interaction == "dcn":  # recorded only where they shape the model
+        settings.update(cross_layers=options.cross_layers, cross_rank=options.cross_rank)
     return settings
 
 

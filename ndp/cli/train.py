@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if count in given and every in given:
             raise UsageError(f"{flag(every)}: expected either {flag(count)} or {flag(every)}, got both")
     _prepare_devices(base.devices)
-    from ndp.configs import criteo_kaggle_table_sizes
+    from ndp.configs import DLRMV2_POOLING_FACTORS, criteo_kaggle_table_sizes, dlrmv2_table_sizes
     from ndp.data.synthetic import SyntheticConfig
     from ndp.trainer import SyntheticSource, dump, fit, metric_line, movielens_source, schedule
 
@@ -98,10 +98,16 @@ def run(args: argparse.Namespace) -> int:
             runs.append(("mf", movielens_source(data, "mf", seed=base.seed), mf))
         runs.append((job.model, movielens_source(data, job.model, seed=base.seed), base))
     elif kind == "synthetic":
-        sizes = table_rows(job.tables) or criteo_kaggle_table_sizes(row_cap=job.row_cap, scale=job.scale)
-        lo, hi = bag_lengths(job.bag_length)
+        sizes = table_rows(job.tables)
+        pooling = None
+        if sizes is None and job.tables == "dlrmv2":
+            sizes = dlrmv2_table_sizes(row_cap=job.row_cap, scale=job.scale)
+            pooling = DLRMV2_POOLING_FACTORS if job.bag_length is None else None
+        elif sizes is None:
+            sizes = criteo_kaggle_table_sizes(row_cap=job.row_cap, scale=job.scale)
+        lo, hi = bag_lengths(job.bag_length) if job.bag_length is not None else (1, 1)
         config = SyntheticConfig(sizes, batch_size=base.batch_size, zipf_exponent=job.zipf, min_bag_length=lo,
-                                 max_bag_length=hi, seed=base.seed)  # fmt: skip
+                                 max_bag_length=hi, pooling_factors=pooling, seed=base.seed)  # fmt: skip
         runs.append((job.model, SyntheticSource(config), base))
     else:
         from ndp.data.criteo import CriteoTSVSource

@@ -80,6 +80,11 @@ class SyntheticConfig:
       min_bag_length: fewest lookups per bag (``0`` allows empty bags).
       max_bag_length: most lookups per bag; lengths are uniform in
         ``[min_bag_length, max_bag_length]``. ``1``/``1`` is one-hot (Criteo).
+      pooling_factors: mean lookups per bag of each table (e.g. DLRMv2's multi-hot sizes,
+        :data:`~ndp.configs.DLRMV2_POOLING_FACTORS`); table ``t``'s lengths are then uniform in
+        ``[m - m // 2, m + m // 2]`` for ``m = pooling_factors[t]`` (mean ``m``; ``0`` gives empty
+        bags) and ``min_bag_length``/``max_bag_length`` must keep their defaults. ``None``: the
+        same range for every table.
       num_dense: dense features per example.
       scatter_rows: map popularity ranks to scattered row ids (``True``) or keep
         row ``0`` the hottest (``False``).
@@ -94,6 +99,7 @@ class SyntheticConfig:
     num_dense: int = CRITEO_NUM_DENSE
     scatter_rows: bool = True
     seed: int = 0
+    pooling_factors: tuple[int, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
@@ -109,6 +115,15 @@ class SyntheticConfig:
                 f"max_bag_length: expected >= min_bag_length={self.min_bag_length}, got {self.max_bag_length}"
             )
         check_positive("num_dense", self.num_dense, allow_zero=True)
+        if self.pooling_factors is not None:
+            object.__setattr__(self, "pooling_factors", tuple(int(m) for m in self.pooling_factors))
+            if len(self.pooling_factors) != len(self.table_sizes):
+                raise UsageError(f"pooling_factors: expected one per table ({len(self.table_sizes)}), got {len(self.pooling_factors)}")
+            for m in self.pooling_factors:
+                check_positive("pooling_factors[i]", m, allow_zero=True)
+            if (self.min_bag_length, self.max_bag_length) != (1, 1):
+                raise UsageError(f"min_bag_length/max_bag_length: expected the defaults 1/1 with pooling_factors (they set each "
+                                 f"table's lengths), got {self.min_bag_length}/{self.max_bag_length}")  # fmt: skip
         exps = self.exponents
         if len(exps) != len(self.table_sizes):
             raise UsageError(f"zipf_exponent: expected a float or {len(self.table_sizes)} floats, got {len(exps)}")
@@ -118,6 +133,18 @@ class SyntheticConfig:
     @property
     def num_tables(self) -> int:
         return len(self.table_sizes)
+
+    def bag_length_range(self, table: int) -> tuple[int, int]:
+        """The fewest and most lookups of a bag of ``table`` (lengths are uniform between them)."""
+        if self.pooling_factors is None:
+            return self.min_bag_length, self.max_bag_length
+        m = self.pooling_factors[table]
+        return m - m // 2, m + m // 2
+
+    @property
+    def longest_bag(self) -> int:
+        """The most lookups any bag of any table can hold."""
+        return max(self.bag_length_range(t)[1] for t in range(self.num_tables))
 
     @property
     def exponents(self) -> tuple[float, ...]:
@@ -209,7 +236,8 @@ def _row_effect(rows: np.ndarray, table: int) -> np.ndarray:
 
 
 def _draw_table(rng: np.random.Generator, config: SyntheticConfig, table: int) -> JaggedBag:
-    lengths = rng.integers(config.min_bag_length, config.max_bag_length + 1, size=config.batch_size)
+    lo, hi = config.bag_length_range(table)
+    lengths = rng.integers(lo, hi + 1, size=config.batch_size)
     offsets = np.zeros(config.batch_size + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     n = config.table_sizes[table]
