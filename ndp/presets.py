@@ -42,7 +42,7 @@ def data_kind(data: str | None) -> str:
       UsageError: ``data`` is ``None``; MissingFileError: a path that does not exist.
     """
     if data is None:
-        raise UsageError(f"--data: expected {' or '.join(DATA_NAMES)}, a MovieLens-100k folder or a Criteo TSV file, got none")
+        raise UsageError(f"--data: expected {' or '.join(DATA_NAMES)}, a MovieLens-100k folder or a Criteo TSV or CSV file, got none")
     if data in DATA_NAMES:
         return data
     path = Path(data)
@@ -50,7 +50,7 @@ def data_kind(data: str | None) -> str:
         return "ml-100k"
     if path.is_file():
         return "criteo-tsv"
-    raise MissingFileError(f"--data: expected {' or '.join(DATA_NAMES)}, a MovieLens-100k folder or a Criteo TSV file, "
+    raise MissingFileError(f"--data: expected {' or '.join(DATA_NAMES)}, a MovieLens-100k folder or a Criteo TSV or CSV file, "
                            f"got {data!r}, which does not exist")  # fmt: skip
 
 

@@ -41,6 +41,9 @@ from hypothesis import HealthCheck, settings
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Start the backend now: a CLI run in-process (``ndp train --devices 2``) emulates its device count only
+# when no backend has started, so without this the first test of a worker would fix the count for the rest.
+jax.devices()
 
 # Deterministic, repeatable property tests: the same examples on every run.
 settings.register_profile(

@@ -1,7 +1,9 @@
-"""Criteo display-advertising logs in their TSV form, streamed in batches.
+"""Criteo display-advertising logs in their TSV form (or as CSV with a header), streamed in batches.
 
 Each line is ``label \\t I1..I13 \\t C1..C26``: a 0/1 click, 13 integer counts and
-26 categorical values as 8-digit hex strings; any field may be empty. As in
+26 categorical values as 8-digit hex strings; any field may be empty. A file whose first line
+is the header ``label,I1,...,C26`` is read as comma-separated values (counts may be written as
+``260.0``), the layout of the samples that ship with DeepCTR-style libraries. As in
 facebookresearch/dlrm's preprocessing, a count ``x`` becomes ``log(1 + max(x, 0))``
 (missing: 0) and a category is hashed into its table: ``1 + int(hex, 16) mod
 (rows - 1)``, with row 0 kept for "missing".
@@ -32,21 +34,33 @@ from ndp.train import Batch
 NUM_CATEGORICAL = 26
 
 
+def _count(text: str) -> int:
+    """An integer count, also when written as a float with no fraction (``"260.0"``)."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        if not value.is_integer():
+            raise ValueError(f"expected an integer count, got {text!r}") from None
+        return int(value)
+
+
 def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0, *,
-               path: str | os.PathLike | None = None) -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
-    """One TSV line to ``(label, dense float32 (13,), ids int32 (26,))``.
+               path: str | os.PathLike | None = None, separator: str = "\t") -> tuple[float, np.ndarray, np.ndarray]:  # fmt: skip
+    """One TSV (or, with ``separator=","``, CSV) line to ``(label, dense float32 (13,), ids int32 (26,))``.
 
     Errors name ``path`` (when given) and the 1-based ``line_number`` an editor shows.
     """
     where = f"{str(path)!r}, line {line_number}" if path is not None else f"criteo line {line_number}"
-    fields = line.rstrip("\n").rstrip("\r").split("\t")
+    fields = line.rstrip("\n").rstrip("\r").split(separator)
     expected = 1 + CRITEO_NUM_DENSE + NUM_CATEGORICAL
     if len(fields) != expected:
-        raise UsageError(f"{where}: expected {expected} tab-separated fields, got {len(fields)}")
+        kind = "tab-separated" if separator == "\t" else f"{separator!r}-separated"
+        raise UsageError(f"{where}: expected {expected} {kind} fields, got {len(fields)}")
     try:
         label = float(int(fields[0]))
         dense = np.array(
-            [math.log1p(max(int(x), 0)) if x else 0.0 for x in fields[1 : 1 + CRITEO_NUM_DENSE]], np.float32
+            [math.log1p(max(_count(x), 0)) if x else 0.0 for x in fields[1 : 1 + CRITEO_NUM_DENSE]], np.float32
         )
         ids = np.array(
             [
@@ -60,9 +74,21 @@ def parse_line(line: str, table_sizes: Sequence[int], line_number: int = 0, *,
     return label, dense, ids
 
 
+#: The header line of the CSV layout.
+CSV_HEADER = ",".join(["label", *(f"I{i}" for i in range(1, CRITEO_NUM_DENSE + 1)), *(f"C{i}" for i in range(1, NUM_CATEGORICAL + 1))])
+
+
+def file_layout(path: str | os.PathLike) -> tuple[str, int]:
+    """``(separator, header lines)`` of a Criteo file: ``(",", 1)`` when its first line is :data:`CSV_HEADER`, else ``("\\t", 0)``."""
+    with open(path, encoding="utf-8") as f:
+        first = f.readline().strip()
+    return (",", 1) if first == CSV_HEADER else ("\t", 0)
+
+
 def count_lines(path: str | os.PathLike) -> int:
+    """Examples in a Criteo file (lines, less the CSV header)."""
     with open(path, "rb") as f:
-        return sum(1 for _ in f)
+        return sum(1 for _ in f) - file_layout(path)[1]
 
 
 def read_batches(
@@ -74,14 +100,14 @@ def read_batches(
     limit: int | None = None,
     cycle: bool = False,
 ) -> Iterator[Batch]:
-    """Stream full batches from a Criteo TSV file (a last partial batch is dropped).
+    """Stream full batches from a Criteo TSV (or headed CSV) file (a last partial batch is dropped).
 
     Args:
-      path: the TSV file.
+      path: the TSV or CSV file.
       table_sizes: rows of the 26 tables (categories are hashed into them).
       batch_size: examples per batch.
-      skip: lines to skip first (resume, or a held-out head).
-      limit: read at most this many lines after ``skip`` (``None``: to the end).
+      skip: examples to skip first (resume, or a held-out head).
+      limit: read at most this many examples after ``skip`` (``None``: to the end).
       cycle: start over (at ``skip``) at the end, for multi-epoch training.
     """
     path = Path(path)
@@ -90,16 +116,18 @@ def read_batches(
     if len(table_sizes) != NUM_CATEGORICAL:
         raise UsageError(f"table_sizes: expected {NUM_CATEGORICAL} tables, got {len(table_sizes)}")
     check_positive("batch_size", batch_size)
+    separator, header = file_layout(path)
     while True:
         labels, dense, ids = [], [], []
         emitted = 0
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f):
+                number -= header  # the example's index (the header is line 1 of a CSV file)
                 if number < skip:
                     continue
                 if limit is not None and number >= skip + limit:
                     break
-                label, d, i = parse_line(line, table_sizes, number + 1, path=path)
+                label, d, i = parse_line(line, table_sizes, number + 1 + header, path=path, separator=separator)
                 labels.append(label)
                 dense.append(d)
                 ids.append(i)

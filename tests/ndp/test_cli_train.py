@@ -99,15 +99,40 @@ def test_train_synthetic_writes_outputs_resumes_and_matches_an_uninterrupted_run
         np.testing.assert_allclose(x, y, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def test_train_criteo_tsv_and_bad_arguments(tmp_path, capsys):
-    path = tmp_path / "day.tsv"
-    write_criteo(path, 48)
+def test_the_shared_criteo_sample_reads_alike_as_tsv_and_as_headed_csv(shared_root):
+    """The same 200 real rows in the original TSV layout and as CSV with a header (float-formatted counts,
+    missing values, negative counts): identical batches, and the first row as the formula says."""
+    folder = shared_root / "data" / "criteo-sample"
+    sizes = (1000,) * 26
+    tsv = list(read_batches(folder / "train_sample.tsv", sizes, batch_size=50))
+    csv = list(read_batches(folder / "criteo_sample.csv", sizes, batch_size=50))
+    assert len(tsv) == len(csv) == 4
+    for a, b in zip(tsv, csv):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    first = (folder / "train_sample.tsv").read_text().splitlines()[0].split("\t")
+    expected_dense = [np.log1p(max(int(x), 0)) if x else 0.0 for x in first[1:14]]
+    expected_ids = [1 + int(x, 16) % 999 if x else 0 for x in first[14:]]
+    np.testing.assert_allclose(tsv[0].dense[0], expected_dense, rtol=1e-6)
+    np.testing.assert_array_equal(tsv[0].ids[0, :, 0], expected_ids)
+    assert float(tsv[0].labels[0]) == float(first[0])
+    assert sum(float(b.labels.sum()) for b in tsv) == 49  # the sample's positives (its README)
+    source = CriteoTSVSource(folder / "criteo_sample.csv", sizes, eval_lines=40)
+    assert (source.train_lines, source.eval_lines) == (160, 40)  # the header is not an example
+    bad = "1," + ",".join(["1.5"] * 13) + "," + ",".join(["68fd1e64"] * 26)
+    with pytest.raises(ValueError, match="expected an integer count, got '1.5'"):
+        parse_line(bad, sizes, 2, separator=",")
+
+
+def test_train_criteo_file_and_bad_arguments(shared_root, tmp_path, capsys):
+    """``python -m ndp train`` end to end on the real rows of the shared Criteo sample (its CSV form)."""
+    path = shared_root / "data" / "criteo-sample" / "criteo_sample.csv"
     assert main(["train", "--data", str(path), "--hash-rows", "64", "--batch-size", "16",
-                 "--steps", "2", "--eval-lines", "16", "--devices", "2", "--embedding-dim", "4",
+                 "--steps", "2", "--eval-lines", "40", "--devices", "2", "--embedding-dim", "4",
                  "--out", str(tmp_path / "run"), "--no-progress"]) == 0  # fmt: skip
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test AUC: ")
     assert main(["train", "--data", str(tmp_path / "missing.tsv"), "--out", str(tmp_path)]) == 1
-    assert "--data: expected ml-100k or synthetic, a MovieLens-100k folder or a Criteo TSV file" in capsys.readouterr().err
+    assert "--data: expected ml-100k or synthetic, a MovieLens-100k folder or a Criteo TSV or CSV file" in capsys.readouterr().err
     assert main(["train", "--data", "synthetic", "--hash-rows", "64", "--out", str(tmp_path)]) == 1
     assert "--hash-rows: only used with criteo-tsv data" in capsys.readouterr().err
     assert main(["train", "--batch-size", "0", "--out", str(tmp_path)]) == 1  # not replaced by a default
