@@ -85,7 +85,8 @@ import numpy as np
 from flax import nnx
 from runkit.progress import progress_bar
 
-from runkit import atomic_write_json
+from runkit import UsageError, atomic_write_json
+from runkit.checks import positive_ints
 from jaxsparse.penni.count import describe_layers, summarize
 from jaxsparse.models import CifarResNet
 from jaxsparse.penni.inference import (
@@ -396,32 +397,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     candidates = tuple(f for f in args.candidates.split(",") if f)
     try:
-        latency_batches = tuple(int(b) for b in args.latency_batches.split(",") if b.strip())
-    except ValueError:
-        latency_batches = (0,)
-    if any(b < 1 for b in latency_batches) or args.latency_calls < 1:
-        parser.error(f"--latency-batches/--latency-calls: expected positive integers, got {args.latency_batches!r} and "
-                     f"{args.latency_calls!r}")
+        latency_batches = positive_ints("--latency-batches", args.latency_batches) if args.latency_batches.strip() else ()
+        pad_multiples = positive_ints("--pad-multiples", args.pad_multiples)
+        torch_threads = positive_ints("--torch-threads", args.torch_threads)
+    except UsageError as error:
+        parser.error(str(error))
+    if args.latency_calls < 1:
+        parser.error(f"--latency-calls: expected a positive integer, got {args.latency_calls!r}")
     uniform = tuple(f for f in args.uniform_forms.split(",") if f)
     for name, forms in (("--candidates", candidates), ("--uniform-forms", uniform)):
         unknown = [f for f in forms if f not in CANDIDATES]
         if unknown or not forms and name == "--candidates":
             parser.error(f"{name}: expected a comma-separated subset of {list(CANDIDATES)}, got {','.join(forms)!r}")
-    try:
-        pad_multiples = tuple(int(m) for m in args.pad_multiples.split(",") if m.strip())
-    except ValueError:
-        pad_multiples = (0,)
-    if not pad_multiples or min(pad_multiples) < 1:
-        parser.error(f"--pad-multiples: expected comma-separated positive integers, got {args.pad_multiples!r}")
     if not isinstance(args.compiler_options, dict):
         parser.error(f"--compiler-options: expected a JSON object, got {args.compiler_options!r}")
     options = args.compiler_options
-    try:
-        torch_threads = tuple(int(t) for t in args.torch_threads.split(",") if t.strip())
-    except ValueError:
-        torch_threads = (0,)
-    if not torch_threads or min(torch_threads) < 1:
-        parser.error(f"--torch-threads: expected comma-separated positive integers, got {args.torch_threads!r}")
     torch_formats = tuple(f for f in args.torch_formats.split(",") if f.strip())
     if not torch_formats or set(torch_formats) - {"nchw", "channels_last"}:
         parser.error(f"--torch-formats: expected a comma-separated subset of nchw,channels_last, got {args.torch_formats!r}")

@@ -53,6 +53,26 @@ def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> Any:
     return value
 
 
+def positive_ints(name: str, text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, as an option gives them.
+
+    Example:
+        >>> positive_ints("--threads", "2, 1")
+        (2, 1)
+        >>> positive_ints("--threads", "2,x")
+        Traceback (most recent call last):
+        ...
+        runkit.checks.UsageError: --threads: expected comma-separated positive integers, got '2,x'
+    """
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise UsageError(f"{name}: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
 def check_shape(name: str, shape: Sequence[int], expected: Sequence[int | None]) -> None:
     """Raise :class:`UsageError` unless ``shape`` matches ``expected`` (``None`` matches any size).
 
