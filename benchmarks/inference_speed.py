@@ -57,7 +57,8 @@ with the JAX models' calls. ``speedup`` and ``speedup_batch1``/``speedup_batch8`
 faster dense engine's median by the compressed model's (``dense_engine`` names it at batch
 ``--batch``, ``dense_engine_batch<b>`` at the small batches); ``speedup_vs_xla_dense`` is the
 ratio against XLA's dense model alone. Every whole-model median is stored with its min and max
-(``seconds_per_batch_spread``).
+(``seconds_per_batch_spread``, with the median process CPU time of a call: the JAX process's, or
+the PyTorch worker's for its variants).
 
 Example::
 
@@ -277,36 +278,44 @@ def torch_variants(peer: TorchPeer | None, batch: int, formats, threads) -> dict
         peer.ask(op="build", batch=batch, format=fmt)
         for t in threads:
             timers[f"dense model, PyTorch {fmt} {t} thread{'s' if t > 1 else ''}"] = (
-                lambda fmt=fmt, t=t: peer.ask(op="time", batch=batch, format=fmt, threads=t, calls=1)["seconds"][0])
+                lambda fmt=fmt, t=t: _peer_call(peer.ask(op="time", batch=batch, format=fmt, threads=t, calls=1)))
     return timers
 
 
-def interleaved_samples(timers: dict, repeats: int, desc: str) -> dict:
-    """Seconds of every call of every timer (name -> zero-argument function returning one call's seconds),
-    called in alternation so load changes hit all alike."""
-    samples = {name: [] for name in timers}
+def _peer_call(reply: dict) -> tuple[float, float]:
+    """Wall and process CPU seconds of the one call a peer timed."""
+    return reply["seconds"][0], reply["cpu_seconds"]
+
+
+def interleaved_samples(timers: dict, repeats: int, desc: str) -> tuple[dict, dict]:
+    """Wall and process CPU seconds of every call of every timer (name -> zero-argument function returning one
+    call's ``(wall, cpu)`` seconds), called in alternation so load changes hit all alike."""
+    wall, cpu = {name: [] for name in timers}, {name: [] for name in timers}
     for _ in progress_bar(range(repeats), desc=desc, file=sys.stderr):
         for name, timer in timers.items():
-            samples[name].append(timer())
-    return samples
+            w, c = timer()
+            wall[name].append(w)
+            cpu[name].append(c)
+    return wall, cpu
 
 
 def jax_timer(fn, x):
-    """One timed call of a compiled forward (``block_until_ready``)."""
+    """One timed call of a compiled forward (``block_until_ready``): wall and process CPU seconds."""
 
     def timer():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         jax.block_until_ready(fn(x))
-        return time.perf_counter() - t
+        return time.perf_counter() - t, time.process_time() - c
 
     return timer
 
 
 def interleaved_seconds(forwards: dict, x: jax.Array, repeats: int, desc: str, peers: dict | None = None) -> tuple[dict, dict]:
     """Median seconds per call of every forward (and peer timer), timed in alternation, and each one's min and max."""
-    samples = interleaved_samples({**{n: jax_timer(fn, x) for n, fn in forwards.items()}, **(peers or {})}, repeats, desc)
+    samples, cpu = interleaved_samples({**{n: jax_timer(fn, x) for n, fn in forwards.items()}, **(peers or {})}, repeats, desc)
     return ({name: statistics.median(v) for name, v in samples.items()},
-            {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls": len(v)} for name, v in samples.items()})
+            {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "calls": len(v),
+                    "cpu_median_s": statistics.median(cpu[name])} for name, v in samples.items()})  # fmt: skip
 
 
 def latency(variants: dict, batches, calls: int, image_shape, options: dict, peer: TorchPeer | None = None, formats=(),
@@ -321,9 +330,10 @@ def latency(variants: dict, batches, calls: int, image_shape, options: dict, pee
             for _ in range(3):
                 jax.block_until_ready(fn(x))
         timers = {**{n: jax_timer(fn, x) for n, fn in forwards.items()}, **torch_variants(peer, batch, formats, threads)}
-        samples = interleaved_samples(timers, calls, f"latency, batch {batch}")
+        samples, cpu = interleaved_samples(timers, calls, f"latency, batch {batch}")
         out[batch] = {name: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "max_ms": 1e3 * max(v),
-                             "calls": len(v)} for name, v in samples.items()}  # fmt: skip
+                             "cpu_median_ms": 1e3 * statistics.median(cpu[name]), "calls": len(v)}
+                      for name, v in samples.items()}  # fmt: skip
     return out
 
 
@@ -557,6 +567,9 @@ def main(argv=None) -> int:
               f"everything else {b['without_convs_s']:.3f} s"
               + (f"; BatchNorm folding {b['bn_folding_gain']:.2f}x" if args.fold_bn else ""))
     print(f"load average during timing: {load_during}")
+    print("process CPU per call (median): " + ", ".join(f"{n}: {1e3 * spread[n]['cpu_median_s']:.1f} ms"
+                                                        for n in dict.fromkeys(("compressed, measured plan", dense_engine, "dense model"))
+                                                        if n in spread))  # fmt: skip
     for b, r in small.items():
         print(f"batch {b}: dense ({small_engine[b]}) {r[small_engine[b]]['median_ms']:.2f} ms, compressed "
               f"{r['compressed, measured plan']['median_ms']:.2f} ms (median of {r['dense model']['calls']} calls) -> {small_speedup[b]:.2f}x")
