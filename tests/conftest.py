@@ -67,3 +67,9 @@ def shared_root() -> Path:
     if not (root / "data").is_dir() or not (root / "models").is_dir():
         pytest.fail(f"shared data folder missing: expected data/ and models/ under {str(root)!r}")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` run first (otherwise in collection order): started last, the longest
+    tests would leave one of the two xdist workers idle at the end of the session."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

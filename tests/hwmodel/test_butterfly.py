@@ -69,6 +69,7 @@ def test_property_compaction_up_to_256_lanes(log_lanes, seed, density):
     np.testing.assert_array_equal(np.asarray(_expand(packed, jnp.asarray(bitmap))), np.where(bitmap, values, 0))
 
 
+@pytest.mark.slow
 @given(log_lanes=st.integers(1, 8), multipliers=st.integers(1, 40), seed=st.integers(0, 2**31 - 1), dw=st.floats(0, 1), da=st.floats(0, 1))
 def test_property_two_sided_matching(log_lanes, multipliers, seed, dw, da):
     lanes = 2**log_lanes

@@ -82,6 +82,7 @@ def _assert_grads_match(reference, fused, rtol):
             np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * (np.abs(want).max() + 1e-30), err_msg=f"{section}.{name}")
 
 
+@pytest.mark.slow
 def test_values_and_gradients_match_autodiff():
     order = "best"  # exercises both stage orders (per element) and the undecomposed layers
     chex.clear_trace_counter()

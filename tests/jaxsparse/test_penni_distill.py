@@ -82,6 +82,7 @@ def test_student_learns_the_teacher_from_the_distillation_term_alone():
     assert after > majority + 0.4, (majority, after)
 
 
+@pytest.mark.slow
 def test_pipeline_distils_from_its_dense_model_and_records_the_teacher(tmp_path):
     xtr, ytr, xte, yte = load_digits_rgb()
     data = Dataset(xtr[:256], ytr[:256], xte[:128], yte[:128], "digits")

@@ -68,6 +68,7 @@ def _build_compressed_resnet(seed, quantized, dead_fraction=0.3):
     return model
 
 
+@pytest.mark.slow
 @settings(max_examples=3)
 @given(form=st.sampled_from([f for f in PLAN_FORMS if f != "sparse_pallas"]), quantized=st.booleans(), fold=st.booleans(),
        seed=st.integers(0, 2))  # the Pallas form is refused on the CPU backend (tested below; its kernel has its own tests)

@@ -29,6 +29,7 @@ def _deterministic(report: dict) -> dict:
     return {"stages": stages, "summary": report["summary"], "layers": report["layers"], "config": report["config"]}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_report(tmp_path, capsys):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     # the uninterrupted run first: the session's compilation cache then serves the other two runs
@@ -80,6 +81,7 @@ def test_bad_argument_is_named():
     assert "--num-basis" in result.stderr and "12" in result.stderr
 
 
+@pytest.mark.slow
 def test_load_compressed_rebuilds_the_model_the_run_ended_with(tmp_path):
     import jax
     from flax import nnx

@@ -69,6 +69,7 @@ def test_metrics_against_textbook_values():
     assert auc(scores, labels) == pytest.approx(0.875)
 
 
+@pytest.mark.slow
 def test_train_synthetic_writes_outputs_resumes_and_matches_an_uninterrupted_run(tmp_path, capsys):
     def args(steps, out):
         return ["train", "--data", "synthetic", "--tables", "50,30,20", "--batch-size", "16", "--steps", str(steps),

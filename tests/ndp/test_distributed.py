@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.child_env import child_env
 from tests.ndp.distributed_case import train_case
@@ -21,6 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     out = tmp_path / "two_processes.npz"
     port = str(free_port())

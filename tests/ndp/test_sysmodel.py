@@ -175,6 +175,7 @@ def test_movielens_trace_is_in_time_order(shared_root):
     assert keys[0] == first[0] - 1 and keys[1] == first[1] - 1 + users
 
 
+@pytest.mark.slow
 def test_cli_simulate_writes_report_and_plots(tmp_path, shared_root, capsys):
     from ndp.__main__ import main
 

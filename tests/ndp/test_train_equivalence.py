@@ -115,6 +115,7 @@ equivalence_cases = dict(
 
 # Each example compiles two training steps (about 2 s on a quiet core), so examples are few;
 # the fixed cases below pin every layout on 2 and 8 devices with both optimizers.
+@pytest.mark.slow
 @settings(max_examples=5)
 @given(optimizer=st.sampled_from(["sgd", "rowwise_adagrad"]), **equivalence_cases)
 def test_sharded_training_matches_single_device(table_sizes, num_shards, kind, max_length, pooling, optimizer, seed):
