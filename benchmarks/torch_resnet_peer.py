@@ -10,7 +10,8 @@ in NCHW or channels_last memory format, at 1 or 2 intra-op threads.
 
 Requests:
 
-* ``{"op": "build", "batch": B, "format": "nchw"|"channels_last"}``: trace and freeze one variant.
+* ``{"op": "build", "batch": B, "format": "nchw"|"channels_last"}``: trace and freeze one variant (once: a
+  repeated request answers at once).
 * ``{"op": "logits", "batch": B, "format": F, "input": PATH}``: the variant's logits on the NHWC
   float32 images in ``PATH`` (``.npy``), written next to it as ``PATH.logits.npy``.
 * ``{"op": "time", "batch": B, "format": F, "threads": T, "calls": N}``: seconds of each of N calls
@@ -102,7 +103,9 @@ def main(argv=None) -> int:
             break
         key = (request["batch"], request["format"])
         fmt = torch.channels_last if request["format"] == "channels_last" else torch.contiguous_format
-        if op == "build":
+        if op == "build" and key in variants:  # built once per (batch, format), whoever asks again
+            reply({"built": list(key)})
+        elif op == "build":
             x = torch.randn(request["batch"], 3, 32, 32).contiguous(memory_format=fmt)
             with torch.no_grad():
                 traced = torch.jit.trace(model.to(memory_format=fmt), x)

@@ -87,9 +87,8 @@ def test_synthetic_multi_hot_bags_follow_each_tables_pooling_factor():
 def test_train_dlrmv2_preset_end_to_end(tmp_path, capsys):
     """The DLRMv2 preset at a small scale (narrow widths, 200-row tables): DCN interaction, 26 multi-hot
     tables with bags of up to 150 ids, row-wise Adagrad; it trains, evaluates and records the cross settings."""
-    import json
-
     from ndp.__main__ import main
+    from runkit import read_settings
 
     out = tmp_path / "run"
     status = main(["train", "--preset", "synthetic-dlrmv2", "--row-cap", "200", "--batch-size", "64", "--steps", "3",
@@ -97,7 +96,6 @@ def test_train_dlrmv2_preset_end_to_end(tmp_path, capsys):
                    "--devices", "2", "--no-progress", "--out", str(out)])  # fmt: skip
     assert status == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test AUC: ")
-    settings_file = json.loads((out / "dlrm" / "settings.json").read_text())
-    recorded = settings_file.get("settings", settings_file)
+    recorded = read_settings(out / "dlrm")
     assert recorded["interaction"] == "dcn" and recorded["cross_layers"] == 3 and recorded["cross_rank"] == 4
     assert recorded["table_sizes"] == [min(n, 200) for n in DLRMV2_TABLE_SIZES]
