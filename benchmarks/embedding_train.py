@@ -64,6 +64,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -103,44 +104,55 @@ def timed_rounds(run_steps, steps: int, rounds: int, cpu: list | None = None) ->
 # PyTorch / FBGEMM worker (imports neither jax nor ndp)
 
 
-def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warmup: int, threads: int | None) -> None:
+def load_indices(path):
+    """``(sizes, dim, batch_size, batches)`` of an index file; each batch is table-major CSR ``(values, offsets)``."""
+    with np.load(path) as data:
+        batches = [(data[f"values_{i}"], data[f"offsets_{i}"]) for i in range(int(data["count"]))]
+        return [int(x) for x in data["sizes"]], int(data["dim"]), int(data["batch_size"]), batches
+
+
+def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warmup: int, threads: int | None,
+                 embeddingbag: bool) -> None:  # fmt: skip
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    with np.load(indices_path) as data:
-        sizes = [int(x) for x in data["sizes"]]
-        batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]  # (B, T) int
-        dim = int(data["dim"])
-    batch_size, tables = batches[0].shape
+    sizes, dim, batch_size, batches = load_indices(indices_path)
+    tables = len(sizes)
     results: dict = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
-
-    # PyTorch EmbeddingBag, one per table, sparse gradients, SGD.
-    bags = [torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for n in sizes]
-    params = [p for b in bags for p in b.parameters()]
-    sgd = torch.optim.SGD(params, lr=LEARNING_RATE)
-    offsets = torch.arange(batch_size, dtype=torch.int64)
-    torch_inputs = [[torch.from_numpy(np.ascontiguousarray(b[:, t]).astype(np.int64)) for t in range(tables)]
-                    for b in batches]  # fmt: skip
+    cpu = results.setdefault("cpu_s", {})
     step_counter = [0]
 
-    def embedding_bag_steps(n):
-        for _ in range(n):
-            ids = torch_inputs[step_counter[0] % len(torch_inputs)]
-            step_counter[0] += 1
-            pooled = torch.cat([bag(ids[t], offsets) for t, bag in enumerate(bags)], dim=1)
-            loss = 0.5 * (pooled * pooled).sum() / batch_size
-            sgd.zero_grad(set_to_none=True)
-            loss.backward()
-            sgd.step()
+    if embeddingbag:
+        # PyTorch EmbeddingBag, one per table, sparse gradients, SGD.
+        bags = [torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for n in sizes]
+        params = [p for b in bags for p in b.parameters()]
+        sgd = torch.optim.SGD(params, lr=LEARNING_RATE)
+        torch_inputs = []
+        for values, offsets in batches:
+            per_table = []
+            for t in range(tables):
+                lo, hi = int(offsets[t * batch_size]), int(offsets[(t + 1) * batch_size])
+                per_table.append((torch.from_numpy(values[lo:hi].astype(np.int64)),
+                                  torch.from_numpy((offsets[t * batch_size:(t + 1) * batch_size] - lo).astype(np.int64))))
+            torch_inputs.append(per_table)  # fmt: skip
 
-    embedding_bag_steps(warmup)
-    cpu = results.setdefault("cpu_s", {})
-    results["torch_embeddingbag_sgd_s"] = timed_rounds(
-        embedding_bag_steps, steps, rounds, cpu.setdefault("torch_embeddingbag_sgd", [])
-    )
-    results["anon_huge_pages_mb_embeddingbag"] = anon_huge_pages_mb()
-    del bags, params, sgd
+        def embedding_bag_steps(n):
+            for _ in range(n):
+                ids = torch_inputs[step_counter[0] % len(torch_inputs)]
+                step_counter[0] += 1
+                pooled = torch.cat([bag(*ids[t]) for t, bag in enumerate(bags)], dim=1)
+                loss = 0.5 * (pooled * pooled).sum() / batch_size
+                sgd.zero_grad(set_to_none=True)
+                loss.backward()
+                sgd.step()
+
+        embedding_bag_steps(warmup)
+        results["torch_embeddingbag_sgd_s"] = timed_rounds(
+            embedding_bag_steps, steps, rounds, cpu.setdefault("torch_embeddingbag_sgd", [])
+        )
+        results["anon_huge_pages_mb_embeddingbag"] = anon_huge_pages_mb()
+        del bags, params, sgd
 
     try:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -152,11 +164,8 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
     except Exception as error:  # noqa: BLE001 - report why FBGEMM is missing, keep the rest
         results["fbgemm_error"] = repr(error)
     else:
-        # Table-major concatenation of the lookups, offsets over (table, example) bags.
-        tbe_inputs = []
-        for b in batches:
-            values = torch.from_numpy(np.ascontiguousarray(b.T).reshape(-1).astype(np.int64))
-            tbe_inputs.append((values, torch.arange(tables * batch_size + 1, dtype=torch.int64)))
+        # The same table-major CSR bags FBGEMM takes: values, offsets over (table, example) bags.
+        tbe_inputs = [(torch.from_numpy(v.astype(np.int64)), torch.from_numpy(o.astype(np.int64))) for v, o in batches]
         for name, optimizer in (("sgd", EmbOptimType.EXACT_SGD), ("rowwise_adagrad", EmbOptimType.EXACT_ROWWISE_ADAGRAD)):
             tbe = SplitTableBatchedEmbeddingBagsCodegen(
                 [(n, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for n in sizes],
@@ -184,8 +193,11 @@ def torch_worker(indices_path: str, out_path: str, steps: int, rounds: int, warm
 
 
 def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, steps: int, rounds: int,
-               warmup: int, paired: dict[str, str] | None = None) -> None:
+               warmup: int, paired: dict[str, str] | None = None, bag_format: str = "padded") -> None:
     """Time ndp's step in a fresh process, so its peak RSS is the step's own (runtime + tables + batch).
+
+    ``bag_format``: ``"padded"`` feeds ``ids (B, T, L)`` (XLA's gathers and scatters, the one-hot
+    path), ``"jagged"`` feeds :class:`ndp.bags.Bags` (the CPU kernels of :mod:`ndp.bag_kernels`).
 
     ``paired`` (name -> index file) adds configurations timed in the same process after
     the peak RSS of the first one is taken, their rounds interleaved with its rounds, so
@@ -201,13 +213,13 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
     import optax
     from flax import nnx
 
+    from ndp.bags import Bags, bags_to_padded
     from ndp.embedding import plan_sharding
-    from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, shard_batch, storage_mesh
+    from ndp.train import Batch, EmbeddingOptimizer, init_train_state, make_train_step, storage_mesh
 
     def load(path):
-        with np.load(path) as data:
-            batches = [data[f"batch_{i}"] for i in range(int(data["count"]))]
-            return [int(x) for x in data["sizes"]], batches, int(data["dim"])
+        sizes, dim, batch_size, batches = load_indices(path)
+        return sizes, [(Bags(v, o), batch_size) for v, o in batches], dim
 
     sizes, batches, dim = load(indices_path)
     jax.block_until_ready(jnp.zeros(()))
@@ -224,23 +236,27 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
     embedding_optimizer = EmbeddingOptimizer(optimizer, LEARNING_RATE, EPS)
     tx = optax.set_to_zero()
 
-    def device_batches(batches):
-        batch_size, tables = batches[0].shape
-        return [
-            shard_batch(mesh, Batch(np.zeros((batch_size, 0), np.float32), b.astype(np.int32)[:, :, None],
-                                    np.ones((batch_size, tables), np.int32), np.zeros(batch_size, np.float32)))
-            for b in batches
-        ]  # fmt: skip
+    def device_batches(step, batches):
+        host = []
+        for bags, batch_size in batches:
+            empty, labels = np.zeros((batch_size, 0), np.float32), np.zeros(batch_size, np.float32)
+            if bag_format == "padded":
+                host.append(Batch(empty, *bags_to_padded(bags, batch_size), labels))
+            else:
+                host.append(Batch(empty, bags, None, labels))
+        for batch in host:  # the largest capacity first, so that every batch has the same shapes
+            step.prepare(batch)
+        return [step.prepare(batch)[0] for batch in host]
 
     def build(sizes, batches, holder=None):
         """A ``run(n)`` that takes ``n`` steps, its holder (state and step) and the compiled step's temporaries."""
         plan = plan_sharding(sizes, dim, devices, "rw" if devices > 1 else "tw")
-        inputs = device_batches(batches)
         if holder is None:
             state, graphdef = init_train_state(mesh, plan, SquaredNormHead(), tx, jax.random.key(0),
                                                embedding_optimizer)  # fmt: skip
             step = make_train_step(mesh, plan, graphdef, lambda p, y: jnp.mean(p), tx, embedding_optimizer)
             holder = {"state": state, "step": step, "plan": plan}
+        inputs = device_batches(holder["step"], batches)
         temp = holder["step"].lower(holder["state"], inputs[0]).compile().memory_analysis().temp_size_in_bytes
         counter = [0]
 
@@ -263,7 +279,8 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
     result = {"step_s": per_step, "cpu_s": cpu_per_step, "temp_bytes": int(temp_bytes), "table_mb": table_bytes / 2**20,
               "slab_and_optimizer_state_mb": state_bytes / 2**20, "rows": int(sum(sizes)),
               "plan_imbalance": holder["plan"].imbalance(), "rss_runtime_mb": rss_runtime, "peak_rss_mb": peak_rss_mb(),
-              "anon_huge_pages_mb": anon_huge_pages_mb()}  # fmt: skip
+              "anon_huge_pages_mb": anon_huge_pages_mb(), "bag_format": bag_format,
+              "lookups_per_step": [int(b.offsets[-1]) for b, _ in batches]}  # fmt: skip
     if paired:
         runs = {"": run}
         for name, path in paired.items():
@@ -280,11 +297,17 @@ def ndp_worker(indices_path: str, out_path: str, optimizer: str, devices: int, s
     Path(out_path).write_text(json.dumps(result))
 
 
-def make_batches(sizes, batch_size, count, seed, zipf):
+def make_batches(sizes, batch_size, count, seed, zipf, pooling_factors=None, bag_length=1):
+    """``count`` batches of table-major CSR bags ``(values, offsets)`` from :mod:`ndp.data.synthetic`:
+    bags of ``bag_length`` ids, or of lengths around each table's ``pooling_factors`` (uniform in
+    ``[m - m//2, m + m//2]``)."""
+    from ndp.bags import bags_from_jagged
     from ndp.data.synthetic import SyntheticConfig, batch_at
 
-    cfg = SyntheticConfig(tuple(sizes), batch_size=batch_size, zipf_exponent=zipf, seed=seed)
-    return [np.stack([t.values for t in batch_at(cfg, i).tables], axis=1) for i in range(count)]
+    lengths = {} if pooling_factors else {"min_bag_length": bag_length, "max_bag_length": bag_length}
+    cfg = SyntheticConfig(tuple(sizes), batch_size=batch_size, zipf_exponent=zipf, seed=seed,
+                          pooling_factors=tuple(pooling_factors) if pooling_factors else None, **lengths)  # fmt: skip
+    return [tuple(bags_from_jagged(batch_at(cfg, i).tables)) for i in range(count)]
 
 
 def proc_field_mb(path: str, field: str) -> float | None:
@@ -304,9 +327,10 @@ def anon_huge_pages_mb() -> float | None:
     return proc_field_mb("/proc/self/smaps_rollup", "AnonHugePages")
 
 
-def save_indices(path, sizes, dim: int, batches) -> None:
-    """The index batches of a run and its table sizes, as the workers read them."""
-    np.savez(path, sizes=np.asarray(sizes), dim=dim, count=len(batches), **{f"batch_{i}": b for i, b in enumerate(batches)})
+def save_indices(path, sizes, dim: int, batch_size: int, batches) -> None:
+    """The index batches of a run (table-major CSR) and its table sizes, as the workers read them."""
+    arrays = {f"{name}_{i}": x for i, b in enumerate(batches) for name, x in zip(("values", "offsets"), b)}
+    np.savez(path, sizes=np.asarray(sizes), dim=dim, batch_size=batch_size, count=len(batches), **arrays)
 
 
 def load_average() -> list[float]:
@@ -335,7 +359,7 @@ def merge_repeats(runs):
 
     peers = {n: merge([run[0][n] for run in runs]) for n in runs[0][0]}
     ours = {opt: merge([run[1][opt] for run in runs]) for opt in runs[0][1]}
-    small = merge([run[2] for run in runs])
+    small = merge([run[2] for run in runs]) if runs[0][2] is not None else None
     large = merge([run[3] for run in runs]) if runs[0][3] is not None else None
     return peers, ours, small, large
 
@@ -351,15 +375,64 @@ def parse_threads(text: str) -> list[int]:
     return list(positive_ints("--torch-threads", text))
 
 
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """One embedding workload: tables, dimension, batch and bags; the ndp bag format it runs with."""
+
+    name: str
+    sizes: tuple[int, ...]
+    dim: int
+    batch_size: int
+    bag_length: int = 1
+    pooling_factors: tuple[int, ...] | None = None
+    bag_format: str = "padded"
+    embeddingbag: bool = False  # also time PyTorch's nn.EmbeddingBag (slow; the one-hot workload only)
+
+    def describe(self) -> dict:
+        return {"tables": len(self.sizes), "rows": int(sum(self.sizes)), "dim": self.dim, "batch_size": self.batch_size,
+                "bag_length": None if self.pooling_factors else self.bag_length,
+                "pooling_factors": list(self.pooling_factors) if self.pooling_factors else None,
+                "ndp_bag_format": self.bag_format}  # fmt: skip
+
+
+WORKLOAD_NAMES = ("kaggle", "one-table", "dlrmv2")
+
+
+def workloads(args) -> list[Workload]:
+    """The workloads named by ``--workloads``: (a) the one-hot Kaggle tables, (b) one large table with
+    bags of 20 ids, (c) MLPerf DLRMv2's tables with their multi-hot pooling factors."""
+    from ndp.configs import DLRMV2_POOLING_FACTORS, criteo_kaggle_table_sizes, dlrmv2_table_sizes
+
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for name in chosen:
+        if name not in WORKLOAD_NAMES:
+            raise ValueError(f"--workloads: expected names from {list(WORKLOAD_NAMES)}, got {name!r}")
+    if not chosen:
+        raise ValueError(f"--workloads: expected at least one of {list(WORKLOAD_NAMES)}, got {args.workloads!r}")
+    every = {
+        # One-hot bags: ndp's padded path (XLA gathers and scatters), measured faster than the kernels there.
+        "kaggle": Workload("kaggle", criteo_kaggle_table_sizes(row_cap=args.row_cap), args.dim, args.batch_size,
+                           embeddingbag=True),
+        "one-table": Workload("one-table", (args.one_table_rows,), 64, 4096, bag_length=20, bag_format="jagged"),
+        "dlrmv2": Workload("dlrmv2", dlrmv2_table_sizes(row_cap=args.row_cap), 128, 2048,
+                           pooling_factors=DLRMV2_POOLING_FACTORS, bag_format="jagged"),
+    }  # fmt: skip
+    return [every[name] for name in chosen]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--row-cap", type=int, default=1_000_000)
+    parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES),
+                        help=f"comma-separated workloads from {', '.join(WORKLOAD_NAMES)} (default: all)")
+    parser.add_argument("--row-cap", type=int, default=1_000_000, help="largest table of the kaggle and dlrmv2 workloads")
+    parser.add_argument("--one-table-rows", type=int, default=10_000_000, help="rows of the one-table workload")
     parser.add_argument("--large-scale", type=float, default=10.0,
-                        help="table scale of the 'large' ndp SGD run (slowdown_at_10x_rows); 0 skips it")
+                        help="table scale of the 'large' ndp SGD run of the kaggle workload (slowdown_at_10x_rows); "
+                             "0 skips it")
     parser.add_argument("--small-scale", type=float, default=0.1,
-                        help="table scale of the 'small' ndp SGD run (secondary figure)")
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=2048)
+                        help="table scale of the 'small' ndp SGD run of the kaggle workload (secondary figure)")
+    parser.add_argument("--dim", type=int, default=16, help="embedding dimension of the kaggle workload")
+    parser.add_argument("--batch-size", type=int, default=2048, help="batch of the kaggle workload")
     parser.add_argument("--zipf", type=float, default=0.9)
     parser.add_argument("--devices", type=int, default=1, help="storage devices of the ndp run (CPU: emulated)")
     parser.add_argument("--steps", type=int, default=20)
@@ -371,7 +444,7 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-python", default=None, help="python with torch + fbgemm-gpu-cpu (default: this one)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--no-peers", action="store_true",
-                        help="only ndp's SGD step at both table sizes (e.g. to test larger tables)")
+                        help="only ndp's SGD step (on the kaggle workload: at all three table sizes)")
     parser.add_argument("--torch-threads", default="2,1",
                         help="comma-separated torch.set_num_threads values, one peer run each (default 2,1)")
     parser.add_argument("--headline-threads", default="best",
@@ -386,17 +459,21 @@ def main(argv=None) -> int:
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--paired", default=None, help=argparse.SUPPRESS)  # name=path,... (ndp worker)
+    parser.add_argument("--bag-format", default="padded", help=argparse.SUPPRESS)  # ndp worker
+    parser.add_argument("--embeddingbag", action="store_true", help=argparse.SUPPRESS)  # torch worker
     args = parser.parse_args(argv)
     if args.worker == "torch":
-        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.threads)
+        torch_worker(args.indices, args.worker_out, args.steps, args.rounds, args.warmup, args.threads,
+                     args.embeddingbag)  # fmt: skip
         return 0
     if args.worker == "ndp":
         paired = dict(item.split("=", 1) for item in args.paired.split(",")) if args.paired else None
         ndp_worker(args.indices, args.worker_out, args.optimizer, args.devices, args.steps, args.rounds, args.warmup,
-                   paired)  # fmt: skip
+                   paired, args.bag_format)  # fmt: skip
         return 0
     try:
         threads = [] if args.no_peers else parse_threads(args.torch_threads)
+        chosen_workloads = workloads(args)
     except ValueError as error:
         parser.error(str(error))
     chosen = args.headline_threads
@@ -405,15 +482,15 @@ def main(argv=None) -> int:
                      f"got {args.headline_threads!r}")  # fmt: skip
     if args.repeats < 1:
         parser.error(f"--repeats: expected a positive int, got {args.repeats}")
-    from ndp.configs import criteo_kaggle_table_sizes, scale_table_sizes
+    from ndp.configs import scale_table_sizes
 
-    sizes = criteo_kaggle_table_sizes(row_cap=args.row_cap)
-    small_sizes = scale_table_sizes(sizes, scale=args.small_scale)
-    large_sizes = scale_table_sizes(sizes, scale=args.large_scale) if args.large_scale > 0 else None
+    kaggle = next((w for w in chosen_workloads if w.name == "kaggle"), None)
+    small_sizes = scale_table_sizes(kaggle.sizes, scale=args.small_scale) if kaggle else None
+    large_sizes = scale_table_sizes(kaggle.sizes, scale=args.large_scale) if kaggle and args.large_scale > 0 else None
     large_skipped = None if args.large_scale > 0 else "--large-scale 0"
     if large_sizes is not None:
         # The slab plus its step's buffers, the runtime and a margin for the other users of the machine.
-        need_mb = sum(large_sizes) * args.dim * 4 / 2**20 * 1.1 + 2048
+        need_mb = sum(large_sizes) * kaggle.dim * 4 / 2**20 * 1.1 + 2048
         free_mb = available_memory_mb()
         if free_mb is not None and free_mb < need_mb:
             large_skipped = f"needs about {need_mb:.0f} MB, {free_mb:.0f} MB available"
@@ -431,6 +508,7 @@ def main(argv=None) -> int:
                str(out), "--steps", str(args.steps), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                "--devices", str(args.devices), *extra]  # fmt: skip
         load_before = load_average()
+        print(f"  {kind} worker {' '.join(extra)} on {indices.name}", file=sys.stderr, flush=True)
         done = subprocess.run(cmd, env=worker_env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not out.is_file():
             print(done.stdout[-2000:], done.stderr[-4000:], file=sys.stderr)
@@ -439,58 +517,101 @@ def main(argv=None) -> int:
         return {**json.loads(out.read_text()), "load_avg_before": load_before, "load_avg_after": load_average()}
 
     load_start = load_average()
+    optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")
+    runs: dict[str, list] = {w.name: [] for w in chosen_workloads}
     with tempfile.TemporaryDirectory() as tmp:
-        indices, small_indices = Path(tmp) / "indices.npz", Path(tmp) / "small_indices.npz"
-        large_indices, large_same_indices = Path(tmp) / "large_indices.npz", Path(tmp) / "large_same_indices.npz"
-        for path, table_sizes in ((indices, sizes), (small_indices, small_sizes), (large_indices, large_sizes)):
-            if table_sizes is None:
-                continue
-            batches = make_batches(table_sizes, args.batch_size, args.index_batches, 0, args.zipf)
-            save_indices(path, table_sizes, args.dim, batches)
-            if path == indices and large_sizes is not None:
-                # The headline's lookups (all in range of the larger tables) on the 10x tables.
-                save_indices(large_same_indices, large_sizes, args.dim, batches)
+        files = {}
+        for w in chosen_workloads:
+            files[w.name] = Path(tmp) / f"{w.name}.npz"
+            batches = make_batches(w.sizes, w.batch_size, args.index_batches, 0, args.zipf, w.pooling_factors,
+                                   w.bag_length)  # fmt: skip
+            save_indices(files[w.name], w.sizes, w.dim, w.batch_size, batches)
+            if w is kaggle:
+                files["small"] = Path(tmp) / "small.npz"
+                save_indices(files["small"], small_sizes, w.dim, w.batch_size,
+                             make_batches(small_sizes, w.batch_size, args.index_batches, 0, args.zipf))  # fmt: skip
+                if large_sizes is not None:
+                    # Fresh Zipf draws over the 10x tables, and the headline's lookups on the 10x tables.
+                    files["large"], files["large_same"] = Path(tmp) / "large.npz", Path(tmp) / "large_same.npz"
+                    save_indices(files["large"], large_sizes, w.dim, w.batch_size,
+                                 make_batches(large_sizes, w.batch_size, args.index_batches, 0, args.zipf))  # fmt: skip
+                    save_indices(files["large_same"], large_sizes, w.dim, w.batch_size, batches)
         # Each framework in its own process, one after the other, on the same index batches; with
         # --repeats the whole sequence runs again, so slow phases of a shared machine hit all alike.
-        optimizers = ("sgd",) if args.no_peers else ("sgd", "rowwise_adagrad")
-        runs = []
-        for _ in range(args.repeats):
-            peers = {str(n): worker("torch", indices, tmp, "--threads", str(n)) for n in threads}
-            ours = {opt: worker("ndp", indices, tmp, "--optimizer", opt) for opt in optimizers}
-            small = worker("ndp", small_indices, tmp, "--optimizer", "sgd")
-            large = None
-            if large_sizes is not None:
-                # 10x tables; the headline tables and the headline's lookups on the 10x tables in the
-                # same process, rounds interleaved, for the ratios.
-                large = worker("ndp", large_indices, tmp, "--optimizer", "sgd", "--paired",
-                               f"headline={indices},headline_ids={large_same_indices}")  # fmt: skip
-            runs.append((peers, ours, small, large))
-        peers, ours, small, large = merge_repeats(runs)
+        for repeat in range(args.repeats):
+            for w in chosen_workloads:
+                print(f"repeat {repeat + 1}/{args.repeats}, workload {w.name}", file=sys.stderr, flush=True)
+                eb = ("--embeddingbag",) if w.embeddingbag else ()
+                peers = {str(n): worker("torch", files[w.name], tmp, "--threads", str(n), *eb) for n in threads}
+                ours = {opt: worker("ndp", files[w.name], tmp, "--optimizer", opt, "--bag-format", w.bag_format)
+                        for opt in optimizers}  # fmt: skip
+                small = large = None
+                if w is kaggle:
+                    small = worker("ndp", files["small"], tmp, "--optimizer", "sgd")
+                    if large_sizes is not None:
+                        # 10x tables with fresh draws; in the same process, rounds interleaved, the headline
+                        # tables and the headline's lookups on the 10x tables, for the ratios.
+                        large = worker("ndp", files["large"], tmp, "--optimizer", "sgd", "--paired",
+                                       f"headline={files[w.name]},headline_ids={files['large_same']}")  # fmt: skip
+                runs[w.name].append((peers, ours, small, large))
     load_end = load_average()
+    report = {"machine": {"cpus": os.cpu_count(), "load_avg_start": load_start, "load_avg_end": load_end,
+                          "huge_pages": args.huge_pages, "worker_glibc_tunables": worker_env.get("GLIBC_TUNABLES")},
+              "settings": {"zipf": args.zipf, "devices": args.devices, "steps": args.steps, "rounds": args.rounds,
+                           "repeats": args.repeats, "index_batches": args.index_batches},
+              "workloads": {}, "headline": {}}  # fmt: skip
+    for w in chosen_workloads:
+        section = summarise(w, *merge_repeats(runs[w.name]), args.headline_threads)
+        report["workloads"][w.name] = section
+        report["headline"][w.name] = section["headline"]
+        print(f"--- {w.name}: {w.describe()}")
+        for name, ms in section["median_step_ms"].items():
+            print(f"{name:40s} {ms:9.2f} ms/step")
+        for n, r in section["speedups_by_torch_threads"].items():
+            wall = ", ".join(f"{k} {v:.2f}x" for k, v in r["wall"].items() if v)
+            print(f"torch/FBGEMM with {n} thread(s): wall {wall}")
+    if kaggle is not None:
+        k = report["workloads"]["kaggle"]
+        report["workloads"]["kaggle"]["large_skipped"] = large_skipped
+        report["headline"].update({key: k[key] for key in ("slowdown_at_10x_rows", "slowdown_at_10x_rows_same_ids",
+                                                         "speedup_vs_torch_embeddingbag") if key in k})  # fmt: skip
+    print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; huge pages {args.huge_pages}")
+    from runkit import atomic_write_json  # here, not at the top: the torch workers run in a venv without jax
+
+    atomic_write_json(args.out, report)
+    print(json.dumps(report["headline"]))
+    return 0
+
+
+def summarise(w: Workload, peers: dict, ours: dict, small: dict | None, large: dict | None, headline_threads: str) -> dict:
+    """One workload's medians, ratios and headline from its pooled worker results."""
     median = statistics.median
     ours_ms = {opt: 1e3 * median(o["step_s"]) for opt, o in ours.items()}
     ours_cpu_ms = {opt: 1e3 * median(o["cpu_s"]) for opt, o in ours.items()}
 
+    def peer_ms(peer: dict, name: str, cpu: bool = False):
+        xs = peer.get("cpu_s", {}).get(name) if cpu else peer.get(f"{name}_s")
+        return 1e3 * median(xs) if xs else None
+
     def ratios(peer: dict, cpu: bool = False) -> dict:
         """Peer step time over ours (> 1: ndp is faster), wall-clock or process CPU time."""
-
-        def peer_ms(name):
-            if cpu:
-                xs = peer.get("cpu_s", {}).get(name)
-            else:
-                xs = peer.get(f"{name}_s")
-            return 1e3 * median(xs) if xs else None
-
         mine = ours_cpu_ms if cpu else ours_ms
         out = {}
-        for key, name, opt in (("speedup_vs_fbgemm_sgd", "fbgemm_sgd", "sgd"),
-                               ("speedup_vs_fbgemm_rowwise_adagrad", "fbgemm_rowwise_adagrad", "rowwise_adagrad"),
+        for key, name, opt in (("speedup_sgd_vs_fbgemm_sgd", "fbgemm_sgd", "sgd"),
+                               ("speedup_adagrad_vs_fbgemm_adagrad", "fbgemm_rowwise_adagrad", "rowwise_adagrad"),
                                ("speedup_vs_torch_embeddingbag", "torch_embeddingbag_sgd", "sgd")):  # fmt: skip
-            theirs = peer_ms(name)
+            theirs = peer_ms(peer, name, cpu)
             out[key] = theirs / mine[opt] if theirs is not None and opt in mine else None
+        fastest = [x for x in (peer_ms(peer, "fbgemm_sgd", cpu), peer_ms(peer, "fbgemm_rowwise_adagrad", cpu)) if x]
+        for opt in mine:  # each ndp optimizer against FBGEMM's fastest step
+            out[f"speedup_{opt}_vs_fbgemm_fastest"] = min(fastest) / mine[opt] if fastest else None
         return out
 
-    if args.headline_threads == "best":
+    def spread(xs):
+        xs = [1e3 * x for x in xs]
+        return {"median": median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+    if headline_threads == "best":
         # Each peer timing at its fastest thread setting: never flattering to ndp, whatever the load.
         fastest = {}  # timing key -> (torch threads, per-step times); the first setting wins ties
         for n, peer in peers.items():
@@ -499,85 +620,62 @@ def main(argv=None) -> int:
                     if key not in fastest or median(value) < median(fastest[key][1]):
                         fastest[key] = (n, value)
         headline_peer = {key: value for key, (_, value) in fastest.items()}
-        headline_threads = {key[:-2]: n for key, (n, _) in fastest.items()}
+        cpu_of = {key[:-2]: peers[n]["cpu_s"][key[:-2]] for key, (n, _) in fastest.items()}
+        headline_peer["cpu_s"] = cpu_of
+        chosen_threads = {key[:-2]: n for key, (n, _) in fastest.items()}
     else:
-        headline_peer = peers[args.headline_threads]
-        headline_threads = {
-            key[:-2]: args.headline_threads for key in headline_peer if key.endswith("_s") and key != "cpu_s"
-        }
-    small_ms, small_cpu_ms = 1e3 * median(small["step_s"]), 1e3 * median(small["cpu_s"])
-    large_ms = 1e3 * median(large["interleaved_step_s"]) if large else None
-    large_cpu_ms = 1e3 * median(large["interleaved_cpu_s"]) if large else None
-    # In the 10x worker, interleaved with the 10x rounds: the headline tables, and the headline's lookups on
-    # the 10x tables.
-    paired_ms = {k: 1e3 * median(large[f"{k}_step_s"]) for k in ("headline", "headline_ids")} if large else {}
-    paired_cpu_ms = {k: 1e3 * median(large[f"{k}_cpu_s"]) for k in ("headline", "headline_ids")} if large else {}
-    headline = {
-        **ratios(headline_peer),
-        "slowdown_at_10x_rows": paired_ms["headline_ids"] / paired_ms["headline"] if large else None,
-        "slowdown_at_10x_rows_new_draws": large_ms / paired_ms["headline"] if large else None,
-        "peak_rss_mb": ours["sgd"]["peak_rss_mb"],
-        "peak_rss_mb_at_10x_rows": large["peak_rss_mb"] if large else None,
-    }
-    report = {
-        "workload": {"tables": len(sizes), "rows": int(sum(sizes)), "small_rows": int(sum(small_sizes)),
-                     "large_rows": int(sum(large_sizes)) if large_sizes else None, "large_scale": args.large_scale,
-                     "small_scale": args.small_scale, "large_skipped": large_skipped,
-                     "dim": args.dim, "batch_size": args.batch_size, "zipf": args.zipf, "row_cap": args.row_cap,
-                     "devices": args.devices, "steps": args.steps, "rounds": args.rounds},  # fmt: skip
-        "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start, "load_avg_end": load_end,
-                    "huge_pages": args.huge_pages,
-                    "worker_glibc_tunables": worker_env.get("GLIBC_TUNABLES")},  # fmt: skip
-        "headline_torch_threads": headline_threads,
-        "ndp": {**ours, "sgd_small_tables": small, "sgd_large_tables": large},
+        headline_peer = peers[headline_threads] if peers else {}
+        chosen_threads = {key[:-2]: headline_threads for key in headline_peer if key.endswith("_s") and key != "cpu_s"}
+    wall, cpu = ratios(headline_peer), ratios(headline_peer, cpu=True)
+    headline = {key: wall[key] for key in ("speedup_sgd_vs_fbgemm_sgd", "speedup_adagrad_vs_fbgemm_adagrad")}
+    per_opt = [v for k, v in wall.items() if k.endswith("_vs_fbgemm_fastest") and v is not None]
+    # ndp's slower optimizer against FBGEMM's fastest step: the least flattering pairing.
+    headline["speedup_vs_fbgemm_fastest"] = min(per_opt) if per_opt else None
+    section = {
+        "workload": w.describe(),
+        "headline": headline,
+        "headline_torch_threads": chosen_threads,
+        "ratios_wall": wall,
+        "ratios_cpu_time": cpu,
+        "ndp": ours,
         "peers_by_torch_threads": peers,
+        "step_ms_spread": {**{f"ndp_{opt}": spread(o["step_s"]) for opt, o in ours.items()},
+                           **{f"{k[:-2]}_{n}thread": spread(v) for n, p in peers.items() for k, v in p.items()
+                              if k.endswith("_s") and k != "cpu_s"}},  # fmt: skip
         "median_step_ms": {
             **{f"ndp_{opt}": ms for opt, ms in ours_ms.items()},
-            "ndp_sgd_small_tables": small_ms,
-            **({"ndp_sgd_large_tables": large_ms, "ndp_sgd_headline_tables_in_10x_process": paired_ms["headline"],
-                "ndp_sgd_large_tables_headline_ids": paired_ms["headline_ids"]} if large else {}),
             **{f"{k[:-2]}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.items()
                if k.endswith("_s") and k != "cpu_s"},
         },  # fmt: skip
         "median_cpu_ms_per_step": {
             **{f"ndp_{opt}": ms for opt, ms in ours_cpu_ms.items()},
-            "ndp_sgd_small_tables": small_cpu_ms,
-            **({"ndp_sgd_large_tables": large_cpu_ms, "ndp_sgd_headline_tables_in_10x_process": paired_cpu_ms["headline"],
-                "ndp_sgd_large_tables_headline_ids": paired_cpu_ms["headline_ids"]} if large else {}),
             **{f"{k}_{n}thread": 1e3 * median(v) for n, p in peers.items() for k, v in p.get("cpu_s", {}).items()},
-        },  # fmt: skip
-        "slowdown_at_10x_rows_cpu_time": paired_cpu_ms["headline_ids"] / paired_cpu_ms["headline"] if large else None,
-        "slowdown_at_10x_rows_new_draws_cpu_time": large_cpu_ms / paired_cpu_ms["headline"] if large else None,
-        # The 10x worker's own rounds over the headline worker's (separate processes, not interleaved).
-        "slowdown_at_10x_rows_separate_processes": 1e3 * median(large["step_s"]) / ours_ms["sgd"] if large else None,
-        # Secondary: headline tables (340 MB) over 10x smaller ones (34 MB, about the L3 cache).
-        "slowdown_full_vs_0p1x_rows": ours_ms["sgd"] / small_ms,
-        "slowdown_full_vs_0p1x_rows_cpu_time": ours_cpu_ms["sgd"] / small_cpu_ms,
-        "speedups_by_torch_threads": {
-            n: {"wall": ratios(p), "cpu_time": ratios(p, cpu=True)} for n, p in peers.items()
         },
-        "headline": headline,
+        "speedups_by_torch_threads": {n: {"wall": ratios(p), "cpu_time": ratios(p, cpu=True)} for n, p in peers.items()},
     }
-    for name, ms in report["median_step_ms"].items():
-        print(f"{name:40s} {ms:9.2f} ms/step")
-    for n, r in report["speedups_by_torch_threads"].items():
-        wall = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["wall"].items() if v)
-        cpu = ", ".join(f"{k[11:]} {v:.2f}x" for k, v in r["cpu_time"].items() if v)
-        print(f"torch/FBGEMM with {n} thread(s): wall {wall} | CPU time {cpu}")
-    sized = {**ours, "sgd at 10x rows": large} if large else ours
-    if large_skipped:
-        print(f"ndp at {args.large_scale}x rows: skipped ({large_skipped})")
-    for opt, o in sized.items():
-        print(f"ndp {opt}: tables {o['table_mb']:.0f} MB (with optimizer state {o['slab_and_optimizer_state_mb']:.0f} MB), "
-              f"step temporaries {o['temp_bytes'] / 2**20:.1f} MB, runtime RSS {o['rss_runtime_mb']:.0f} MB, "
-              f"peak RSS {o['peak_rss_mb']:.0f} MB, huge pages {o.get('anon_huge_pages_mb')} MB")  # fmt: skip
-    print(f"load average (1, 5, 15 min): start {load_start}, end {load_end}; huge pages {args.huge_pages}; "
-          f"headline ratios against torch threads {headline_threads}")  # fmt: skip
-    from runkit import atomic_write_json  # here, not at the top: the torch workers run in a venv without jax
-
-    atomic_write_json(args.out, report)
-    print(json.dumps(headline))
-    return 0
+    if small is not None:
+        section["ndp"]["sgd_small_tables"] = small
+        section["median_step_ms"]["ndp_sgd_small_tables"] = 1e3 * median(small["step_s"])
+        section["median_cpu_ms_per_step"]["ndp_sgd_small_tables"] = 1e3 * median(small["cpu_s"])
+        if "sgd" in ours_ms:
+            section["slowdown_full_vs_0p1x_rows"] = ours_ms["sgd"] / section["median_step_ms"]["ndp_sgd_small_tables"]
+    if wall.get("speedup_vs_torch_embeddingbag"):
+        section["speedup_vs_torch_embeddingbag"] = wall["speedup_vs_torch_embeddingbag"]
+    if large is not None:
+        section["ndp"]["sgd_large_tables"] = large
+        # In the 10x worker, interleaved with its rounds on fresh draws over the 10x tables: the headline
+        # tables with the headline's lookups, and the headline's lookups on the 10x tables.
+        ms = {k: 1e3 * median(large[f"{k}_step_s"]) for k in ("headline", "headline_ids")}
+        cpu_ms = {k: 1e3 * median(large[f"{k}_cpu_s"]) for k in ("headline", "headline_ids")}
+        large_ms, large_cpu_ms = 1e3 * median(large["interleaved_step_s"]), 1e3 * median(large["interleaved_cpu_s"])
+        section["median_step_ms"].update({"ndp_sgd_large_tables": large_ms, "ndp_sgd_headline_tables_in_10x_process":
+                                          ms["headline"], "ndp_sgd_large_tables_headline_ids": ms["headline_ids"]})  # fmt: skip
+        section["slowdown_at_10x_rows"] = large_ms / ms["headline"]
+        section["slowdown_at_10x_rows_cpu_time"] = large_cpu_ms / cpu_ms["headline"]
+        section["slowdown_at_10x_rows_same_ids"] = ms["headline_ids"] / ms["headline"]
+        section["slowdown_at_10x_rows_same_ids_cpu_time"] = cpu_ms["headline_ids"] / cpu_ms["headline"]
+        section["peak_rss_mb_at_10x_rows"] = large["peak_rss_mb"]
+    return section
 
 
 if __name__ == "__main__":

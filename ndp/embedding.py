@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from runkit import UsageError, check_choice, check_positive
+from ndp import bag_kernels
+from ndp.bags import Bags
 from ndp.plan import (
     AXIS,
     OPTIMIZERS,
@@ -80,6 +82,9 @@ __all__ = [
     "Capacity",
     "ShardingPlan",
     "TablePiece",
+    "BAG_PATHS",
+    "Bags",
+    "apply_bags_update",
     "apply_routed_update",
     "apply_sparse_update",
     "batch_capacity",
@@ -87,6 +92,7 @@ __all__ = [
     "init_rowwise_state",
     "init_slab",
     "lookup",
+    "lookup_bags",
     "lookup_routed",
     "pack_tables",
     "place_routed",
@@ -574,3 +580,133 @@ def _update_fn(mesh, plan: ShardingPlan, pooling: str, optimizer: str, eps: floa
             slab, state, jnp.asarray(routing), _on_batch(mesh, ids), _on_batch(mesh, lengths), _on_batch(mesh, grad), lr
         )
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Jagged bags on one device (ndp.bags): the CPU kernels, or the same functions in XLA
+
+#: How :func:`lookup_bags` and :func:`apply_bags_update` run: ``"auto"`` (the CPU kernels of
+#: :mod:`ndp.bag_kernels` where they can run, else XLA), ``"kernel"`` or ``"xla"``.
+BAG_PATHS = ("auto", "kernel", "xla")
+
+
+def _bag_tables(plan: ShardingPlan) -> tuple[np.ndarray, np.ndarray]:
+    """``(table_offsets, table_sizes)`` of a one-device plan: table ``t`` is slab rows ``offsets[t]:offsets[t] + sizes[t]``."""
+    if plan.num_shards != 1:
+        raise UsageError(f"ids: jagged Bags are looked up on a one-device mesh (pass padded ids, or let "
+                         f"ndp.train.BatchStep convert them), got a plan over {plan.num_shards} devices")  # fmt: skip
+    start, end, offset = plan.routing()[0]
+    sizes = np.asarray(plan.table_sizes, np.int32)
+    if np.any(start != 0) or np.any(end != sizes):
+        raise UsageError(f"plan: expected every table whole on the one device, got row ranges {list(zip(start, end))}")
+    return offset.astype(np.int32), sizes
+
+
+def _whole_bags(mesh, bags: Bags):
+    """``(values, offsets)`` of ``bags`` whole on every device of ``mesh``."""
+    whole = jax.NamedSharding(mesh, jax.P())
+    return tuple(jax.reshard(jnp.asarray(x, jnp.int32), whole) for x in (bags.values, bags.offsets))
+
+
+def _use_kernel(path: str) -> bool:
+    check_choice("path", path, BAG_PATHS)
+    ok, reason = bag_kernels.available()
+    if path == "kernel" and not ok:
+        raise UsageError(f"path: the 'kernel' path needs the CPU kernels, which are unavailable here: {reason}")
+    return ok and path != "xla"
+
+
+def _bag_lookups(offsets_sizes, bags: Bags, batch: int, slab_rows: int):
+    """Per entry of ``bags.values``: its slab row (``slab_rows`` for padding or a bad id) and its
+    bag's position ``b * T + t`` in the pooled ``(B * T, W)`` rows (``B * T`` for padding)."""
+    table_offsets, table_sizes = (jnp.asarray(a) for a in offsets_sizes)
+    values, offsets = jnp.asarray(bags.values, jnp.int32), jnp.asarray(bags.offsets, jnp.int32)
+    tables = table_offsets.shape[0]
+    entry = jnp.arange(values.shape[0], dtype=jnp.int32)
+    bag = jnp.searchsorted(offsets, entry, side="right").astype(jnp.int32) - 1  # T * B for padding
+    table = jnp.minimum(bag // batch, tables - 1)
+    valid = (entry < offsets[-1]) & (values >= 0) & (values < table_sizes[table])
+    rows = jnp.where(valid, table_offsets[table] + values, slab_rows)
+    pooled_at = jnp.where(valid, (bag % batch) * tables + table, batch * tables)
+    return rows, pooled_at
+
+
+def lookup_bags(mesh, plan: ShardingPlan, slab, bags: Bags, lengths, *, pooling: str = "sum", path: str = "auto"):
+    """Pooled embeddings ``float32 (B, T, D)`` of jagged bags (:mod:`ndp.bags`) on a one-device mesh.
+
+    Callable inside jit. ``lengths``: ``int32 (B, T)`` (read by mean pooling only).
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from ndp.bags import bags_from_jagged
+        >>> mesh = jax.make_mesh((1,), ("storage",))
+        >>> plan = plan_sharding((5, 3), embedding_dim=2, num_shards=1, kind="tw")
+        >>> slab = put_slab(mesh, plan, pack_tables(plan, [np.ones((5, 2), np.float32), 2 * np.ones((3, 2), np.float32)]))
+        >>> bags = bags_from_jagged([(np.array([0, 4]), np.array([0, 2])), (np.array([1, 2, 0]), np.array([0, 3]))])
+        >>> np.asarray(lookup_bags(mesh, plan, slab, bags, np.array([[2, 3]])))[0].tolist()
+        [[2.0, 2.0], [6.0, 6.0]]
+    """
+    check_choice("pooling", pooling, POOLINGS)
+    _check_mesh(mesh, plan)
+    tables = _bag_tables(plan)
+    kernel = _use_kernel(path)
+    batch = (bags.offsets.shape[0] - 1) // plan.num_tables
+
+    def local(slab, values, offsets, lengths):
+        if kernel:
+            pooled = bag_kernels.pool(slab, *tables, values, offsets, batch_size=batch)
+        else:
+            rows, pooled_at = _bag_lookups(tables, Bags(values, offsets), batch, slab.shape[0])
+            width = slab.shape[1]
+            pooled = jnp.zeros((batch * plan.num_tables, width), slab.dtype).at[pooled_at].add(
+                _gather_rows(slab, rows), mode="drop"
+            ).reshape(batch, plan.num_tables, width)
+        if pooling == "mean":
+            pooled = pooled * _bag_scale(lengths)[:, :, None]
+        return pooled
+
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(jax.P(AXIS), jax.P(), jax.P(), jax.P(AXIS)), out_specs=jax.P(AXIS))
+    values, offsets = _whole_bags(mesh, bags)
+    return fn(_on_batch(mesh, slab), values, offsets, _on_batch(mesh, jnp.asarray(lengths, jnp.int32)))
+
+
+def apply_bags_update(mesh, plan: ShardingPlan, slab, state, bags: Bags, lengths, pooled_grad, lr, *,
+                      pooling: str = "sum", optimizer: str = "sgd", eps: float = 1e-8, path: str = "auto"):  # fmt: skip
+    """:func:`apply_sparse_update` of jagged bags (:mod:`ndp.bags`) on a one-device mesh, callable inside jit.
+
+    Returns ``(slab, state)``; with both donated to the enclosing jit they are updated in place.
+    """
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("pooling", pooling, POOLINGS)
+    _check_mesh(mesh, plan)
+    tables = _bag_tables(plan)
+    kernel = _use_kernel(path)
+    adagrad = optimizer == "rowwise_adagrad"
+    if adagrad and state is None:
+        raise ValueError("state: expected row-wise Adagrad accumulators (init_rowwise_state), got None")
+    if bags.values.shape[0] >= 2**24:
+        raise UsageError(f"ids: expected fewer than 2**24 lookups per step, got {bags.values.shape[0]}")
+    dim = plan.embedding_dim
+
+    def local(slab, state, values, offsets, lengths, grad, lr):
+        if pooling == "mean":
+            grad = grad * _bag_scale(lengths)[:, :, None]
+        if kernel:
+            if not adagrad:
+                return bag_kernels.sgd_update(slab, *tables, values, offsets, grad, lr), state
+            return bag_kernels.rowwise_adagrad_update(slab, state, *tables, values, offsets, grad, lr, eps, dim)
+        rows, pooled_at = _bag_lookups(tables, Bags(values, offsets), grad.shape[0], slab.shape[0])
+        row_grads = _gather_rows(grad.reshape(-1, grad.shape[-1]), pooled_at)
+        if not adagrad:
+            return slab.at[rows].add(-lr * row_grads, mode="drop"), state
+        return _rowwise_adagrad_update(False, float(dim), eps, slab, state, rows, row_grads, lr)
+
+    batch = jax.P(AXIS)
+    fn = jax.shard_map(local, mesh=mesh, in_specs=(batch, batch, jax.P(), jax.P(), batch, batch, jax.P()),
+                       out_specs=(batch, batch))  # fmt: skip
+    placeholder = jnp.zeros((1,), jnp.float32) if state is None else state
+    values, offsets = _whole_bags(mesh, bags)
+    new_slab, new_state = fn(_on_batch(mesh, slab), _on_batch(mesh, placeholder), values, offsets,
+                             _on_batch(mesh, jnp.asarray(lengths, jnp.int32)),
+                             _on_batch(mesh, jnp.asarray(pooled_grad, jnp.float32)), jnp.asarray(lr, jnp.float32))  # fmt: skip
+    return new_slab, (None if state is None else new_state)

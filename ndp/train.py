@@ -53,22 +53,26 @@ from jax.flatten_util import ravel_pytree
 from runkit import UsageError, check_choice, check_positive
 from ndp.embedding import (
     AXIS,
+    BAG_PATHS,
     OPTIMIZERS,
     POOLINGS,
     Capacity,
     ShardingPlan,
+    apply_bags_update,
     apply_routed_update,
     apply_sparse_update,
     batch_capacity,
     init_rowwise_state,
     init_slab,
     lookup,
+    lookup_bags,
     lookup_routed,
     place_routed,
     put_slab,
     route,
 )
-from ndp.routing import Routed, host_routes, routed
+from ndp.bags import Bags, bag_lengths, bags_to_padded, check_bags, pad_bags
+from ndp.routing import Routed, host_routes, round_capacity, routed
 
 
 class Batch(NamedTuple):
@@ -151,8 +155,12 @@ def shard_batch(mesh: jax.sharding.Mesh, batch: Batch) -> Batch:
         x = np.asarray(x, dtype)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    return Batch(put(batch.dense, np.float32), put(batch.ids, np.int32), put(batch.lengths, np.int32),
-                 put(batch.labels, np.float32))  # fmt: skip
+    if isinstance(batch.ids, Bags):  # one device (BatchStep converts them for more): whole, on it
+        whole = jax.NamedSharding(mesh, jax.P())
+        ids = Bags(*(jax.device_put(np.asarray(x, np.int32), whole) for x in batch.ids))
+    else:
+        ids = put(batch.ids, np.int32)
+    return Batch(put(batch.dense, np.float32), ids, put(batch.lengths, np.int32), put(batch.labels, np.float32))
 
 
 def replicate(mesh: jax.sharding.Mesh, tree):
@@ -221,14 +229,39 @@ class BatchStep:
     sized on the host, their ids routed on the devices). The step compiles per bucket
     capacity, which never shrinks (the largest so far is kept), so a run compiles a
     few times at most.
+
+    Jagged :class:`~ndp.bags.Bags` are checked against the tables and padded to a rounded
+    capacity that never shrinks either; on several devices they are converted to the
+    padded form, which routing takes.
     """
 
     def __init__(self, mesh: jax.sharding.Mesh, plan: ShardingPlan, fn):
         self.mesh, self.plan, self.fn = mesh, plan, fn
         self.capacity = Capacity(0, 0)  # the largest seen so far: capacities only grow, so compiles stay few
+        self.bag_capacity = 0  # likewise, entries of a jagged batch's values
+
+    def _jagged(self, batch: Batch) -> Batch:
+        """A host batch of jagged bags checked and padded (one device), or converted to padded ids (several)."""
+        size = int(np.shape(batch.labels)[0])
+        if isinstance(batch.ids.values, jax.Array):
+            if self.plan.num_shards != 1:
+                raise UsageError("ids: jagged Bags on several devices must be host (numpy) arrays, got device arrays")
+            return batch if batch.lengths is not None else batch._replace(lengths=bag_lengths(batch.ids, size))
+        check_bags(batch.ids, self.plan.table_sizes, size)
+        if self.plan.num_shards != 1:
+            ids, lengths = bags_to_padded(batch.ids, size)
+            return batch._replace(ids=ids, lengths=lengths)
+        self.bag_capacity = max(self.bag_capacity, round_capacity(int(np.asarray(batch.ids.offsets)[-1])))
+        lengths = bag_lengths(batch.ids, size) if batch.lengths is None else batch.lengths
+        return batch._replace(ids=pad_bags(batch.ids, self.bag_capacity), lengths=lengths)
 
     def prepare(self, batch: Batch) -> tuple[Batch, Routed | None, Capacity]:
         """The batch on the mesh, its routing (host-routed batches; else ``None``) and the bucket capacity."""
+        if isinstance(batch.ids, Bags):
+            batch = self._jagged(batch)
+            if isinstance(batch.ids, Bags):
+                on_host = not isinstance(batch.ids.values, jax.Array)
+                return (shard_batch(self.mesh, batch) if on_host else batch), None, Capacity(0, 0)
         on_host = not isinstance(batch.ids, jax.Array)
         routes = host_routes(self.plan, batch.ids, batch.lengths) if on_host and routed(self.plan) else None
         needed = routes.capacity() if routes is not None else batch_capacity(self.plan, batch.ids, batch.lengths)
@@ -250,10 +283,12 @@ class BatchStep:
         return self.fn.lower(state, *self.prepare(batch))
 
 
-def _pooled_and_update(mesh, plan, pooling, embedding_optimizer):
+def _pooled_and_update(mesh, plan, pooling, embedding_optimizer, bag_path="auto"):
     """``(lookup, update)`` closures over one routing of the batch (routed plans) or the plain pair."""
 
     def lookup_fn(slab, batch, routed_batch, capacity):
+        if isinstance(batch.ids, Bags):
+            return lookup_bags(mesh, plan, slab, batch.ids, batch.lengths, pooling=pooling, path=bag_path), None
         if not routed(plan):
             return lookup(mesh, plan, slab, batch.ids, batch.lengths, pooling=pooling), None
         if routed_batch is None:  # a device batch: routed on the devices
@@ -262,6 +297,9 @@ def _pooled_and_update(mesh, plan, pooling, embedding_optimizer):
 
     def update_fn(slab, slab_state, batch, routed_batch, pooled_grad, capacity):
         lr, eps = embedding_optimizer.learning_rate, embedding_optimizer.eps
+        if isinstance(batch.ids, Bags):
+            return apply_bags_update(mesh, plan, slab, slab_state, batch.ids, batch.lengths, pooled_grad, lr, pooling=pooling,
+                                     optimizer=embedding_optimizer.name, eps=eps, path=bag_path)  # fmt: skip
         if routed_batch is None:
             return apply_sparse_update(mesh, plan, slab, slab_state, batch.ids, batch.lengths, pooled_grad, lr,
                                        pooling=pooling, optimizer=embedding_optimizer.name, eps=eps)  # fmt: skip
@@ -281,6 +319,7 @@ def make_train_step(
     *,
     pooling: str = "sum",
     embedding_l2: float = 0.0,
+    bag_path: str = "auto",
 ) -> BatchStep:
     """Build the jitted, state-donating step ``(state, batch) -> (state, loss)``.
 
@@ -294,6 +333,8 @@ def make_train_step(
       pooling: ``"sum"`` or ``"mean"``.
       embedding_l2: weight of ``mean_b sum_t ||pooled_bt||^2`` added to the loss, the
         usual per-example L2 of factorisation models (it only touches looked-up rows).
+      bag_path: how jagged :class:`~ndp.bags.Bags` batches are looked up and updated on one
+        device (:data:`ndp.embedding.BAG_PATHS`): ``"auto"`` runs the CPU kernels where they can run.
 
     Returns:
       A :class:`BatchStep`: call it with a host batch (numpy arrays, the same global
@@ -303,7 +344,8 @@ def make_train_step(
     check_choice("embedding_optimizer", embedding_optimizer.name, OPTIMIZERS)
     check_positive("learning_rate", embedding_optimizer.learning_rate)
     check_positive("embedding_l2", embedding_l2, allow_zero=True)
-    lookup_fn, update_fn = _pooled_and_update(mesh, plan, pooling, embedding_optimizer)
+    check_choice("bag_path", bag_path, BAG_PATHS)
+    lookup_fn, update_fn = _pooled_and_update(mesh, plan, pooling, embedding_optimizer, bag_path)
 
     def objective(params, pooled, dense, labels):
         loss = loss_fn(nnx.merge(graphdef, params)(dense, pooled), labels)

@@ -32,8 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from typing import NamedTuple
 
 import jax
@@ -41,22 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from runkit import UsageError, check_choice, check_shape
+from runkit import UsageError, check_choice, check_shape, numba_ffi
 from jaxsparse.penni.layers import stencil_kernel_support
 
-try:
-    from numba import carray, cfunc, njit, prange, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-except ImportError:  # the kernel is optional: available() reports why it is off
-    _NUMBA_MISSING = True
-else:
-    _NUMBA_MISSING = False
+if not numba_ffi.NUMBA_MISSING:
+    from numba import njit, prange
 
 #: Name under which the custom call is registered with XLA.
 TARGET = "jaxsparse_penni_sparse_conv3x3"
-# XLA FFI API version the handler reports (the headers this layout follows: xla/ffi/api/c_api.h).
-_FFI_API_MAJOR, _FFI_API_MINOR = 0, 3
 
 
 class PackedCoefficients(NamedTuple):
@@ -112,47 +102,17 @@ def supports(layer) -> tuple[bool, str]:
     return stencil_kernel_support(layer, symmetric_padding=True)
 
 
-@functools.cache
 def available() -> tuple[bool, str]:
     """``(True, "")`` when numba is importable and the default JAX backend is CPU."""
-    if jax.default_backend() != "cpu":
-        return False, f"backend {jax.default_backend()!r}, the kernel runs on 'cpu'"
-    if _NUMBA_MISSING:
-        return False, "numba is not installed"
-    return True, ""
+    return numba_ffi.available()
 
 
-@functools.cache
 def _register() -> None:
     """Compile the kernel and its FFI handler, and register the custom call (once per process)."""
-    ok, reason = available()
-    if not ok:
-        raise RuntimeError(f"SparseCoefficientConv: the CPU kernel is unavailable: {reason}")
-    import numba
-
-    # The kernel may be entered from several XLA threads at once; the default workqueue layer is not
-    # thread-safe, the OpenMP/TBB layers are. Threads are started here, so a missing layer is a clear
-    # error now rather than an abort inside a custom call later.
-    numba.config.THREADING_LAYER = "threadsafe"
-    from numba.np.ufunc.parallel import _launch_threads
-
-    try:
-        _launch_threads()
-        layer = numba.threading_layer()
-    except (ValueError, RuntimeError) as err:
-        raise RuntimeError("SparseCoefficientConv: numba found no thread-safe threading layer (OpenMP or TBB); "
-                           "install one, e.g. `pip install tbb`") from err
-    if layer == "workqueue":
-        raise RuntimeError("SparseCoefficientConv: numba's threads were already started with the workqueue layer, "
-                           "which is not thread-safe; set NUMBA_THREADING_LAYER=omp (or tbb) before using numba")
-    handler = cfunc(types.voidptr(types.voidptr))(_handler)
-    capsule_new = ctypes.pythonapi.PyCapsule_New
-    capsule_new.restype = ctypes.py_object
-    capsule_new.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
-    jax.ffi.register_ffi_target(TARGET, capsule_new(handler.address, b"xla._CUSTOM_CALL_TARGET", None), platform="cpu")
+    numba_ffi.register(TARGET, _handler, "SparseCoefficientConv")
 
 
-if not _NUMBA_MISSING:
+if not numba_ffi.NUMBA_MISSING:
     _unsigned = np.uint64  # unsigned indices: numba skips negative-index wrap-around, so the loops vectorise
 
     @njit(parallel=True, fastmath=True, cache=True)
@@ -340,55 +300,15 @@ if not _NUMBA_MISSING:
                                     value = 0.0
                                 out[n, h0 + r, w, o] = value
 
-    @intrinsic
-    def _as_pointer(typingctx, address):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-        return types.voidptr(types.int64), codegen
-
-    # XLA_FFI_Buffer: struct_size, extension_start, dtype, data, rank, dims (8-byte words).
-    @njit
-    def _buffer_at(table, i):
-        return carray(_as_pointer(carray(_as_pointer(table), (i + 1,), np.int64)[i]), (6,), np.int64)
-
-    @njit
-    def _vector(table, i, dtype):
-        desc = _buffer_at(table, i)
-        return carray(_as_pointer(desc[3]), (carray(_as_pointer(desc[5]), (1,), np.int64)[0],), dtype)
-
-    @njit
-    def _array4(table, i):
-        desc = _buffer_at(table, i)
-        dims = carray(_as_pointer(desc[5]), (4,), np.int64)
-        return carray(_as_pointer(desc[3]), (dims[0], dims[1], dims[2], dims[3]), np.float32)
-
-    @njit
-    def _array3(table, i):
-        desc = _buffer_at(table, i)
-        dims = carray(_as_pointer(desc[5]), (3,), np.int64)
-        return carray(_as_pointer(desc[3]), (dims[0], dims[1], dims[2]), np.float32)
-
-    # XLA_FFI_CallFrame as 8-byte words: [1] extension_start, [9] args.args, [14] rets.rets.
     def _handler(frame):
-        words = carray(frame, (15,), np.int64)
-        if words[1] != 0:  # XLA asks for the handler's metadata (XLA_FFI_Extension_Metadata = 1)
-            extension = carray(_as_pointer(words[1]), (4,), np.int64)
-            if (extension[1] & 0xFFFFFFFF) == 1:
-                metadata = carray(_as_pointer(extension[3]), (6,), np.int64)
-                metadata[1] = 24  # XLA_FFI_Api_Version: struct_size, extension_start, major, minor
-                metadata[2] = 0
-                metadata[3] = _FFI_API_MAJOR | (_FFI_API_MINOR << 32)
-                metadata[4] = 0  # traits
-                if metadata[0] >= 48:
-                    metadata[5] = 0  # state type id: none
-                return _as_pointer(0)
-        args, rets = words[9], words[14]
-        _conv(_array4(args, 0), _array3(args, 1), _vector(args, 2, np.int32), _vector(args, 3, np.int32),
-              _vector(args, 4, np.int32), _vector(args, 5, np.int32), _vector(args, 6, np.int32),
-              _vector(args, 7, np.float32), _vector(args, 8, np.float32), _vector(args, 9, np.int32), _array4(args, 10),
-              _vector(args, 11, np.int32), _array4(rets, 0))
-        return _as_pointer(0)
+        args, rets = numba_ffi.call_frame(frame)
+        if args != 0:
+            vector, f32, i32 = numba_ffi.vector, np.float32, np.int32
+            _conv(numba_ffi.array4(args, 0, f32), numba_ffi.array3(args, 1, f32), vector(args, 2, i32),
+                  vector(args, 3, i32), vector(args, 4, i32), vector(args, 5, i32), vector(args, 6, i32),
+                  vector(args, 7, f32), vector(args, 8, f32), vector(args, 9, i32), numba_ffi.array4(args, 10, f32),
+                  vector(args, 11, i32), numba_ffi.array4(rets, 0, f32))
+        return numba_ffi.as_pointer(0)
 
 
 class KernelTable(nnx.Variable):
